@@ -1,0 +1,40 @@
+//! Quarry's wire contract.
+//!
+//! - [`job`]: the job message a plugin publishes (`job.v1`).
+//! - [`result`]: the result message a worker publishes to the job's `reply_to` (`result.v1`).
+//! - [`ErrorCode`]: the stable error vocabulary carried by failed results.
+//! - [`wire`]: exchange, queue, lane and header names shared by producers and workers.
+//! - [`JOB_V1_SCHEMA`], [`RESULT_V1_SCHEMA`]: the JSON Schema files these types mirror, and
+//!   [`examples`]: example extraction schemas (receipt, support ticket, CRM note).
+//!
+//! The Rust types and the JSON Schemas are kept in step by the tests in `tests/contract.rs`.
+
+pub mod error_code;
+pub mod job;
+pub mod result;
+pub mod wire;
+
+pub use error_code::ErrorCode;
+pub use job::{ImagePart, InputPart, Job};
+pub use result::{ErrorInfo, JobResult, Status, Usage};
+
+/// JSON Schema of the job message, version 1.
+pub const JOB_V1_SCHEMA: &str = include_str!("../json/job.v1.schema.json");
+/// JSON Schema of the result message, version 1.
+pub const RESULT_V1_SCHEMA: &str = include_str!("../json/result.v1.schema.json");
+
+/// Example extraction schemas, as `(name, JSON Schema text)`.
+pub mod examples {
+    /// Expense record from a receipt.
+    pub const RECEIPT: &str = include_str!("../examples/receipt.schema.json");
+    /// Support ticket from a customer message.
+    pub const SUPPORT_TICKET: &str = include_str!("../examples/support_ticket.schema.json");
+    /// CRM note from an email thread.
+    pub const CRM_NOTE: &str = include_str!("../examples/crm_note.schema.json");
+    /// All of them, by schema name.
+    pub const ALL: [(&str, &str); 3] = [
+        ("receipt", RECEIPT),
+        ("support_ticket", SUPPORT_TICKET),
+        ("crm_note", CRM_NOTE),
+    ];
+}

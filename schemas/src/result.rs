@@ -1,0 +1,150 @@
+//! The result message (`result.v1`): what a worker answers.
+
+use crate::ErrorCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Wire version tag of a result message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResultVersion {
+    /// `result.v1`
+    #[default]
+    #[serde(rename = "result.v1")]
+    V1,
+}
+
+/// Whether the job succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The answer is in `text` (and `parsed` in JSON mode).
+    Ok,
+    /// The reason is in `error`.
+    Error,
+}
+
+/// Media type of a successful answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentType {
+    /// JSON mode: `parsed` holds the value.
+    #[serde(rename = "application/json")]
+    Json,
+    /// Free text.
+    #[serde(rename = "text/plain")]
+    Text,
+}
+
+/// Token usage summed over every provider attempt of the job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Their sum as the provider reported it.
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Adds another attempt's usage.
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorInfo {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation. Never contains a secret.
+    pub message: String,
+    /// Whether the same job submitted again may succeed.
+    pub retryable: bool,
+    /// Structured detail, e.g. validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl ErrorInfo {
+    /// An error with the code's default `retryable`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retryable: code.default_retryable(), details: None }
+    }
+}
+
+/// The outcome of one job. Mirrors `json/result.v1.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Always [`ResultVersion::V1`].
+    pub version: ResultVersion,
+    /// The job's id.
+    pub job_id: String,
+    /// The job's `custom_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_id: Option<String>,
+    /// The job's `batch_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    /// Success or failure.
+    pub status: Status,
+    /// The answer as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The answer as JSON, valid against the job's schema (JSON mode, success only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parsed: Option<Value>,
+    /// Media type of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<ContentType>,
+    /// Configured provider name that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Provider model that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Tokens over all attempts.
+    pub usage: Usage,
+    /// Time in the worker, milliseconds.
+    pub latency_ms: u64,
+    /// Provider calls made.
+    pub attempts: u32,
+    /// The job's metadata, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Why it failed (`status == error` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+impl JobResult {
+    /// A failed result for a job id, with nothing else known.
+    pub fn failed(job_id: impl Into<String>, error: ErrorInfo) -> Self {
+        Self {
+            version: ResultVersion::V1,
+            job_id: job_id.into(),
+            custom_id: None,
+            batch_id: None,
+            status: Status::Error,
+            text: None,
+            parsed: None,
+            content_type: None,
+            provider: None,
+            model: None,
+            usage: Usage::default(),
+            latency_ms: 0,
+            attempts: 0,
+            metadata: None,
+            error: Some(error),
+        }
+    }
+
+    /// Whether the job succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+}

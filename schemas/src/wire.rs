@@ -1,0 +1,126 @@
+//! Names shared by every producer and worker: exchanges, queues, lanes, headers.
+//!
+//! All names hang off a *namespace* (default `quarry`), so several fleets, or parallel tests,
+//! can share one broker without seeing each other's messages.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The default namespace.
+pub const DEFAULT_NAMESPACE: &str = "quarry";
+
+/// Header on a dead-lettered message: why Quarry dead-lettered it (a short, stable reason code).
+pub const HEADER_DEAD_REASON: &str = "x-quarry-dead-reason";
+/// Header on a dead-lettered message: human-readable detail of the reason.
+pub const HEADER_DEAD_DETAIL: &str = "x-quarry-dead-detail";
+/// Header on a dead-lettered message: the queue it was taken from.
+pub const HEADER_DEAD_QUEUE: &str = "x-quarry-dead-queue";
+
+/// `content_type` property of jobs and results.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// `type` property of a job message.
+pub const MESSAGE_TYPE_JOB: &str = "quarry.job.v1";
+/// `type` property of a result message.
+pub const MESSAGE_TYPE_RESULT: &str = "quarry.result.v1";
+
+/// A work lane: its own queue, so interactive calls are not stuck behind a large batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Latency-sensitive single calls.
+    Interactive,
+    /// Bulk work.
+    Batch,
+}
+
+impl Lane {
+    /// Every lane.
+    pub const ALL: [Lane; 2] = [Lane::Interactive, Lane::Batch];
+
+    /// The lane's routing key and metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Batch => "batch",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown lane name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownLane(pub String);
+
+impl fmt::Display for UnknownLane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown lane `{}` (expected `interactive` or `batch`)", self.0)
+    }
+}
+
+impl std::error::Error for UnknownLane {}
+
+impl FromStr for Lane {
+    type Err = UnknownLane;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "interactive" => Ok(Lane::Interactive),
+            "batch" => Ok(Lane::Batch),
+            other => Err(UnknownLane(other.to_owned())),
+        }
+    }
+}
+
+/// The names of one namespace's exchanges and queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    namespace: String,
+}
+
+impl Topology {
+    /// Names under `namespace` (e.g. `quarry`).
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self { namespace: namespace.into() }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Direct exchange that jobs are published to; the routing key is the lane.
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.namespace)
+    }
+
+    /// The durable quorum queue of a lane.
+    pub fn lane_queue(&self, lane: Lane) -> String {
+        format!("{}.jobs.{}", self.namespace, lane.as_str())
+    }
+
+    /// Fanout exchange for dead letters.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    /// The queue that keeps dead letters for inspection.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    /// The durable reply queue of a batch.
+    pub fn batch_reply_queue(&self, batch_id: &str) -> String {
+        format!("{}.replies.{}", self.namespace, batch_id)
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new(DEFAULT_NAMESPACE)
+    }
+}

@@ -1,0 +1,193 @@
+//! The Rust types and the JSON Schema files describe the same messages: examples built from the
+//! types validate against the schemas, and broken messages are rejected by both.
+
+use jsonschema::Validator;
+use quarry_schemas::job::ImageMime;
+use quarry_schemas::result::{ContentType, ResultVersion};
+use quarry_schemas::{
+    ErrorCode, ErrorInfo, ImagePart, InputPart, JOB_V1_SCHEMA, Job, JobResult, RESULT_V1_SCHEMA,
+    Status, Usage, examples,
+};
+use serde_json::{Value, json};
+
+fn validator(text: &str) -> Validator {
+    let schema: Value = serde_json::from_str(text).expect("schema file is JSON");
+    jsonschema::validator_for(&schema).expect("schema file is a valid JSON Schema")
+}
+
+fn example_jobs() -> Vec<Job> {
+    let mut text = Job::new("01HZX-text", vec![InputPart::Text { text: "Coffee 3.50".into() }]);
+    text.custom_id = Some("row-1".into());
+
+    let mut full = Job::new(
+        "01HZX-full",
+        vec![
+            InputPart::Text { text: "Receipt attached".into() },
+            InputPart::Image(ImagePart { mime: ImageMime::Png, data: "iVBORw0KGgo=".into() }),
+        ],
+    );
+    full.custom_id = Some("receipt-42".into());
+    full.batch_id = Some("batch-7".into());
+    full.instructions = Some("Extract the expense record.".into());
+    full.json_schema = Some(serde_json::from_str(examples::RECEIPT).expect("receipt schema"));
+    full.schema_name = Some("receipt".into());
+    full.model = Some("default".into());
+    full.max_tokens = Some(512);
+    full.temperature = Some(0.0);
+    full.stop = Some(vec!["\n\n".into()]);
+    full.timeout_ms = Some(30_000);
+    full.deadline_ms = Some(1_900_000_000_000);
+    full.purpose = Some("expense-report".into());
+    full.metadata = Some(json!({"row": 42, "tags": ["a", "b"]}));
+    vec![text, full]
+}
+
+fn example_results() -> Vec<JobResult> {
+    let ok = JobResult {
+        version: ResultVersion::V1,
+        job_id: "01HZX-full".into(),
+        custom_id: Some("receipt-42".into()),
+        batch_id: Some("batch-7".into()),
+        status: Status::Ok,
+        text: Some(r#"{"merchant":"Cafe"}"#.into()),
+        parsed: Some(json!({"merchant": "Cafe"})),
+        content_type: Some(ContentType::Json),
+        provider: Some("fake".into()),
+        model: Some("fake-large".into()),
+        usage: Usage { input_tokens: 120, output_tokens: 30, total_tokens: 150 },
+        latency_ms: 812,
+        attempts: 1,
+        metadata: Some(json!({"row": 42})),
+        error: None,
+    };
+    let mut failed = JobResult::failed(
+        "01HZX-text",
+        ErrorInfo {
+            details: Some(json!([{"path": "/total", "message": "is not a number"}])),
+            ..ErrorInfo::new(ErrorCode::OutputInvalid, "answer does not match the schema")
+        },
+    );
+    failed.attempts = 2;
+    let mut results = vec![ok, failed];
+    results.extend(
+        ErrorCode::ALL.iter().map(|&code| JobResult::failed("j", ErrorInfo::new(code, "m"))),
+    );
+    results
+}
+
+#[test]
+fn job_examples_validate_against_the_schema_and_round_trip() {
+    let schema = validator(JOB_V1_SCHEMA);
+    for job in example_jobs() {
+        let value = serde_json::to_value(&job).expect("serialise");
+        let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{} invalid: {errors:?}", job.id);
+        assert_eq!(job.check(), Ok(()));
+        let back: Job = serde_json::from_value(value).expect("deserialise");
+        assert_eq!(back, job);
+    }
+}
+
+#[test]
+fn result_examples_validate_against_the_schema_and_round_trip() {
+    let schema = validator(RESULT_V1_SCHEMA);
+    for result in example_results() {
+        let value = serde_json::to_value(&result).expect("serialise");
+        let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{} invalid: {errors:?}", result.job_id);
+        let back: JobResult = serde_json::from_value(value).expect("deserialise");
+        assert_eq!(back, result);
+    }
+}
+
+/// Each broken job must be refused by the JSON Schema and by the Rust side (serde or `check`).
+#[test]
+fn broken_jobs_are_rejected_by_both_sides() {
+    let schema = validator(JOB_V1_SCHEMA);
+    let good = serde_json::to_value(&example_jobs()[1]).expect("serialise");
+    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        ("unknown field", Box::new(|v| v["max_token"] = json!(5))),
+        ("wrong version", Box::new(|v| v["version"] = json!("job.v2"))),
+        ("missing id", Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("id"))))),
+        ("empty id", Box::new(|v| v["id"] = json!(""))),
+        ("missing input", Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("input"))))),
+        ("empty input", Box::new(|v| v["input"] = json!([]))),
+        ("input not a list", Box::new(|v| v["input"] = json!("text"))),
+        ("unknown part type", Box::new(|v| v["input"][0] = json!({"type": "audio", "text": "x"}))),
+        ("text part without text", Box::new(|v| v["input"][0] = json!({"type": "text"}))),
+        ("extra field in part", Box::new(|v| v["input"][0]["lang"] = json!("en"))),
+        ("bad mime", Box::new(|v| v["input"][1]["mime"] = json!("image/tiff"))),
+        ("image without data", Box::new(|v| v["input"][1]["data"] = json!(""))),
+        ("schema not an object", Box::new(|v| v["json_schema"] = json!("object"))),
+        ("bad schema name", Box::new(|v| v["schema_name"] = json!("has space"))),
+        ("max_tokens zero", Box::new(|v| v["max_tokens"] = json!(0))),
+        ("max_tokens negative", Box::new(|v| v["max_tokens"] = json!(-1))),
+        ("temperature too high", Box::new(|v| v["temperature"] = json!(2.5))),
+        ("too many stops", Box::new(|v| v["stop"] = json!(["a", "b", "c", "d", "e"]))),
+        ("timeout zero", Box::new(|v| v["timeout_ms"] = json!(0))),
+        ("deadline as text", Box::new(|v| v["deadline_ms"] = json!("tomorrow"))),
+        ("id too long", Box::new(|v| v["id"] = json!("x".repeat(129)))),
+    ];
+    for (name, mutate) in mutations {
+        let mut value = good.clone();
+        mutate(&mut value);
+        assert!(!schema.is_valid(&value), "schema accepted: {name}");
+        let rust = serde_json::from_value::<Job>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|job| job.check().map_err(|e| e.to_string()));
+        assert!(rust.is_err(), "Rust types accepted: {name}");
+    }
+}
+
+#[test]
+fn broken_results_are_rejected_by_the_schema() {
+    let schema = validator(RESULT_V1_SCHEMA);
+    let results = example_results();
+    let ok = serde_json::to_value(&results[0]).expect("serialise");
+    let failed = serde_json::to_value(&results[1]).expect("serialise");
+
+    let mut error_without_error = failed.clone();
+    error_without_error.as_object_mut().map(|o| o.remove("error"));
+    let mut ok_with_error = ok.clone();
+    ok_with_error["error"] = failed["error"].clone();
+    let mut unknown_code = failed.clone();
+    unknown_code["error"]["code"] = json!("OOPS");
+    let mut negative_tokens = ok.clone();
+    negative_tokens["usage"]["input_tokens"] = json!(-1);
+
+    for (name, value) in [
+        ("status error without error", error_without_error),
+        ("status ok with error", ok_with_error),
+        ("unknown error code", unknown_code.clone()),
+        ("negative tokens", negative_tokens.clone()),
+    ] {
+        assert!(!schema.is_valid(&value), "schema accepted: {name}");
+    }
+    assert!(serde_json::from_value::<JobResult>(unknown_code).is_err());
+    assert!(serde_json::from_value::<JobResult>(negative_tokens).is_err());
+}
+
+#[test]
+fn error_codes_match_the_schema_enum() {
+    let schema: Value = serde_json::from_str(RESULT_V1_SCHEMA).expect("json");
+    let listed: Vec<&str> = schema["$defs"]["error_code"]["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, ours);
+    for code in ErrorCode::ALL {
+        assert_eq!(serde_json::to_value(code).expect("ser"), json!(code.as_str()));
+    }
+}
+
+#[test]
+fn example_extraction_schemas_are_valid_json_schemas() {
+    for (name, text) in examples::ALL {
+        let schema: Value = serde_json::from_str(text).expect("json");
+        assert!(jsonschema::meta::is_valid(&schema), "{name} is not a valid JSON Schema");
+        assert!(jsonschema::validator_for(&schema).is_ok(), "{name} does not compile");
+    }
+}
