@@ -154,7 +154,10 @@ impl fmt::Display for JobInvalid {
 impl std::error::Error for JobInvalid {}
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobInvalid {
-    JobInvalid { field: field.into(), reason: reason.into() }
+    JobInvalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 impl Job {
@@ -204,7 +207,10 @@ impl Job {
             if let InputPart::Image(image) = part
                 && !is_base64(&image.data)
             {
-                return Err(invalid(format!("/input/{i}/data"), "is not non-empty standard base64"));
+                return Err(invalid(
+                    format!("/input/{i}/data"),
+                    "is not non-empty standard base64",
+                ));
             }
         }
         if let Some(schema) = &self.json_schema
@@ -214,7 +220,9 @@ impl Job {
         }
         if let Some(name) = &self.schema_name {
             let ok = (1..=64).contains(&name.len())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok {
                 return Err(invalid("/schema_name", "must match ^[A-Za-z0-9_-]{1,64}$"));
             }
@@ -254,7 +262,10 @@ impl Job {
 fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), JobInvalid> {
     let n = value.chars().count();
     if n < min || n > max {
-        return Err(invalid(field, format!("length {n} is outside {min}..={max}")));
+        return Err(invalid(
+            field,
+            format!("length {n} is outside {min}..={max}"),
+        ));
     }
     Ok(())
 }
@@ -262,7 +273,7 @@ fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), Job
 /// Standard alphabet, padded, non-empty. A scan, not a decode: images pass through undecoded.
 fn is_base64(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.is_empty() || b.len() % 4 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(4) {
         return false;
     }
     let body_end = b.len() - b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
@@ -292,14 +303,26 @@ mod tests {
     fn check_names_the_field() {
         let mut job = Job::new("j1", vec![]);
         assert_eq!(job.check().map_err(|e| e.field), Err("/input".to_owned()));
-        job.input.push(InputPart::Image(ImagePart { mime: ImageMime::Png, data: "%%%".into() }));
-        assert_eq!(job.check().map_err(|e| e.field), Err("/input/0/data".to_owned()));
+        job.input.push(InputPart::Image(ImagePart {
+            mime: ImageMime::Png,
+            data: "%%%".into(),
+        }));
+        assert_eq!(
+            job.check().map_err(|e| e.field),
+            Err("/input/0/data".to_owned())
+        );
         job.input[0] = InputPart::Text { text: "hi".into() };
         job.temperature = Some(3.0);
-        assert_eq!(job.check().map_err(|e| e.field), Err("/temperature".to_owned()));
+        assert_eq!(
+            job.check().map_err(|e| e.field),
+            Err("/temperature".to_owned())
+        );
         job.temperature = None;
         job.json_schema = Some(serde_json::json!([1]));
-        assert_eq!(job.check().map_err(|e| e.field), Err("/json_schema".to_owned()));
+        assert_eq!(
+            job.check().map_err(|e| e.field),
+            Err("/json_schema".to_owned())
+        );
         job.json_schema = Some(serde_json::json!({"type": "object"}));
         assert_eq!(job.check(), Ok(()));
     }

@@ -73,7 +73,12 @@ pub struct ErrorInfo {
 impl ErrorInfo {
     /// An error with the code's default `retryable`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retryable: code.default_retryable(), details: None }
+        Self {
+            code,
+            message: message.into(),
+            retryable: code.default_retryable(),
+            details: None,
+        }
     }
 }
 

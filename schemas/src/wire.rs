@@ -17,6 +17,9 @@ pub const HEADER_DEAD_DETAIL: &str = "x-quarry-dead-detail";
 /// Header on a dead-lettered message: the queue it was taken from.
 pub const HEADER_DEAD_QUEUE: &str = "x-quarry-dead-queue";
 
+/// Header on a dead-lettered message: the AMQP `user_id` (plugin) that published it.
+pub const HEADER_DEAD_USER: &str = "x-quarry-dead-user";
+
 /// `content_type` property of jobs and results.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// `type` property of a job message.
@@ -59,7 +62,11 @@ pub struct UnknownLane(pub String);
 
 impl fmt::Display for UnknownLane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown lane `{}` (expected `interactive` or `batch`)", self.0)
+        write!(
+            f,
+            "unknown lane `{}` (expected `interactive` or `batch`)",
+            self.0
+        )
     }
 }
 
@@ -85,7 +92,9 @@ pub struct Topology {
 impl Topology {
     /// Names under `namespace` (e.g. `quarry`).
     pub fn new(namespace: impl Into<String>) -> Self {
-        Self { namespace: namespace.into() }
+        Self {
+            namespace: namespace.into(),
+        }
     }
 
     /// The namespace.

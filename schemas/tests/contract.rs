@@ -1,6 +1,12 @@
 //! The Rust types and the JSON Schema files describe the same messages: examples built from the
 //! types validate against the schemas, and broken messages are rejected by both.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail by panicking"
+)]
+
 use jsonschema::Validator;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::result::{ContentType, ResultVersion};
@@ -16,14 +22,24 @@ fn validator(text: &str) -> Validator {
 }
 
 fn example_jobs() -> Vec<Job> {
-    let mut text = Job::new("01HZX-text", vec![InputPart::Text { text: "Coffee 3.50".into() }]);
+    let mut text = Job::new(
+        "01HZX-text",
+        vec![InputPart::Text {
+            text: "Coffee 3.50".into(),
+        }],
+    );
     text.custom_id = Some("row-1".into());
 
     let mut full = Job::new(
         "01HZX-full",
         vec![
-            InputPart::Text { text: "Receipt attached".into() },
-            InputPart::Image(ImagePart { mime: ImageMime::Png, data: "iVBORw0KGgo=".into() }),
+            InputPart::Text {
+                text: "Receipt attached".into(),
+            },
+            InputPart::Image(ImagePart {
+                mime: ImageMime::Png,
+                data: "iVBORw0KGgo=".into(),
+            }),
         ],
     );
     full.custom_id = Some("receipt-42".into());
@@ -54,7 +70,11 @@ fn example_results() -> Vec<JobResult> {
         content_type: Some(ContentType::Json),
         provider: Some("fake".into()),
         model: Some("fake-large".into()),
-        usage: Usage { input_tokens: 120, output_tokens: 30, total_tokens: 150 },
+        usage: Usage {
+            input_tokens: 120,
+            output_tokens: 30,
+            total_tokens: 150,
+        },
         latency_ms: 812,
         attempts: 1,
         metadata: Some(json!({"row": 42})),
@@ -70,7 +90,9 @@ fn example_results() -> Vec<JobResult> {
     failed.attempts = 2;
     let mut results = vec![ok, failed];
     results.extend(
-        ErrorCode::ALL.iter().map(|&code| JobResult::failed("j", ErrorInfo::new(code, "m"))),
+        ErrorCode::ALL
+            .iter()
+            .map(|&code| JobResult::failed("j", ErrorInfo::new(code, "m"))),
     );
     results
 }
@@ -105,28 +127,74 @@ fn result_examples_validate_against_the_schema_and_round_trip() {
 fn broken_jobs_are_rejected_by_both_sides() {
     let schema = validator(JOB_V1_SCHEMA);
     let good = serde_json::to_value(&example_jobs()[1]).expect("serialise");
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
         ("unknown field", Box::new(|v| v["max_token"] = json!(5))),
-        ("wrong version", Box::new(|v| v["version"] = json!("job.v2"))),
-        ("missing id", Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("id"))))),
+        (
+            "wrong version",
+            Box::new(|v| v["version"] = json!("job.v2")),
+        ),
+        (
+            "missing id",
+            Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("id")))),
+        ),
         ("empty id", Box::new(|v| v["id"] = json!(""))),
-        ("missing input", Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("input"))))),
+        (
+            "missing input",
+            Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("input")))),
+        ),
         ("empty input", Box::new(|v| v["input"] = json!([]))),
         ("input not a list", Box::new(|v| v["input"] = json!("text"))),
-        ("unknown part type", Box::new(|v| v["input"][0] = json!({"type": "audio", "text": "x"}))),
-        ("text part without text", Box::new(|v| v["input"][0] = json!({"type": "text"}))),
-        ("extra field in part", Box::new(|v| v["input"][0]["lang"] = json!("en"))),
-        ("bad mime", Box::new(|v| v["input"][1]["mime"] = json!("image/tiff"))),
-        ("image without data", Box::new(|v| v["input"][1]["data"] = json!(""))),
-        ("schema not an object", Box::new(|v| v["json_schema"] = json!("object"))),
-        ("bad schema name", Box::new(|v| v["schema_name"] = json!("has space"))),
+        (
+            "unknown part type",
+            Box::new(|v| v["input"][0] = json!({"type": "audio", "text": "x"})),
+        ),
+        (
+            "text part without text",
+            Box::new(|v| v["input"][0] = json!({"type": "text"})),
+        ),
+        (
+            "extra field in part",
+            Box::new(|v| v["input"][0]["lang"] = json!("en")),
+        ),
+        (
+            "bad mime",
+            Box::new(|v| v["input"][1]["mime"] = json!("image/tiff")),
+        ),
+        (
+            "image without data",
+            Box::new(|v| v["input"][1]["data"] = json!("")),
+        ),
+        (
+            "schema not an object",
+            Box::new(|v| v["json_schema"] = json!("object")),
+        ),
+        (
+            "bad schema name",
+            Box::new(|v| v["schema_name"] = json!("has space")),
+        ),
         ("max_tokens zero", Box::new(|v| v["max_tokens"] = json!(0))),
-        ("max_tokens negative", Box::new(|v| v["max_tokens"] = json!(-1))),
-        ("temperature too high", Box::new(|v| v["temperature"] = json!(2.5))),
-        ("too many stops", Box::new(|v| v["stop"] = json!(["a", "b", "c", "d", "e"]))),
+        (
+            "max_tokens negative",
+            Box::new(|v| v["max_tokens"] = json!(-1)),
+        ),
+        (
+            "temperature too high",
+            Box::new(|v| v["temperature"] = json!(2.5)),
+        ),
+        (
+            "too many stops",
+            Box::new(|v| v["stop"] = json!(["a", "b", "c", "d", "e"])),
+        ),
         ("timeout zero", Box::new(|v| v["timeout_ms"] = json!(0))),
-        ("deadline as text", Box::new(|v| v["deadline_ms"] = json!("tomorrow"))),
-        ("id too long", Box::new(|v| v["id"] = json!("x".repeat(129)))),
+        (
+            "deadline as text",
+            Box::new(|v| v["deadline_ms"] = json!("tomorrow")),
+        ),
+        (
+            "id too long",
+            Box::new(|v| v["id"] = json!("x".repeat(129))),
+        ),
     ];
     for (name, mutate) in mutations {
         let mut value = good.clone();
@@ -147,7 +215,9 @@ fn broken_results_are_rejected_by_the_schema() {
     let failed = serde_json::to_value(&results[1]).expect("serialise");
 
     let mut error_without_error = failed.clone();
-    error_without_error.as_object_mut().map(|o| o.remove("error"));
+    error_without_error
+        .as_object_mut()
+        .map(|o| o.remove("error"));
     let mut ok_with_error = ok.clone();
     ok_with_error["error"] = failed["error"].clone();
     let mut unknown_code = failed.clone();
@@ -179,7 +249,10 @@ fn error_codes_match_the_schema_enum() {
     let ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(listed, ours);
     for code in ErrorCode::ALL {
-        assert_eq!(serde_json::to_value(code).expect("ser"), json!(code.as_str()));
+        assert_eq!(
+            serde_json::to_value(code).expect("ser"),
+            json!(code.as_str())
+        );
     }
 }
 
@@ -187,7 +260,13 @@ fn error_codes_match_the_schema_enum() {
 fn example_extraction_schemas_are_valid_json_schemas() {
     for (name, text) in examples::ALL {
         let schema: Value = serde_json::from_str(text).expect("json");
-        assert!(jsonschema::meta::is_valid(&schema), "{name} is not a valid JSON Schema");
-        assert!(jsonschema::validator_for(&schema).is_ok(), "{name} does not compile");
+        assert!(
+            jsonschema::meta::is_valid(&schema),
+            "{name} is not a valid JSON Schema"
+        );
+        assert!(
+            jsonschema::validator_for(&schema).is_ok(),
+            "{name} does not compile"
+        );
     }
 }

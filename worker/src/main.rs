@@ -1,1 +1,56 @@
-fn main() {}
+//! `quarry-worker`: parse arguments, load configuration, set up logs, run.
+
+use clap::Parser;
+use quarry_worker::config::Config;
+use std::path::PathBuf;
+
+/// Quarry worker: structured extraction jobs from RabbitMQ to LLM providers and back.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file; `QUARRY__SECTION__KEY` environment variables override it.
+    #[arg(long, short, env = "QUARRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Load and check the configuration, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref())?;
+    if args.check_config {
+        println!("configuration OK");
+        return Ok(());
+    }
+    quarry_worker::telemetry::init_tracing(&config.log)?;
+    let result = quarry_worker::run(config, shutdown_signal()).await;
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "worker stopped");
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}

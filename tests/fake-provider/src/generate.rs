@@ -88,12 +88,19 @@ impl<'a> Generator<'a, '_> {
         {
             // Prefer a non-null member so answers carry data.
             let non_null: Vec<&Value> = options.iter().filter(|v| !v.is_null()).collect();
-            let pool: Vec<&Value> = if non_null.is_empty() { options.iter().collect() } else { non_null };
+            let pool: Vec<&Value> = if non_null.is_empty() {
+                options.iter().collect()
+            } else {
+                non_null
+            };
             return pool[self.rng.below(pool.len() as u64) as usize].clone();
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(Value::Array(options)) = obj.get(key)
-                && let Some(first) = options.iter().find(|o| !is_null_schema(self.resolve(o))).or(options.first())
+                && let Some(first) = options
+                    .iter()
+                    .find(|o| !is_null_schema(self.resolve(o)))
+                    .or(options.first())
             {
                 return self.value(first, name, depth + 1);
             }
@@ -108,10 +115,20 @@ impl<'a> Generator<'a, '_> {
     fn merge_all_of(&self, base: &Map<String, Value>, parts: &[Value]) -> Value {
         let mut merged = base.clone();
         merged.remove("allOf");
-        let mut properties = merged.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
-        let mut required: Vec<Value> = merged.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut properties = merged
+            .get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut required: Vec<Value> = merged
+            .get("required")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for part in parts {
-            let Some(part) = self.resolve(part).as_object() else { continue };
+            let Some(part) = self.resolve(part).as_object() else {
+                continue;
+            };
             for (k, v) in part {
                 match k.as_str() {
                     "properties" => {
@@ -139,7 +156,11 @@ impl<'a> Generator<'a, '_> {
         let ty = match schema.get("type") {
             Some(Value::String(t)) => t.clone(),
             Some(Value::Array(types)) => {
-                let non_null: Vec<&str> = types.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect();
+                let non_null: Vec<&str> = types
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|t| *t != "null")
+                    .collect();
                 match non_null.first() {
                     Some(t) if depth < MAX_DEPTH => (*t).to_owned(),
                     _ => "null".to_owned(),
@@ -170,7 +191,8 @@ impl<'a> Generator<'a, '_> {
         let properties = schema.get("properties").and_then(Value::as_object);
         if let Some(properties) = properties {
             for (key, sub) in properties {
-                let include = required.contains(&key.as_str()) || (depth < MAX_DEPTH && self.rng.below(4) != 0);
+                let include = required.contains(&key.as_str())
+                    || (depth < MAX_DEPTH && self.rng.below(4) != 0);
                 if include {
                     let v = self.value(sub, key, depth + 1);
                     out.insert(key.clone(), v);
@@ -188,10 +210,21 @@ impl<'a> Generator<'a, '_> {
 
     fn array(&mut self, schema: &Value, name: &str, depth: usize) -> Value {
         let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0);
-        let max = schema.get("maxItems").and_then(Value::as_u64).unwrap_or(min + 3).max(min);
+        let max = schema
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(min + 3)
+            .max(min);
         let upper = max.min(min + 3);
-        let n = if depth >= MAX_DEPTH { min } else { min + self.rng.below(upper - min + 1) };
-        let unique = schema.get("uniqueItems").and_then(Value::as_bool).unwrap_or(false);
+        let n = if depth >= MAX_DEPTH {
+            min
+        } else {
+            min + self.rng.below(upper - min + 1)
+        };
+        let unique = schema
+            .get("uniqueItems")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let items = schema.get("items").cloned().unwrap_or(Value::Bool(true));
         let mut out: Vec<Value> = Vec::with_capacity(n as usize);
         let mut tries = 0;
@@ -210,12 +243,22 @@ impl<'a> Generator<'a, '_> {
         let lo = schema
             .get("minimum")
             .and_then(Value::as_f64)
-            .or_else(|| schema.get("exclusiveMinimum").and_then(Value::as_f64).map(|x| x + 1.0))
+            .or_else(|| {
+                schema
+                    .get("exclusiveMinimum")
+                    .and_then(Value::as_f64)
+                    .map(|x| x + 1.0)
+            })
             .unwrap_or(0.0);
         let hi = schema
             .get("maximum")
             .and_then(Value::as_f64)
-            .or_else(|| schema.get("exclusiveMaximum").and_then(Value::as_f64).map(|x| x - 1.0))
+            .or_else(|| {
+                schema
+                    .get("exclusiveMaximum")
+                    .and_then(Value::as_f64)
+                    .map(|x| x - 1.0)
+            })
             .unwrap_or(lo.max(0.0) + 1000.0);
         (lo, hi.max(lo))
     }
@@ -236,7 +279,12 @@ impl<'a> Generator<'a, '_> {
 
     fn string(&mut self, schema: &Value, name: &str) -> Value {
         let mut s = match schema.get("format").and_then(Value::as_str) {
-            Some("date") => format!("20{:02}-{:02}-{:02}", 20 + self.rng.below(7), 1 + self.rng.below(12), 1 + self.rng.below(28)),
+            Some("date") => format!(
+                "20{:02}-{:02}-{:02}",
+                20 + self.rng.below(7),
+                1 + self.rng.below(12),
+                1 + self.rng.below(28)
+            ),
             Some("date-time") => format!(
                 "20{:02}-{:02}-{:02}T{:02}:{:02}:00Z",
                 20 + self.rng.below(7),
@@ -258,12 +306,19 @@ impl<'a> Generator<'a, '_> {
                 )
             }
             _ => {
-                let label: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).take(24).collect();
+                let label: String = name
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .take(24)
+                    .collect();
                 format!("{} {} {}", label, self.word(), self.rng.below(100))
             }
         };
         let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let max = schema.get("maxLength").and_then(Value::as_u64).map(|m| m as usize);
+        let max = schema
+            .get("maxLength")
+            .and_then(Value::as_u64)
+            .map(|m| m as usize);
         while s.chars().count() < min {
             s.push('x');
         }
@@ -290,7 +345,10 @@ mod tests {
         let validator = jsonschema::validator_for(schema).expect("schema compiles");
         for seed in 0..seeds {
             let v = generate(schema, &mut Rng::new(seed));
-            let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{}: {e}", e.instance_path())).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&v)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
             assert!(errors.is_empty(), "seed {seed}: {v} -> {errors:?}");
         }
     }
@@ -298,7 +356,10 @@ mod tests {
     #[test]
     fn generated_values_satisfy_the_example_schemas() {
         for file in ["receipt", "support_ticket", "crm_note"] {
-            let path = format!("{}/../../schemas/examples/{file}.schema.json", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/../../schemas/examples/{file}.schema.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let text = std::fs::read_to_string(&path).expect("example schema");
             let schema: Value = serde_json::from_str(&text).expect("json");
             assert_valid(&schema, 200);
@@ -329,6 +390,9 @@ mod tests {
     #[test]
     fn same_seed_same_value() {
         let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "number"}}});
-        assert_eq!(generate(&schema, &mut Rng::new(9)), generate(&schema, &mut Rng::new(9)));
+        assert_eq!(
+            generate(&schema, &mut Rng::new(9)),
+            generate(&schema, &mut Rng::new(9))
+        );
     }
 }

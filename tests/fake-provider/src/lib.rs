@@ -83,7 +83,11 @@ pub fn router(config: FakeConfig, stats: Arc<Stats>) -> Router {
 }
 
 /// Serves on `listener` until the future completes (never, unless the listener fails).
-pub async fn serve(listener: TcpListener, config: FakeConfig, stats: Arc<Stats>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: FakeConfig,
+    stats: Arc<Stats>,
+) -> std::io::Result<()> {
     axum::serve(listener, router(config, stats)).await
 }
 
@@ -142,7 +146,11 @@ fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(expected) = &state.config.api_key {
         let given = headers
@@ -151,23 +159,43 @@ async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(expected.as_str()) {
             state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return openai_error(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.");
+            return openai_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "Incorrect API key provided.",
+            );
         }
     }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("We could not parse the JSON body of your request: {e}"));
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("We could not parse the JSON body of your request: {e}"),
+            );
         }
     };
     let Some(model) = request.get("model").and_then(Value::as_str) else {
         state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "you must provide a model parameter");
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "you must provide a model parameter",
+        );
     };
-    let Some(messages) = request.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
+    let Some(messages) = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+    else {
         state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "'messages' must be a non-empty array");
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "'messages' must be a non-empty array",
+        );
     };
 
     let seed = {
@@ -176,11 +204,18 @@ async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap
         h.finish()
     };
     let mut rng = generate::Rng::new(seed);
-    let content = match request.pointer("/response_format/type").and_then(Value::as_str) {
+    let content = match request
+        .pointer("/response_format/type")
+        .and_then(Value::as_str)
+    {
         Some("json_schema") => {
             let Some(schema) = request.pointer("/response_format/json_schema/schema") else {
                 state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "Missing required parameter: 'response_format.json_schema.schema'.");
+                return openai_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "Missing required parameter: 'response_format.json_schema.schema'.",
+                );
             };
             generate::generate(schema, &mut rng).to_string()
         }
@@ -189,7 +224,12 @@ async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap
     };
 
     let jitter_ms = state.config.jitter.as_millis() as u64;
-    let delay = state.config.latency + Duration::from_millis(if jitter_ms > 0 { rng.below(jitter_ms + 1) } else { 0 });
+    let delay = state.config.latency
+        + Duration::from_millis(if jitter_ms > 0 {
+            rng.below(jitter_ms + 1)
+        } else {
+            0
+        });
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -227,7 +267,12 @@ fn prompt_tokens(messages: &[Value]) -> u64 {
             Some(Value::Array(parts)) => {
                 for part in parts {
                     match part.get("type").and_then(Value::as_str) {
-                        Some("text") => chars += part.get("text").and_then(Value::as_str).map_or(0, |t| t.len() as u64),
+                        Some("text") => {
+                            chars += part
+                                .get("text")
+                                .and_then(Value::as_str)
+                                .map_or(0, |t| t.len() as u64)
+                        }
                         Some("image_url") => images += 1,
                         _ => {}
                     }
@@ -245,9 +290,14 @@ fn first_words(messages: &[Value], n: usize) -> String {
         .rev()
         .find_map(|m| match m.get("content") {
             Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(parts)) => parts.iter().find_map(|p| p.get("text").and_then(Value::as_str).map(str::to_owned)),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .find_map(|p| p.get("text").and_then(Value::as_str).map(str::to_owned)),
             _ => None,
         })
         .unwrap_or_default();
-    text.split_whitespace().take(n).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

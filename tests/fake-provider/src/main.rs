@@ -25,10 +25,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    println!("quarry-fake-provider listening on http://{}/v1", listener.local_addr()?);
+    println!(
+        "quarry-fake-provider listening on http://{}/v1",
+        listener.local_addr()?
+    );
     let config = FakeConfig {
         latency: Duration::from_millis(args.latency_ms),
         jitter: Duration::from_millis(args.jitter_ms),

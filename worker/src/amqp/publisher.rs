@@ -1,0 +1,187 @@
+//! Publishing results and dead letters, always with publisher confirms.
+//!
+//! One confirm-mode channel is shared by every job task; each task awaits only its own
+//! confirm, so many publishes and confirms are in flight at once.
+
+use lapin::Confirmation;
+use lapin::message::BasicReturnMessage;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use quarry_schemas::wire::{
+    CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
+    MESSAGE_TYPE_RESULT, Topology,
+};
+
+/// Persistent delivery mode.
+const PERSISTENT: u8 = 2;
+/// Longest dead-letter detail header.
+const MAX_DETAIL: usize = 1000;
+
+/// Where a result went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// The broker confirmed it into the reply queue.
+    Delivered,
+    /// No queue by that name: the broker returned it (it was then dead-lettered).
+    ReplyQueueMissing,
+}
+
+/// Publishing failed: the broker refused (nack) or the channel is gone.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker could not take the message.
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    /// The channel or connection failed.
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// A message to dead-letter, with why.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    /// Stable reason code (`undecodable`, `missing_reply_to`, `reply_queue_missing`, ...).
+    pub reason: &'static str,
+    /// Human-readable detail.
+    pub detail: &'a str,
+    /// The queue the message came from.
+    pub queue: &'a str,
+    /// The original body.
+    pub body: &'a [u8],
+    /// The original properties (headers are extended, not replaced).
+    pub properties: &'a BasicProperties,
+}
+
+/// Result and dead-letter publisher.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    dead_exchange: String,
+}
+
+impl Publisher {
+    /// A publisher on a channel already in confirm mode.
+    pub fn new(channel: Channel, topology: &Topology) -> Self {
+        Self {
+            channel,
+            dead_exchange: topology.dead_exchange(),
+        }
+    }
+
+    /// Publishes a result to `reply_to` (default exchange, mandatory, persistent) and waits
+    /// for its confirm. An unroutable result is dead-lettered so that it is not lost.
+    pub async fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<ReplyOutcome, PublishError> {
+        let mut properties = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_type(MESSAGE_TYPE_RESULT.into())
+            .with_delivery_mode(PERSISTENT);
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish("".into(), reply_to.into(), options, body, properties)
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(ReplyOutcome::Delivered),
+            Confirmation::Ack(Some(returned)) => {
+                self.dead_letter_returned(reply_to, &returned).await?;
+                Ok(ReplyOutcome::ReplyQueueMissing)
+            }
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+        }
+    }
+
+    async fn dead_letter_returned(
+        &self,
+        reply_to: &str,
+        returned: &BasicReturnMessage,
+    ) -> Result<(), PublishError> {
+        let detail = format!(
+            "result for reply queue `{reply_to}` was unroutable: {}",
+            returned.reply_text
+        );
+        crate::telemetry::dead_lettered("reply_queue_missing", &detail);
+        self.dead_letter(&DeadLetter {
+            reason: "reply_queue_missing",
+            detail: &detail,
+            queue: reply_to,
+            body: &returned.delivery.data,
+            properties: &returned.delivery.properties,
+        })
+        .await
+    }
+
+    /// Publishes a message to the dead-letter exchange with the reason in its headers, and
+    /// waits for the confirm.
+    pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), PublishError> {
+        let mut headers = letter.properties.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(ShortString::from(HEADER_DEAD_REASON), text(letter.reason));
+        let detail: String = letter.detail.chars().take(MAX_DETAIL).collect();
+        headers.insert(ShortString::from(HEADER_DEAD_DETAIL), text(&detail));
+        headers.insert(ShortString::from(HEADER_DEAD_QUEUE), text(letter.queue));
+        // Fresh properties: the original `user_id` is the plugin's, and the broker refuses a
+        // publish whose `user_id` is not the publishing connection's user. It moves to a header.
+        let original = letter.properties;
+        if let Some(user) = original.user_id() {
+            headers.insert(ShortString::from(HEADER_DEAD_USER), text(user.as_str()));
+        }
+        let mut properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_delivery_mode(PERSISTENT);
+        if let Some(v) = original.content_type() {
+            properties = properties.with_content_type(v.clone());
+        }
+        if let Some(v) = original.correlation_id() {
+            properties = properties.with_correlation_id(v.clone());
+        }
+        if let Some(v) = original.reply_to() {
+            properties = properties.with_reply_to(v.clone());
+        }
+        if let Some(v) = original.message_id() {
+            properties = properties.with_message_id(v.clone());
+        }
+        if let Some(v) = original.kind() {
+            properties = properties.with_type(v.clone());
+        }
+        if let Some(v) = original.timestamp() {
+            properties = properties.with_timestamp(*v);
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.dead_exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                letter.body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+        }
+    }
+}
+
+/// Reads a header as text.
+pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
+    match headers.as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}

@@ -1,0 +1,100 @@
+//! Idempotent declaration of the work exchange, lane queues and dead-letter queue.
+//!
+//! ```text
+//! {ns}.jobs (direct) --lane--> {ns}.jobs.{lane}  quorum, x-delivery-limit, DLX {ns}.dead
+//! {ns}.dead (fanout) --------> {ns}.dead         quorum
+//! ```
+//! Declaring an existing queue with other arguments fails with PRECONDITION_FAILED: all
+//! workers of one namespace must agree on `amqp.delivery_limit`.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use quarry_schemas::wire::{Lane, Topology};
+
+/// Declares everything a namespace needs. Safe to call from every worker at every start.
+pub async fn declare(
+    channel: &Channel,
+    topology: &Topology,
+    delivery_limit: u32,
+) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            topology.jobs_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            topology.dead_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut dead_args = FieldTable::default();
+    dead_args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(topology.dead_queue().into(), queue_options, dead_args)
+        .await?;
+    channel
+        .queue_bind(
+            topology.dead_queue().into(),
+            topology.dead_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    for lane in Lane::ALL {
+        channel
+            .queue_declare(
+                topology.lane_queue(lane).into(),
+                queue_options,
+                lane_arguments(topology, delivery_limit),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                topology.lane_queue(lane).into(),
+                topology.jobs_exchange().into(),
+                lane.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn lane_arguments(topology: &Topology, delivery_limit: u32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongInt(i32::try_from(delivery_limit).unwrap_or(i32::MAX)),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from(topology.dead_exchange())),
+    );
+    args
+}

@@ -1,0 +1,503 @@
+//! Worker configuration: one TOML file, then `QUARRY__SECTION__KEY` environment overrides.
+//!
+//! Every field has a default, so a worker with no file at all runs against the local
+//! RabbitMQ, Redis and a fake provider on 127.0.0.1:8089. The reference for every key is
+//! `docs/configuration.md`; keep the two in step.
+
+use quarry_schemas::wire::Lane;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// RabbitMQ connection and topology.
+    pub amqp: AmqpConfig,
+    /// Redis connection and key prefix.
+    pub redis: RedisConfig,
+    /// Concurrency, retries, shutdown.
+    pub worker: WorkerConfig,
+    /// Metrics and health endpoints.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Model aliases.
+    pub routing: RoutingConfig,
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert("fake".to_owned(), ProviderConfig::default());
+        Self {
+            amqp: AmqpConfig::default(),
+            redis: RedisConfig::default(),
+            worker: WorkerConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            routing: RoutingConfig::default(),
+            providers,
+        }
+    }
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Broker URL. Put the password in the environment (`QUARRY__AMQP__URL`), not in the file.
+    pub url: SecretString,
+    /// Prefix of every exchange and queue name.
+    pub namespace: String,
+    /// Lanes this worker consumes.
+    pub lanes: Vec<Lane>,
+    /// Deliveries of one job before the broker dead-letters it (quorum `x-delivery-limit`).
+    pub delivery_limit: u32,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            namespace: quarry_schemas::wire::DEFAULT_NAMESPACE.to_owned(),
+            lanes: Lane::ALL.to_vec(),
+            delivery_limit: 5,
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Redis URL (`redis://host:port/db`).
+    pub url: SecretString,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// How long a finished job's result is kept for redeliveries, seconds.
+    pub result_ttl_secs: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            prefix: "quarry".to_owned(),
+            result_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Jobs in flight per worker process; also the prefetch of each lane's consumer.
+    pub concurrency: u16,
+    /// Provider attempts per job for retryable failures (1 = no retry).
+    pub max_attempts: u32,
+    /// First retry backoff, milliseconds (doubles each attempt, full jitter).
+    pub retry_base_ms: u64,
+    /// Longest single backoff, milliseconds.
+    pub retry_max_ms: u64,
+    /// On shutdown, how long in-flight jobs may take to finish, seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            max_attempts: 3,
+            retry_base_ms: 200,
+            retry_max_ms: 10_000,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Grace period as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`. Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `quarry_worker=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Alias used when a job names no model.
+    pub default_alias: String,
+    /// Alias → provider and model.
+    pub aliases: BTreeMap<String, Route>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        let mut aliases = BTreeMap::new();
+        aliases.insert(
+            "default".to_owned(),
+            Route {
+                provider: "fake".to_owned(),
+                model: "fake-large".to_owned(),
+            },
+        );
+        aliases.insert(
+            "fast".to_owned(),
+            Route {
+                provider: "fake".to_owned(),
+                model: "fake-mini".to_owned(),
+            },
+        );
+        Self {
+            default_alias: "default".to_owned(),
+            aliases,
+        }
+    }
+}
+
+/// Where an alias goes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name of a `[providers.NAME]` section.
+    pub provider: String,
+    /// The provider's model id.
+    pub model: String,
+}
+
+/// `[providers.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Base URL, up to and including the version segment (`https://api.openai.com/v1`).
+    pub base_url: String,
+    /// API key. Set it through the environment (`QUARRY__PROVIDERS__NAME__API_KEY`) or
+    /// `api_key_file`, never in a committed file.
+    pub api_key: Option<SecretString>,
+    /// File holding the API key (e.g. a mounted Kubernetes secret).
+    pub api_key_file: Option<PathBuf>,
+    /// Default timeout of one attempt, milliseconds (a job's `timeout_ms` overrides it).
+    pub timeout_ms: u64,
+    /// Send the job's schema as `response_format: json_schema` (else `json_object` and the
+    /// schema in the instructions, for servers without schema support).
+    pub native_json_schema: bool,
+    /// Ask for strict schema adherence (`json_schema.strict`).
+    pub strict: bool,
+    /// Extra HTTP headers sent with every request.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::OpenaiCompatible,
+            base_url: "http://127.0.0.1:8089/v1".to_owned(),
+            api_key: None,
+            api_key_file: None,
+            timeout_ms: 60_000,
+            native_json_schema: true,
+            strict: false,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Provider wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI chat completions and compatible servers (vLLM, llama.cpp, Ollama).
+    OpenaiCompatible,
+}
+
+/// Configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or did not match the types.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// Values that parse but do not fit together.
+    #[error("configuration: {key}: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A secret file could not be read.
+    #[error("configuration: {key}: cannot read {path}: {source}")]
+    SecretFile {
+        /// Dotted key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Loads `path` (when given; it must exist) and then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// Like [`Config::load`], with the environment given as a map (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let environment = config::Environment::with_prefix("QUARRY")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("amqp.lanes")
+            .source(env);
+        let mut config: Config = builder.add_source(environment).build()?.try_deserialize()?;
+        config.resolve_secret_files()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (name, provider) in &mut self.providers {
+            if provider.api_key.is_none()
+                && let Some(path) = &provider.api_key_file
+            {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                        key: format!("providers.{name}.api_key_file"),
+                        path: path.clone(),
+                        source,
+                    })?;
+                provider.api_key = Some(SecretString::from(text.trim().to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cross-field checks: every alias names a provider, numbers are in range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        };
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1".into()));
+        }
+        if self.worker.max_attempts == 0 {
+            return Err(invalid("worker.max_attempts", "must be at least 1".into()));
+        }
+        if self.amqp.lanes.is_empty() {
+            return Err(invalid("amqp.lanes", "must name at least one lane".into()));
+        }
+        if self.amqp.namespace.is_empty() || self.amqp.namespace.len() > 100 {
+            return Err(invalid(
+                "amqp.namespace",
+                "must be 1 to 100 characters".into(),
+            ));
+        }
+        if !self
+            .routing
+            .aliases
+            .contains_key(&self.routing.default_alias)
+        {
+            return Err(invalid(
+                "routing.default_alias",
+                format!("`{}` is not in routing.aliases", self.routing.default_alias),
+            ));
+        }
+        for (alias, route) in &self.routing.aliases {
+            if !self.providers.contains_key(&route.provider) {
+                return Err(invalid(
+                    &format!("routing.aliases.{alias}.provider"),
+                    format!("`{}` is not a configured provider", route.provider),
+                ));
+            }
+        }
+        for (name, provider) in &self.providers {
+            if !(provider.base_url.starts_with("http://")
+                || provider.base_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    &format!("providers.{name}.base_url"),
+                    "must be an http(s) URL".into(),
+                ));
+            }
+            if provider.timeout_ms == 0 {
+                return Err(invalid(
+                    &format!("providers.{name}.timeout_ms"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(config.amqp.namespace, "quarry");
+        assert_eq!(config.amqp.lanes, vec![Lane::Interactive, Lane::Batch]);
+        assert_eq!(config.routing.aliases["default"].provider, "fake");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[amqp]
+namespace = "from-file"
+[worker]
+concurrency = 8
+[providers.openai]
+base_url = "https://api.openai.com/v1"
+[routing]
+default_alias = "smart"
+[routing.aliases.smart]
+provider = "openai"
+model = "gpt-4o"
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(
+            Some(file.path()),
+            env(&[
+                ("QUARRY__WORKER__CONCURRENCY", "32"),
+                ("QUARRY__AMQP__LANES", "batch"),
+                ("QUARRY__PROVIDERS__OPENAI__API_KEY", "sk-test-123"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(config.amqp.namespace, "from-file");
+        assert_eq!(config.worker.concurrency, 32);
+        assert_eq!(config.amqp.lanes, vec![Lane::Batch]);
+        let key = config.providers["openai"]
+            .api_key
+            .as_ref()
+            .expect("key from env");
+        assert_eq!(key.expose_secret(), "sk-test-123");
+        assert!(
+            !format!("{config:?}").contains("sk-test-123"),
+            "Debug must not print secrets"
+        );
+    }
+
+    #[test]
+    fn api_key_file_is_read_and_trimmed() {
+        let mut key = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(key, "sk-from-file").expect("write");
+        let path = key.path().to_str().expect("utf-8 path").to_owned();
+        let config = Config::load_with_env(
+            None,
+            env(&[("QUARRY__PROVIDERS__FAKE__API_KEY_FILE", &path)]),
+        )
+        .expect("load");
+        let secret = config.providers["fake"].api_key.as_ref().expect("key");
+        assert_eq!(secret.expose_secret(), "sk-from-file");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load_with_env(None, env(&[("QUARRY__ROUTING__DEFAULT_ALIAS", "nope")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("routing.default_alias"), "{err}");
+        let err = Config::load_with_env(None, env(&[("QUARRY__WORKER__CONCURRENCY", "0")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        let err = Config::load_with_env(None, env(&[("QUARRY__AMQP__LANES", "urgent")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("urgent"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(file, "[worker]\nconcurency = 4\n").expect("write");
+        let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("typo must fail");
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+}

@@ -1,0 +1,183 @@
+//! One delivery, from bytes to ack: decode, reply address, redelivery replay, pipeline,
+//! result store, confirmed reply, ack. The ack comes only after the reply's confirm.
+//!
+//! | what arrived                                   | what happens                                   |
+//! |------------------------------------------------|------------------------------------------------|
+//! | not a `job.v1` (bad JSON, wrong types, ...)    | dead-lettered `undecodable`; if it has `reply_to` and `correlation_id`, also an `INVALID_REQUEST` result |
+//! | a job without `reply_to`                       | dead-lettered `missing_reply_to`                |
+//! | a redelivered job whose result is stored       | the stored result is published again           |
+//! | any other job                                  | the pipeline's result is stored and published  |
+//! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
+//! | publishing fails (nack, channel gone)          | the job is nacked and requeued                 |
+
+use crate::amqp::{DeadLetter, Publisher};
+use crate::pipeline::Pipeline;
+use crate::result_store::ResultStore;
+use crate::telemetry;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use quarry_schemas::wire::Lane;
+use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Everything a job task needs, shared by all of them.
+pub struct Shared {
+    /// The job pipeline.
+    pub pipeline: Pipeline,
+    /// Result and dead-letter publisher.
+    pub publisher: Publisher,
+    /// Result store for redeliveries.
+    pub store: ResultStore,
+    /// Queue name of each lane, for dead-letter headers.
+    pub lane_queues: [(Lane, String); 2],
+}
+
+impl Shared {
+    fn queue_name(&self, lane: Lane) -> &str {
+        self.lane_queues
+            .iter()
+            .find(|(l, _)| *l == lane)
+            .map_or("", |(_, q)| q.as_str())
+    }
+}
+
+/// Settles one delivery. Never panics, never returns an error: failures are logged, and a
+/// delivery that could not be answered is requeued.
+pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
+    telemetry::in_flight(1.0);
+    let settled = match process(shared, lane, &delivery).await {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Err(error) => {
+            tracing::error!(%error, "could not answer the job; requeueing it");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+    };
+    if let Err(error) = settled {
+        // The channel is gone; the broker requeues the delivery itself.
+        tracing::warn!(%error, "could not settle a delivery");
+    }
+    telemetry::in_flight(-1.0);
+}
+
+async fn process(
+    shared: &Shared,
+    lane: Lane,
+    delivery: &Delivery,
+) -> Result<(), crate::amqp::PublishError> {
+    let started = Instant::now();
+    let properties = &delivery.properties;
+    let queue = shared.queue_name(lane);
+    let reply_to = properties.reply_to().as_ref().map(|s| s.as_str());
+    let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
+
+    let job: Job = match serde_json::from_slice(&delivery.data) {
+        Ok(job) => job,
+        Err(error) => {
+            let detail = format!("not a job.v1 message: {error}");
+            if let (Some(reply_to), Some(correlation_id)) = (reply_to, correlation_id) {
+                let job_id = properties
+                    .message_id()
+                    .as_ref()
+                    .map_or(correlation_id, |s| s.as_str());
+                let result = JobResult::failed(
+                    job_id,
+                    ErrorInfo::new(ErrorCode::InvalidRequest, detail.clone()),
+                );
+                shared
+                    .publisher
+                    .reply(reply_to, Some(correlation_id), &encode(&result))
+                    .await?;
+            }
+            telemetry::dead_lettered("undecodable", &detail);
+            let letter = DeadLetter {
+                reason: "undecodable",
+                detail: &detail,
+                queue,
+                body: &delivery.data,
+                properties,
+            };
+            shared.publisher.dead_letter(&letter).await?;
+            telemetry::job_finished(
+                lane,
+                ErrorCode::InvalidRequest.as_str(),
+                started.elapsed(),
+                Default::default(),
+            );
+            return Ok(());
+        }
+    };
+    let Some(reply_to) = reply_to else {
+        let detail = format!(
+            "job `{}` has no reply_to property: its result would have nowhere to go",
+            job.id
+        );
+        telemetry::dead_lettered("missing_reply_to", &detail);
+        let letter = DeadLetter {
+            reason: "missing_reply_to",
+            detail: &detail,
+            queue,
+            body: &delivery.data,
+            properties,
+        };
+        shared.publisher.dead_letter(&letter).await?;
+        return Ok(());
+    };
+    let plugin = properties.user_id().as_ref().map_or("", |u| u.as_str());
+    let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str());
+
+    async move {
+        if delivery.redelivered {
+            match shared.store.get(plugin, &job.id).await {
+                Ok(Some(stored)) => {
+                    shared
+                        .publisher
+                        .reply(reply_to, correlation_id, &stored)
+                        .await?;
+                    telemetry::replayed();
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(error) => telemetry::redis_error("get", &error),
+            }
+        }
+        let job_id = job.id.clone();
+        let execution = shared.pipeline.execute(job, started).await;
+        let body = encode(&execution.result);
+        let (stored, replied) = tokio::join!(
+            shared.store.put(plugin, &job_id, &body),
+            shared.publisher.reply(reply_to, correlation_id, &body)
+        );
+        if let Err(error) = stored {
+            telemetry::redis_error("put", &error);
+        }
+        replied?;
+        let outcome = execution
+            .result
+            .error
+            .as_ref()
+            .map_or("ok", |e| e.code.as_str());
+        telemetry::job_finished(lane, outcome, started.elapsed(), execution.provider_time);
+        tracing::debug!(
+            outcome,
+            attempts = execution.result.attempts,
+            "job finished"
+        );
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+fn encode(result: &JobResult) -> Vec<u8> {
+    // A JobResult is plain data (strings, numbers, JSON values): serialising it cannot fail.
+    serde_json::to_vec(result).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot encode a result");
+        br#"{"version":"result.v1","job_id":"","status":"error","usage":{"input_tokens":0,"output_tokens":0,"total_tokens":0},"latency_ms":0,"attempts":0,"error":{"code":"INTERNAL","message":"result encoding failed","retryable":true}}"#.to_vec()
+    })
+}

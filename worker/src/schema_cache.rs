@@ -1,0 +1,113 @@
+//! Compiled JSON Schema validators, cached per distinct schema.
+//!
+//! Plugin schemas are untrusted: the `jsonschema` crate is built without its `resolve-http`
+//! and `resolve-file` features, so a `$ref` to anything outside the schema fails to compile
+//! (the job ends `INVALID_REQUEST`) instead of reaching the network or the file system.
+
+use jsonschema::Validator;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Most validation errors reported in a result's `error.details`.
+pub const MAX_REPORTED_ERRORS: usize = 20;
+
+/// Validators keyed by the schema's canonical JSON text.
+pub struct SchemaCache {
+    cache: quick_cache::sync::Cache<String, Arc<Validator>>,
+}
+
+/// The schema is not a usable JSON Schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("json_schema is not a valid JSON Schema: {0}")]
+pub struct InvalidSchema(pub String);
+
+/// One way an answer breaks its schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// JSON pointer into the answer.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl SchemaCache {
+    /// A cache holding up to `capacity` validators.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            cache: quick_cache::sync::Cache::new(capacity),
+        }
+    }
+
+    /// The validator of `schema`, compiled on first sight.
+    pub fn get(&self, schema: &Value) -> Result<Arc<Validator>, InvalidSchema> {
+        // serde_json's map is ordered by key, so equal schemas give equal text.
+        let key = schema.to_string();
+        if let Some(validator) = self.cache.get(&key) {
+            return Ok(validator);
+        }
+        let validator = Arc::new(compile(schema)?);
+        self.cache.insert(key, validator.clone());
+        Ok(validator)
+    }
+}
+
+fn compile(schema: &Value) -> Result<Validator, InvalidSchema> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| InvalidSchema(e.to_string()))
+}
+
+/// Every violation of `value` against `validator`, at most [`MAX_REPORTED_ERRORS`].
+pub fn violations(validator: &Validator, value: &Value) -> Vec<Violation> {
+    validator
+        .iter_errors(value)
+        .take(MAX_REPORTED_ERRORS)
+        .map(|e| Violation {
+            path: e.instance_path().to_string(),
+            message: e.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compiles_once_and_reports_paths() {
+        let cache = SchemaCache::new(8);
+        let schema = json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}});
+        let a = cache.get(&schema).expect("compiles");
+        let b = cache.get(&schema).expect("cached");
+        assert!(Arc::ptr_eq(&a, &b));
+        let v = violations(&a, &json!({"total": "12"}));
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].path, "/total");
+        assert!(violations(&a, &json!({"total": 12})).is_empty());
+    }
+
+    #[test]
+    fn invalid_and_external_schemas_are_refused() {
+        let cache = SchemaCache::new(8);
+        assert!(cache.get(&json!({"type": "objekt"})).is_err());
+        assert!(
+            cache
+                .get(&json!({"$ref": "https://example.com/schema.json"}))
+                .is_err()
+        );
+        assert!(cache.get(&json!({"$ref": "file:///etc/passwd"})).is_err());
+        assert!(cache.get(&json!({"minimum": "ten"})).is_err());
+    }
+
+    #[test]
+    fn formats_are_checked() {
+        let cache = SchemaCache::new(8);
+        let v = cache
+            .get(&json!({"type": "string", "format": "date"}))
+            .expect("compiles");
+        assert!(violations(&v, &json!("2026-02-30x")).len() == 1);
+        assert!(violations(&v, &json!("2026-02-03")).is_empty());
+    }
+}

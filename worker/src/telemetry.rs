@@ -1,0 +1,186 @@
+//! Logs and metrics: every metric name is defined here, described once, and recorded through
+//! the functions below (one per event), so names, units and labels stay consistent.
+//!
+//! Labels are bounded: lane, provider (configured name), model (configured id), outcome (`ok`
+//! or an error code), dead-letter reason. Never a job id, never a secret.
+
+use crate::config::{LogConfig, LogFormat};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use quarry_schemas::Usage;
+use quarry_schemas::wire::Lane;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Jobs finished, by lane and outcome (`ok` or the error code).
+pub const JOBS_TOTAL: &str = "quarry_jobs_total";
+/// Time from decode to confirmed result, by lane.
+pub const JOB_DURATION: &str = "quarry_job_duration_seconds";
+/// The worker's own time per job: job time minus provider time.
+pub const OVERHEAD: &str = "quarry_worker_overhead_seconds";
+/// Jobs being processed now.
+pub const IN_FLIGHT: &str = "quarry_jobs_in_flight";
+/// Provider attempts, by provider, model and outcome.
+pub const PROVIDER_REQUESTS_TOTAL: &str = "quarry_provider_requests_total";
+/// Duration of one provider attempt, by provider and model.
+pub const PROVIDER_DURATION: &str = "quarry_provider_request_duration_seconds";
+/// Tokens, by provider, model and direction (`input`, `output`).
+pub const TOKENS_TOTAL: &str = "quarry_tokens_total";
+/// Messages the worker dead-lettered, by reason.
+pub const DEAD_LETTERS_TOTAL: &str = "quarry_dead_letters_total";
+/// Redelivered jobs answered from the result store without a provider call.
+pub const REPLAYS_TOTAL: &str = "quarry_result_replays_total";
+/// Result-store (Redis) operations that failed, by operation.
+pub const REDIS_ERRORS_TOTAL: &str = "quarry_redis_errors_total";
+
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    120.0,
+];
+const OVERHEAD_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    1.0,
+];
+
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> anyhow::Result<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(OVERHEAD.to_owned()), &OVERHEAD_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".to_owned()),
+                        &SECONDS_BUCKETS,
+                    )
+                })
+                .and_then(|b| b.install_recorder())
+                .map_err(|e| e.to_string())?;
+            describe();
+            Ok(handle)
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+}
+
+fn describe() {
+    describe_counter!(
+        JOBS_TOTAL,
+        Unit::Count,
+        "Jobs finished, by lane and outcome (ok or error code)."
+    );
+    describe_histogram!(
+        JOB_DURATION,
+        Unit::Seconds,
+        "Time from decoding a job to its confirmed result."
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "The worker's own time per job: job time minus provider time."
+    );
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Jobs being processed now.");
+    describe_counter!(
+        PROVIDER_REQUESTS_TOTAL,
+        Unit::Count,
+        "Provider attempts, by provider, model and outcome."
+    );
+    describe_histogram!(
+        PROVIDER_DURATION,
+        Unit::Seconds,
+        "Duration of one provider attempt."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens by provider, model and direction."
+    );
+    describe_counter!(
+        DEAD_LETTERS_TOTAL,
+        Unit::Count,
+        "Messages the worker dead-lettered, by reason."
+    );
+    describe_counter!(
+        REPLAYS_TOTAL,
+        Unit::Count,
+        "Redelivered jobs answered from the result store."
+    );
+    describe_counter!(
+        REDIS_ERRORS_TOTAL,
+        Unit::Count,
+        "Result-store operations that failed."
+    );
+}
+
+/// Installs the global tracing subscriber (the binary calls this once).
+pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
+        .map_err(|e| anyhow::anyhow!("log.filter `{}`: {e}", config.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// A job finished.
+pub fn job_finished(lane: Lane, outcome: &'static str, total: Duration, provider: Duration) {
+    counter!(JOBS_TOTAL, "lane" => lane.as_str(), "outcome" => outcome).increment(1);
+    histogram!(JOB_DURATION, "lane" => lane.as_str()).record(total.as_secs_f64());
+    histogram!(OVERHEAD).record(total.saturating_sub(provider).as_secs_f64());
+}
+
+/// The number of jobs in flight changed.
+pub fn in_flight(delta: f64) {
+    gauge!(IN_FLIGHT).increment(delta);
+}
+
+/// One provider attempt ended.
+pub fn provider_attempt(
+    provider: &str,
+    model: &str,
+    outcome: &'static str,
+    elapsed: Duration,
+    usage: Option<Usage>,
+) {
+    let (provider, model) = (provider.to_owned(), model.to_owned());
+    counter!(PROVIDER_REQUESTS_TOTAL, "provider" => provider.clone(), "model" => model.clone(), "outcome" => outcome)
+        .increment(1);
+    histogram!(PROVIDER_DURATION, "provider" => provider.clone(), "model" => model.clone())
+        .record(elapsed.as_secs_f64());
+    if let Some(usage) = usage {
+        counter!(TOKENS_TOTAL, "provider" => provider.clone(), "model" => model.clone(), "direction" => "input")
+            .increment(usage.input_tokens);
+        counter!(TOKENS_TOTAL, "provider" => provider, "model" => model, "direction" => "output")
+            .increment(usage.output_tokens);
+    }
+}
+
+/// A message was dead-lettered.
+pub fn dead_lettered(reason: &'static str, detail: &str) {
+    tracing::warn!(reason, detail, "message dead-lettered");
+    counter!(DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A redelivered job was answered from the result store.
+pub fn replayed() {
+    tracing::info!("redelivered job answered from the result store");
+    counter!(REPLAYS_TOTAL).increment(1);
+}
+
+/// A result-store operation failed.
+pub fn redis_error(operation: &'static str, error: &redis::RedisError) {
+    tracing::warn!(operation, %error, "result store unavailable; continuing without it");
+    counter!(REDIS_ERRORS_TOTAL, "operation" => operation).increment(1);
+}
