@@ -1,1 +1,35 @@
-//! placeholder
+//! Quarry producer SDK: how a plugin hands extraction jobs to the fleet.
+//!
+//! - [`Client::connect`]: one AMQP connection, a confirm-mode publishing channel, and a
+//!   private reply queue for single calls.
+//! - [`Client::extract`]: publish one job (confirmed, mandatory) and await its result.
+//! - [`Client::run_batch`]: many jobs with bounded in-flight, results streamed as they
+//!   arrive from a durable per-batch reply queue (a producer restart loses nothing).
+//! - [`Error`]: typed errors. A failed *extraction* is a [`JobResult`] with an `error`;
+//!   an [`Error`] is always about transport or an invalid job.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quarry_producer::Error> {
+//! use quarry_producer::{CallOptions, Client, InputPart, Job, new_job_id};
+//! let client = Client::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! let job = Job::new(new_job_id(), vec![InputPart::Text { text: "Coffee 3.50 EUR".into() }]);
+//! let result = client.extract(job, CallOptions::default()).await?;
+//! println!("{:?} {:?}", result.status, result.parsed);
+//! # Ok(()) }
+//! ```
+
+mod batch;
+mod client;
+mod error;
+mod publish;
+
+pub use batch::{BatchItem, BatchOptions, BatchStream};
+pub use client::{CallOptions, Client, ClientOptions};
+pub use error::Error;
+pub use quarry_schemas::wire::Lane;
+pub use quarry_schemas::{ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, Status, Usage};
+
+/// A fresh job id: a UUID v7 (time-ordered, unique).
+pub fn new_job_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,212 @@
+//! Batches: bounded in-flight publishing and a durable reply queue per batch.
+//!
+//! One driver task interleaves three things: publishing the next job while fewer than
+//! `max_in_flight` are outstanding, collecting publisher confirms, and receiving results.
+//! Results are handed to the caller, who acknowledges each one ([`BatchItem::ack`]) after it
+//! has stored it: until then the result stays in the durable queue, so a crash of the
+//! producer loses nothing. A job's result is handed over once even if the fleet delivers it
+//! twice (at-least-once delivery); the extra copy is acknowledged and counted.
+
+use crate::Error;
+use crate::publish::{send, settle};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection};
+use quarry_schemas::wire::{Lane, Topology};
+use quarry_schemas::{Job, JobResult};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How a batch runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Lane to publish on.
+    pub lane: Lane,
+    /// Jobs published but without a result, at most.
+    pub max_in_flight: usize,
+    /// Give up when nothing happens (no confirm, no result) for this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self { lane: Lane::Batch, max_in_flight: 256, idle_timeout: None }
+    }
+}
+
+/// One result of a batch. Acknowledge it once stored; an unacknowledged result is delivered
+/// again when the producer reconnects.
+pub struct BatchItem {
+    /// The result.
+    pub result: JobResult,
+    delivery: Delivery,
+}
+
+impl BatchItem {
+    /// Removes the result from the batch's reply queue.
+    pub async fn ack(self) -> Result<(), Error> {
+        self.delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+}
+
+/// The results of a running batch, in arrival order. Ends after the last job's result.
+pub struct BatchStream {
+    rx: mpsc::Receiver<Result<BatchItem, Error>>,
+    replies: Channel,
+    reply_queue: String,
+    duplicates: Arc<AtomicU64>,
+}
+
+impl BatchStream {
+    /// The next result, an error that ended the batch, or `None` when every job has its result.
+    pub async fn next(&mut self) -> Option<Result<BatchItem, Error>> {
+        self.rx.recv().await
+    }
+
+    /// The durable queue the batch's results go to.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
+    /// Results received twice for the same job (and dropped) so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Deletes the batch's reply queue, if it is empty. Call after acknowledging every result.
+    pub async fn finish(self) -> Result<(), Error> {
+        let options = QueueDeleteOptions { if_empty: true, ..QueueDeleteOptions::default() };
+        self.replies.queue_delete(self.reply_queue.as_str().into(), options).await?;
+        let _ = self.replies.close(200, "batch finished".into()).await;
+        Ok(())
+    }
+}
+
+pub(crate) async fn start<I>(
+    connection: &Connection,
+    publish: Channel,
+    topology: &Topology,
+    user_id: Option<String>,
+    batch_id: &str,
+    jobs: I,
+    options: BatchOptions,
+) -> Result<BatchStream, Error>
+where
+    I: Iterator<Item = Job> + Send + 'static,
+{
+    let max_in_flight = options.max_in_flight.max(1);
+    let replies = connection.create_channel().await?;
+    let prefetch = u16::try_from(max_in_flight.saturating_mul(2)).unwrap_or(u16::MAX);
+    replies.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let reply_queue = topology.batch_reply_queue(batch_id);
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString(LongString::from("classic")));
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    replies.queue_declare(reply_queue.as_str().into(), durable, args).await?;
+    let consumer = replies
+        .basic_consume(reply_queue.as_str().into(), "quarry-batch".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+
+    let (tx, rx) = mpsc::channel(max_in_flight);
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let driver = Driver {
+        publish,
+        exchange: topology.jobs_exchange(),
+        reply_queue: reply_queue.clone(),
+        user_id,
+        batch_id: batch_id.to_owned(),
+        options: BatchOptions { max_in_flight, ..options },
+        duplicates: duplicates.clone(),
+        tx,
+    };
+    tokio::spawn(async move {
+        if let Err(error) = driver.run(jobs, consumer).await {
+            // The receiver may be gone already; then nobody is left to tell.
+            let _ = error.1.send(Err(error.0)).await;
+        }
+    });
+    Ok(BatchStream { rx, replies, reply_queue, duplicates })
+}
+
+struct Driver {
+    publish: Channel,
+    exchange: String,
+    reply_queue: String,
+    user_id: Option<String>,
+    batch_id: String,
+    options: BatchOptions,
+    duplicates: Arc<AtomicU64>,
+    tx: mpsc::Sender<Result<BatchItem, Error>>,
+}
+
+type Failed = (Error, mpsc::Sender<Result<BatchItem, Error>>);
+
+impl Driver {
+    async fn run<I: Iterator<Item = Job>>(self, mut jobs: I, mut consumer: lapin::Consumer) -> Result<(), Failed> {
+        let fail = |e: Error| (e, self.tx.clone());
+        let lane = self.options.lane;
+        let mut pending: HashSet<String> = HashSet::new();
+        let mut delivered: HashSet<String> = HashSet::new();
+        let mut confirms = FuturesUnordered::new();
+        let mut next_job = jobs.next();
+        let idle = self.options.idle_timeout.unwrap_or(Duration::MAX);
+
+        while next_job.is_some() || !pending.is_empty() {
+            let can_publish = next_job.is_some() && pending.len() < self.options.max_in_flight;
+            tokio::select! {
+                Some(outcome) = confirms.next(), if !confirms.is_empty() => {
+                    let outcome: Result<(), Error> = outcome;
+                    outcome.map_err(fail)?;
+                }
+                () = std::future::ready(()), if can_publish => {
+                    let Some(mut job) = next_job.take() else { continue };
+                    job.batch_id = Some(self.batch_id.clone());
+                    let confirm = send(&self.publish, &self.exchange, lane, &job, &self.reply_queue, self.user_id.as_deref())
+                        .await
+                        .map_err(fail)?;
+                    let job_id = job.id;
+                    pending.insert(job_id.clone());
+                    confirms.push(confirmed(confirm, job_id, lane));
+                    next_job = jobs.next();
+                }
+                next = tokio::time::timeout(idle, consumer.next()) => {
+                    let delivery = match next {
+                        Err(_) => return Err(fail(Error::Idle { idle, pending: pending.len() })),
+                        Ok(None) => return Err(fail(Error::Closed)),
+                        Ok(Some(Err(e))) => return Err(fail(Error::Amqp(e))),
+                        Ok(Some(Ok(delivery))) => delivery,
+                    };
+                    let result = match serde_json::from_slice::<JobResult>(&delivery.data) {
+                        Ok(result) => result,
+                        Err(error) => {
+                            tracing::warn!(%error, queue = %self.reply_queue, "dropping a reply that is not a result.v1");
+                            delivery.ack(BasicAckOptions::default()).await.map_err(|e| fail(e.into()))?;
+                            continue;
+                        }
+                    };
+                    if !delivered.insert(result.job_id.clone()) {
+                        self.duplicates.fetch_add(1, Ordering::Relaxed);
+                        delivery.ack(BasicAckOptions::default()).await.map_err(|e| fail(e.into()))?;
+                        continue;
+                    }
+                    pending.remove(&result.job_id);
+                    if self.tx.send(Ok(BatchItem { result, delivery })).await.is_err() {
+                        return Ok(()); // The caller dropped the stream.
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn confirmed(confirm: lapin::PublisherConfirm, job_id: String, lane: Lane) -> Result<(), Error> {
+    settle(confirm.await?, &job_id, lane)
+}

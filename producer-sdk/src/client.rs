@@ -1,0 +1,209 @@
+//! The connection, single calls, and the reply router for them.
+
+use crate::publish::{send, settle};
+use crate::{BatchOptions, BatchStream, Error};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use quarry_schemas::wire::{Lane, Topology};
+use quarry_schemas::{Job, JobResult};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Namespace of the fleet's exchanges and queues (`quarry` unless the fleet says otherwise).
+    pub namespace: String,
+    /// Shown in the broker's connection list.
+    pub connection_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            namespace: quarry_schemas::wire::DEFAULT_NAMESPACE.to_owned(),
+            connection_name: "quarry-producer".to_owned(),
+        }
+    }
+}
+
+/// Options of one [`Client::extract`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallOptions {
+    /// Lane to publish on.
+    pub lane: Lane,
+    /// How long to wait for the result.
+    pub timeout: Duration,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self { lane: Lane::Interactive, timeout: Duration::from_secs(120) }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>;
+
+/// A producer's connection to the fleet. Cheap to share behind an `Arc`; every method takes
+/// `&self` and may be called from many tasks at once.
+pub struct Client {
+    connection: Connection,
+    channel: Channel,
+    topology: Topology,
+    user_id: Option<String>,
+    reply_queue: String,
+    pending: Pending,
+}
+
+impl Client {
+    /// Connects with default options (namespace `quarry`).
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects, checks that the fleet's work exchange exists, and opens a private reply
+    /// queue for single calls.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, Error> {
+        let uri: AMQPUri = url.parse().map_err(|e: String| Error::Url(e))?;
+        // The broker checks `user_id` against the login: it is the plugin's identity.
+        let user_id = Some(uri.authority.userinfo.username.clone()).filter(|u| !u.is_empty());
+        let properties = ConnectionProperties::default().with_connection_name(options.connection_name.into());
+        let connection = Connection::connect_uri(uri, properties).await.map_err(Error::Connect)?;
+        let topology = Topology::new(options.namespace);
+
+        // A passive declare fails (and closes its channel) when the exchange is missing.
+        let probe = connection.create_channel().await?;
+        let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+        if probe
+            .exchange_declare(topology.jobs_exchange().into(), ExchangeKind::Direct, passive, FieldTable::default())
+            .await
+            .is_err()
+        {
+            return Err(Error::TopologyMissing {
+                namespace: topology.namespace().to_owned(),
+                exchange: topology.jobs_exchange(),
+            });
+        }
+        let _ = probe.close(200, "probe done".into()).await;
+
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+
+        let replies = connection.create_channel().await?;
+        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        let queue = replies.queue_declare("".into(), exclusive, FieldTable::default()).await?;
+        let reply_queue = queue.name().as_str().to_owned();
+        let consumer = replies
+            .basic_consume(queue.name().clone(), "quarry-replies".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let pending: Pending = Arc::default();
+        tokio::spawn(route_replies(consumer, pending.clone()));
+
+        Ok(Self { connection, channel, topology, user_id, reply_queue, pending })
+    }
+
+    /// The names this client publishes to.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes one job and waits for its result, at most `options.timeout`.
+    ///
+    /// `Ok` carries the job's result, successful or not: check [`JobResult::status`].
+    pub async fn extract(&self, job: Job, options: CallOptions) -> Result<JobResult, Error> {
+        let (tx, rx) = oneshot::channel();
+        let job_id = job.id.clone();
+        self.lock_pending().insert(job_id.clone(), tx);
+        let outcome = self.publish_and_wait(&job, options, rx).await;
+        self.lock_pending().remove(&job_id);
+        outcome
+    }
+
+    async fn publish_and_wait(
+        &self,
+        job: &Job,
+        options: CallOptions,
+        rx: oneshot::Receiver<JobResult>,
+    ) -> Result<JobResult, Error> {
+        let confirm = send(
+            &self.channel,
+            &self.topology.jobs_exchange(),
+            options.lane,
+            job,
+            &self.reply_queue,
+            self.user_id.as_deref(),
+        )
+        .await?;
+        settle(confirm.await?, &job.id, options.lane)?;
+        match tokio::time::timeout(options.timeout, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout { job_id: job.id.clone(), timeout: options.timeout }),
+        }
+    }
+
+    /// Publishes one job without waiting for its result; the result goes to `reply_to`.
+    /// Returns once the broker confirmed the job.
+    pub async fn publish(&self, job: &Job, lane: Lane, reply_to: &str) -> Result<(), Error> {
+        let confirm =
+            send(&self.channel, &self.topology.jobs_exchange(), lane, job, reply_to, self.user_id.as_deref()).await?;
+        settle(confirm.await?, &job.id, lane)
+    }
+
+    /// Runs a batch: publishes `jobs` with at most `options.max_in_flight` outstanding and
+    /// streams their results from the batch's durable reply queue as they arrive. Each job's
+    /// `batch_id` is set to `batch_id`. See [`BatchStream`].
+    pub async fn run_batch<I>(&self, batch_id: &str, jobs: I, options: BatchOptions) -> Result<BatchStream, Error>
+    where
+        I: IntoIterator<Item = Job>,
+        I::IntoIter: Send + 'static,
+    {
+        crate::batch::start(
+            &self.connection,
+            self.channel.clone(),
+            &self.topology,
+            self.user_id.clone(),
+            batch_id,
+            jobs.into_iter(),
+            options,
+        )
+        .await
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) -> Result<(), Error> {
+        Ok(self.connection.close(200, "client closed".into()).await?)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<JobResult>>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        match serde_json::from_slice::<JobResult>(&delivery.data) {
+            Ok(result) => {
+                let waiter = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&result.job_id);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    None => tracing::debug!(job_id = %result.job_id, "result for no waiting call (duplicate or late)"),
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reply queue received something that is not a result.v1"),
+        }
+        if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "could not ack a reply");
+            break;
+        }
+    }
+}

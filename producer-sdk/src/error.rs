@@ -1,0 +1,88 @@
+//! The SDK's typed errors: a broken connection is never mistaken for a failed extraction
+//! (which is a [`quarry_schemas::JobResult`] with an `error`, not an [`Error`]).
+
+use quarry_schemas::job::JobInvalid;
+use std::time::Duration;
+
+/// Everything that can go wrong between a producer and the broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached or refused the login.
+    #[error("cannot connect to RabbitMQ: {0}")]
+    Connect(#[source] lapin::Error),
+    /// The AMQP URL does not parse.
+    #[error("invalid AMQP URL: {0}")]
+    Url(String),
+    /// The namespace's work exchange does not exist: no worker has declared it yet.
+    #[error("namespace `{namespace}` has no work exchange `{exchange}`: start a quarry-worker first")]
+    TopologyMissing {
+        /// The namespace.
+        namespace: String,
+        /// The missing exchange.
+        exchange: String,
+    },
+    /// The job breaks the wire contract; it was not published.
+    #[error("invalid job `{job_id}`: {source}")]
+    InvalidJob {
+        /// The job.
+        job_id: String,
+        /// What is wrong.
+        #[source]
+        source: JobInvalid,
+    },
+    /// No queue is bound for the lane, so the broker returned the job.
+    #[error("job `{job_id}` is unroutable: no queue for lane `{lane}`")]
+    Unroutable {
+        /// The job.
+        job_id: String,
+        /// The lane.
+        lane: String,
+    },
+    /// The broker refused to take the job (publisher nack).
+    #[error("the broker refused job `{job_id}` (nack)")]
+    Nacked {
+        /// The job.
+        job_id: String,
+    },
+    /// No result arrived in time. The job may still complete later.
+    #[error("no result for job `{job_id}` within {timeout:?}")]
+    Timeout {
+        /// The job.
+        job_id: String,
+        /// The wait.
+        timeout: Duration,
+    },
+    /// A batch saw no result for too long.
+    #[error("no result for {idle:?} with {pending} jobs outstanding")]
+    Idle {
+        /// The wait.
+        idle: Duration,
+        /// Jobs still without a result.
+        pending: usize,
+    },
+    /// The connection or channel failed.
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The client shut down while a call was waiting.
+    #[error("the client closed before the result arrived")]
+    Closed,
+}
+
+impl Error {
+    /// Whether this is a transport problem (connection, channel, broker refusal, timeout),
+    /// as opposed to a job the SDK refused to send.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            Error::Connect(_)
+            | Error::TopologyMissing { .. }
+            | Error::Unroutable { .. }
+            | Error::Nacked { .. }
+            | Error::Timeout { .. }
+            | Error::Idle { .. }
+            | Error::Amqp(_)
+            | Error::Closed => true,
+            Error::Url(_) | Error::InvalidJob { .. } => false,
+        }
+    }
+}
