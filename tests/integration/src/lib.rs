@@ -1,1 +1,327 @@
-//! placeholder
+//! Helpers of the integration suite: a fleet (fake provider + workers, in-process or as real
+//! processes) on the real RabbitMQ and Redis of this machine, isolated by a random namespace
+//! and Redis prefix so that tests run in parallel.
+//!
+//! RabbitMQ and Redis are required: [`Fleet::start`] panics with what to run when they are
+//! not reachable. `scripts/test` starts them.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test support: failing loudly is the point")]
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use quarry_fake_provider::{FakeConfig, FakeProvider};
+use quarry_producer::{Client, ClientOptions};
+use quarry_schemas::wire::{Lane, Topology};
+use quarry_worker::config::Config;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// RabbitMQ of this machine (override with `QUARRY_TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("QUARRY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Redis of this machine (override with `QUARRY_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("QUARRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Waits for `future` at most `secs` seconds, failing the test with `what` otherwise.
+pub async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+/// An in-process worker.
+pub struct TaskWorker {
+    /// Its metrics and health endpoint.
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TaskWorker {
+    /// Graceful stop; returns the worker's own outcome.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within(60, "the worker to stop", &mut self.join).await.expect("worker task panicked")
+    }
+}
+
+/// A worker running as its own process (`quarry-worker` binary).
+pub struct ProcessWorker {
+    /// The process.
+    pub child: Child,
+    /// Its metrics and health endpoint.
+    pub http: SocketAddr,
+    _config_dir: tempfile::TempDir,
+}
+
+impl ProcessWorker {
+    /// SIGKILL: no cleanup, no graceful anything.
+    pub async fn kill_9(&mut self) {
+        self.child.start_kill().expect("kill -9 the worker");
+        let status = within(30, "the killed worker to exit", self.child.wait()).await.expect("wait");
+        assert!(!status.success(), "a killed worker cannot exit cleanly");
+    }
+}
+
+/// A fake provider plus the names of an isolated namespace.
+pub struct Fleet {
+    /// Broker namespace of this test.
+    pub namespace: String,
+    /// Redis prefix of this test.
+    pub redis_prefix: String,
+    /// The fake provider.
+    pub fake: FakeProvider,
+    /// Raw connection for tests that publish or inspect by hand.
+    pub connection: Connection,
+}
+
+impl Fleet {
+    /// Checks that RabbitMQ and Redis answer, and starts a fake provider.
+    pub async fn start(fake: FakeConfig) -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap_or_else(|e| {
+            panic!("RabbitMQ is not reachable at {} ({e}). Run scripts/test, which starts it.", amqp_url())
+        });
+        let redis = redis::Client::open(redis_url()).expect("redis url");
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {} ({e}). Run scripts/test, which starts it.", redis_url())
+        });
+        redis::cmd("PING").query_async::<()>(&mut conn).await.expect("Redis PING");
+        let fake = quarry_fake_provider::spawn(fake).await.expect("start the fake provider");
+        Self { namespace: unique("qt"), redis_prefix: unique("qt"), fake, connection }
+    }
+
+    /// Names of this fleet's exchanges and queues.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.namespace.clone())
+    }
+
+    /// Worker configuration for this fleet.
+    pub fn worker_config(&self) -> Config {
+        let mut config = Config::default();
+        config.amqp.url = SecretString::from(amqp_url());
+        config.amqp.namespace = self.namespace.clone();
+        config.redis.url = SecretString::from(redis_url());
+        config.redis.prefix = self.redis_prefix.clone();
+        config.redis.result_ttl_secs = 600;
+        config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.worker.retry_base_ms = 10;
+        if let Some(fake) = config.providers.get_mut("fake") {
+            fake.base_url = self.fake.base_url();
+        }
+        config
+    }
+
+    /// Starts a worker inside this test process.
+    pub async fn spawn_task_worker(&self, config: Config) -> TaskWorker {
+        let worker = quarry_worker::Worker::start(config).await.expect("worker starts");
+        let http = worker.http_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(worker.run_until(async move {
+            let _ = stopped.await;
+        }));
+        TaskWorker { http, stop: Some(stop), join }
+    }
+
+    /// Starts a `quarry-worker` process and waits for its "worker started" log line.
+    pub async fn spawn_process_worker(&self) -> ProcessWorker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, self.worker_toml()).expect("write config");
+        let mut child = Command::new(worker_binary())
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn quarry-worker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (started_tx, started_rx) = oneshot::channel::<SocketAddr>();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut started = Some(started_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    eprintln!("[worker] {line}");
+                    continue;
+                };
+                if event["message"] == "worker started"
+                    && let Some(tx) = started.take()
+                {
+                    let url = event["metrics"].as_str().unwrap_or_default();
+                    let addr = url.trim_start_matches("http://").trim_end_matches("/metrics").parse().expect("metrics address");
+                    let _ = tx.send(addr);
+                } else if event["level"] != "INFO" {
+                    eprintln!("[worker] {line}");
+                }
+            }
+        });
+        let http = within(30, "the worker process to start consuming", started_rx)
+            .await
+            .expect("the worker process exited before it started (see its log above)");
+        ProcessWorker { child, http, _config_dir: dir }
+    }
+
+    fn worker_toml(&self) -> String {
+        format!(
+            r#"[amqp]
+url = "{amqp}"
+namespace = "{ns}"
+[redis]
+url = "{redis}"
+prefix = "{prefix}"
+result_ttl_secs = 600
+[http]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+filter = "info"
+[worker]
+retry_base_ms = 10
+[providers.fake]
+base_url = "{fake}"
+"#,
+            amqp = amqp_url(),
+            ns = self.namespace,
+            redis = redis_url(),
+            prefix = self.redis_prefix,
+            fake = self.fake.base_url(),
+        )
+    }
+
+    /// A producer client on this fleet's namespace.
+    pub async fn client(&self) -> Client {
+        let options = ClientOptions { namespace: self.namespace.clone(), connection_name: "quarry-test".into() };
+        Client::connect_with(&amqp_url(), options).await.expect("producer connects")
+    }
+
+    /// A fresh channel on the raw connection.
+    pub async fn channel(&self) -> Channel {
+        self.connection.create_channel().await.expect("channel")
+    }
+
+    /// Consumes `n` messages from `queue`, acking each, within `secs` seconds.
+    pub async fn take(&self, queue: &str, n: usize, secs: u64) -> Vec<lapin::message::Delivery> {
+        let channel = self.channel().await;
+        let mut consumer = channel
+            .basic_consume(queue.into(), unique("take").into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .expect("consume");
+        let mut out = Vec::with_capacity(n);
+        within(secs, &format!("{n} messages on {queue}"), async {
+            while out.len() < n {
+                let delivery = consumer.next().await.expect("consumer open").expect("delivery");
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                out.push(delivery);
+            }
+        })
+        .await;
+        let _ = channel.close(200, "done".into()).await;
+        out
+    }
+
+    /// Declares a classic, auto-deleting reply queue for hand-made publishes.
+    pub async fn reply_queue(&self) -> String {
+        let name = unique(&format!("{}.test-replies", self.namespace));
+        let options = QueueDeclareOptions { auto_delete: false, durable: false, ..QueueDeclareOptions::default() };
+        self.channel().await.queue_declare(name.as_str().into(), options, FieldTable::default()).await.expect("declare");
+        name
+    }
+
+    /// Deletes every queue, exchange and Redis key of this fleet.
+    pub async fn teardown(self, extra_queues: &[String]) {
+        let channel = self.channel().await;
+        let topology = self.topology();
+        let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
+        queues.push(topology.dead_queue());
+        queues.extend(extra_queues.iter().cloned());
+        for queue in queues {
+            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
+            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let redis = redis::Client::open(redis_url()).expect("redis url");
+        if let Ok(mut conn) = redis.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.redis_prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await;
+            }
+        }
+    }
+}
+
+/// The `quarry-worker` binary next to this test's executable (`cargo build --bins` builds
+/// it; `scripts/test` does), or `QUARRY_WORKER_BIN`.
+pub fn worker_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("QUARRY_WORKER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/quarry-worker
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = profile_dir.join("quarry-worker");
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo build --bins` first (scripts/test does), or set QUARRY_WORKER_BIN",
+        path.display()
+    );
+    path
+}
+
+/// GETs `http://addr{path}` and returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.expect("HTTP GET");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// Parses a Prometheus text exposition, failing on any sample line the parser skipped.
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_owned())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text parses");
+    // The parser skips what it cannot read; so each sample line must parse alone, too.
+    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        let alone = prometheus_parse::Scrape::parse(std::iter::once(Ok(line.to_owned()))).expect("line parses");
+        assert_eq!(alone.samples.len(), 1, "not a Prometheus sample line: {line}");
+    }
+    scrape
+}
+
+/// The sum of a counter's samples whose labels include `labels`.
+pub fn counter_sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
