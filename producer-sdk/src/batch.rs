@@ -12,7 +12,9 @@ use crate::publish::{send, settle};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection};
 use quarry_schemas::wire::{Lane, Topology};
@@ -36,7 +38,11 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { lane: Lane::Batch, max_in_flight: 256, idle_timeout: None }
+        Self {
+            lane: Lane::Batch,
+            max_in_flight: 256,
+            idle_timeout: None,
+        }
     }
 }
 
@@ -82,8 +88,13 @@ impl BatchStream {
 
     /// Deletes the batch's reply queue, if it is empty. Call after acknowledging every result.
     pub async fn finish(self) -> Result<(), Error> {
-        let options = QueueDeleteOptions { if_empty: true, ..QueueDeleteOptions::default() };
-        self.replies.queue_delete(self.reply_queue.as_str().into(), options).await?;
+        let options = QueueDeleteOptions {
+            if_empty: true,
+            ..QueueDeleteOptions::default()
+        };
+        self.replies
+            .queue_delete(self.reply_queue.as_str().into(), options)
+            .await?;
         let _ = self.replies.close(200, "batch finished".into()).await;
         Ok(())
     }
@@ -104,14 +115,29 @@ where
     let max_in_flight = options.max_in_flight.max(1);
     let replies = connection.create_channel().await?;
     let prefetch = u16::try_from(max_in_flight.saturating_mul(2)).unwrap_or(u16::MAX);
-    replies.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    replies
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
     let reply_queue = topology.batch_reply_queue(batch_id);
     let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString(LongString::from("classic")));
-    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    replies.queue_declare(reply_queue.as_str().into(), durable, args).await?;
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    replies
+        .queue_declare(reply_queue.as_str().into(), durable, args)
+        .await?;
     let consumer = replies
-        .basic_consume(reply_queue.as_str().into(), "quarry-batch".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "quarry-batch".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
 
     let (tx, rx) = mpsc::channel(max_in_flight);
@@ -122,7 +148,10 @@ where
         reply_queue: reply_queue.clone(),
         user_id,
         batch_id: batch_id.to_owned(),
-        options: BatchOptions { max_in_flight, ..options },
+        options: BatchOptions {
+            max_in_flight,
+            ..options
+        },
         duplicates: duplicates.clone(),
         tx,
     };
@@ -132,7 +161,12 @@ where
             let _ = error.1.send(Err(error.0)).await;
         }
     });
-    Ok(BatchStream { rx, replies, reply_queue, duplicates })
+    Ok(BatchStream {
+        rx,
+        replies,
+        reply_queue,
+        duplicates,
+    })
 }
 
 struct Driver {
@@ -149,7 +183,11 @@ struct Driver {
 type Failed = (Error, mpsc::Sender<Result<BatchItem, Error>>);
 
 impl Driver {
-    async fn run<I: Iterator<Item = Job>>(self, mut jobs: I, mut consumer: lapin::Consumer) -> Result<(), Failed> {
+    async fn run<I: Iterator<Item = Job>>(
+        self,
+        mut jobs: I,
+        mut consumer: lapin::Consumer,
+    ) -> Result<(), Failed> {
         let fail = |e: Error| (e, self.tx.clone());
         let lane = self.options.lane;
         let mut pending: HashSet<String> = HashSet::new();
@@ -207,6 +245,10 @@ impl Driver {
     }
 }
 
-async fn confirmed(confirm: lapin::PublisherConfirm, job_id: String, lane: Lane) -> Result<(), Error> {
+async fn confirmed(
+    confirm: lapin::PublisherConfirm,
+    job_id: String,
+    lane: Lane,
+) -> Result<(), Error> {
     settle(confirm.await?, &job_id, lane)
 }

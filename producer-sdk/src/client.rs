@@ -4,7 +4,8 @@ use crate::publish::{send, settle};
 use crate::{BatchOptions, BatchStream, Error};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -45,7 +46,10 @@ pub struct CallOptions {
 
 impl Default for CallOptions {
     fn default() -> Self {
-        Self { lane: Lane::Interactive, timeout: Duration::from_secs(120) }
+        Self {
+            lane: Lane::Interactive,
+            timeout: Duration::from_secs(120),
+        }
     }
 }
 
@@ -74,15 +78,26 @@ impl Client {
         let uri: AMQPUri = url.parse().map_err(|e: String| Error::Url(e))?;
         // The broker checks `user_id` against the login: it is the plugin's identity.
         let user_id = Some(uri.authority.userinfo.username.clone()).filter(|u| !u.is_empty());
-        let properties = ConnectionProperties::default().with_connection_name(options.connection_name.into());
-        let connection = Connection::connect_uri(uri, properties).await.map_err(Error::Connect)?;
+        let properties =
+            ConnectionProperties::default().with_connection_name(options.connection_name.into());
+        let connection = Connection::connect_uri(uri, properties)
+            .await
+            .map_err(Error::Connect)?;
         let topology = Topology::new(options.namespace);
 
         // A passive declare fails (and closes its channel) when the exchange is missing.
         let probe = connection.create_channel().await?;
-        let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
         if probe
-            .exchange_declare(topology.jobs_exchange().into(), ExchangeKind::Direct, passive, FieldTable::default())
+            .exchange_declare(
+                topology.jobs_exchange().into(),
+                ExchangeKind::Direct,
+                passive,
+                FieldTable::default(),
+            )
             .await
             .is_err()
         {
@@ -94,19 +109,39 @@ impl Client {
         let _ = probe.close(200, "probe done".into()).await;
 
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
 
         let replies = connection.create_channel().await?;
-        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        let queue = replies.queue_declare("".into(), exclusive, FieldTable::default()).await?;
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = replies
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await?;
         let reply_queue = queue.name().as_str().to_owned();
         let consumer = replies
-            .basic_consume(queue.name().clone(), "quarry-replies".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.name().clone(),
+                "quarry-replies".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let pending: Pending = Arc::default();
         tokio::spawn(route_replies(consumer, pending.clone()));
 
-        Ok(Self { connection, channel, topology, user_id, reply_queue, pending })
+        Ok(Self {
+            connection,
+            channel,
+            topology,
+            user_id,
+            reply_queue,
+            pending,
+        })
     }
 
     /// The names this client publishes to.
@@ -145,22 +180,37 @@ impl Client {
         match tokio::time::timeout(options.timeout, rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout { job_id: job.id.clone(), timeout: options.timeout }),
+            Err(_) => Err(Error::Timeout {
+                job_id: job.id.clone(),
+                timeout: options.timeout,
+            }),
         }
     }
 
     /// Publishes one job without waiting for its result; the result goes to `reply_to`.
     /// Returns once the broker confirmed the job.
     pub async fn publish(&self, job: &Job, lane: Lane, reply_to: &str) -> Result<(), Error> {
-        let confirm =
-            send(&self.channel, &self.topology.jobs_exchange(), lane, job, reply_to, self.user_id.as_deref()).await?;
+        let confirm = send(
+            &self.channel,
+            &self.topology.jobs_exchange(),
+            lane,
+            job,
+            reply_to,
+            self.user_id.as_deref(),
+        )
+        .await?;
         settle(confirm.await?, &job.id, lane)
     }
 
     /// Runs a batch: publishes `jobs` with at most `options.max_in_flight` outstanding and
     /// streams their results from the batch's durable reply queue as they arrive. Each job's
     /// `batch_id` is set to `batch_id`. See [`BatchStream`].
-    pub async fn run_batch<I>(&self, batch_id: &str, jobs: I, options: BatchOptions) -> Result<BatchStream, Error>
+    pub async fn run_batch<I>(
+        &self,
+        batch_id: &str,
+        jobs: I,
+        options: BatchOptions,
+    ) -> Result<BatchStream, Error>
     where
         I: IntoIterator<Item = Job>,
         I::IntoIter: Send + 'static,
@@ -182,8 +232,12 @@ impl Client {
         Ok(self.connection.close(200, "client closed".into()).await?)
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<JobResult>>> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<JobResult>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -191,15 +245,22 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
     while let Some(Ok(delivery)) = consumer.next().await {
         match serde_json::from_slice::<JobResult>(&delivery.data) {
             Ok(result) => {
-                let waiter = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&result.job_id);
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&result.job_id);
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(result);
                     }
-                    None => tracing::debug!(job_id = %result.job_id, "result for no waiting call (duplicate or late)"),
+                    None => {
+                        tracing::debug!(job_id = %result.job_id, "result for no waiting call (duplicate or late)")
+                    }
                 }
             }
-            Err(error) => tracing::warn!(%error, "reply queue received something that is not a result.v1"),
+            Err(error) => {
+                tracing::warn!(%error, "reply queue received something that is not a result.v1")
+            }
         }
         if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, "could not ack a reply");

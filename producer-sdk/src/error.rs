@@ -15,7 +15,9 @@ pub enum Error {
     #[error("invalid AMQP URL: {0}")]
     Url(String),
     /// The namespace's work exchange does not exist: no worker has declared it yet.
-    #[error("namespace `{namespace}` has no work exchange `{exchange}`: start a quarry-worker first")]
+    #[error(
+        "namespace `{namespace}` has no work exchange `{exchange}`: start a quarry-worker first"
+    )]
     TopologyMissing {
         /// The namespace.
         namespace: String,

@@ -27,7 +27,9 @@ pub use batch::{BatchItem, BatchOptions, BatchStream};
 pub use client::{CallOptions, Client, ClientOptions};
 pub use error::Error;
 pub use quarry_schemas::wire::Lane;
-pub use quarry_schemas::{ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, Status, Usage};
+pub use quarry_schemas::{
+    ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, Status, Usage,
+};
 
 /// A fresh job id: a UUID v7 (time-ordered, unique).
 pub fn new_job_id() -> String {

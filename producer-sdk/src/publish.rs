@@ -19,11 +19,17 @@ pub(crate) async fn send(
     reply_to: &str,
     user_id: Option<&str>,
 ) -> Result<PublisherConfirm, Error> {
-    job.check().map_err(|source| Error::InvalidJob { job_id: job.id.clone(), source })?;
+    job.check().map_err(|source| Error::InvalidJob {
+        job_id: job.id.clone(),
+        source,
+    })?;
     // A Job is plain data: serialising it cannot fail.
     let body = serde_json::to_vec(job).map_err(|e| Error::InvalidJob {
         job_id: job.id.clone(),
-        source: quarry_schemas::job::JobInvalid { field: "/".into(), reason: e.to_string() },
+        source: quarry_schemas::job::JobInvalid {
+            field: "/".into(),
+            reason: e.to_string(),
+        },
     })?;
     let mut properties = BasicProperties::default()
         .with_content_type(CONTENT_TYPE_JSON.into())
@@ -35,15 +41,31 @@ pub(crate) async fn send(
     if let Some(user) = user_id {
         properties = properties.with_user_id(user.into());
     }
-    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-    Ok(channel.basic_publish(exchange.into(), lane.as_str().into(), options, &body, properties).await?)
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    Ok(channel
+        .basic_publish(
+            exchange.into(),
+            lane.as_str().into(),
+            options,
+            &body,
+            properties,
+        )
+        .await?)
 }
 
 /// Turns a confirm into success or a typed error.
 pub(crate) fn settle(confirmation: Confirmation, job_id: &str, lane: Lane) -> Result<(), Error> {
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(Error::Unroutable { job_id: job_id.to_owned(), lane: lane.as_str().to_owned() }),
-        Confirmation::Nack(_) => Err(Error::Nacked { job_id: job_id.to_owned() }),
+        Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+            job_id: job_id.to_owned(),
+            lane: lane.as_str().to_owned(),
+        }),
+        Confirmation::Nack(_) => Err(Error::Nacked {
+            job_id: job_id.to_owned(),
+        }),
     }
 }

@@ -20,10 +20,21 @@ use std::time::{Duration, Instant};
 #[command(version)]
 struct Cli {
     /// RabbitMQ URL; its user is the plugin identity.
-    #[arg(long, global = true, env = "QUARRY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "QUARRY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     amqp_url: String,
     /// Namespace of the fleet's exchanges and queues.
-    #[arg(long, global = true, env = "QUARRY_NAMESPACE", default_value = "quarry")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUARRY_NAMESPACE",
+        default_value = "quarry"
+    )]
     namespace: String,
     #[command(subcommand)]
     command: Command,
@@ -105,7 +116,9 @@ struct InputError {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -114,7 +127,11 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("quarry submit: {error:#}");
-                if error.downcast_ref::<InputError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+                if error.downcast_ref::<InputError>().is_some() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         },
     }
@@ -131,10 +148,15 @@ struct Defaults {
 fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
     let json_schema = match &args.schema {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading --schema {}", path.display()))?;
-            let value: Value =
-                serde_json::from_str(&text).with_context(|| format!("--schema {} is not JSON", path.display()))?;
-            anyhow::ensure!(value.is_object(), "--schema {} is not a JSON object", path.display());
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --schema {}", path.display()))?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("--schema {} is not JSON", path.display()))?;
+            anyhow::ensure!(
+                value.is_object(),
+                "--schema {} is not a JSON object",
+                path.display()
+            );
             Some(value)
         }
         None => None,
@@ -144,7 +166,13 @@ fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
         let name: String = stem
             .trim_end_matches(".schema")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(64)
             .collect();
         Some(name).filter(|n| !n.is_empty())
@@ -167,7 +195,11 @@ fn read_jobs(path: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Job>> {
     let mut custom_ids: HashMap<String, usize> = HashMap::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
-        let error = |message: String| InputError { path: shown.clone(), line: number, message };
+        let error = |message: String| InputError {
+            path: shown.clone(),
+            line: number,
+            message,
+        };
         let line = line.map_err(|e| error(format!("cannot read: {e}")))?;
         if line.trim().is_empty() {
             continue;
@@ -176,16 +208,23 @@ fn read_jobs(path: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Job>> {
         let input = match (parsed.text, parsed.input) {
             (Some(text), None) => vec![InputPart::Text { text }],
             (None, Some(parts)) => parts,
-            (Some(_), Some(_)) => return Err(error("give `text` or `input`, not both".into()).into()),
+            (Some(_), Some(_)) => {
+                return Err(error("give `text` or `input`, not both".into()).into());
+            }
             (None, None) => return Err(error("missing `text` or `input`".into()).into()),
         };
         let custom_id = parsed.custom_id.unwrap_or_else(|| number.to_string());
         if let Some(first) = custom_ids.insert(custom_id.clone(), number) {
-            return Err(error(format!("custom_id `{custom_id}` is already used on line {first}")).into());
+            return Err(error(format!(
+                "custom_id `{custom_id}` is already used on line {first}"
+            ))
+            .into());
         }
         let mut job = Job::new(parsed.id.unwrap_or_else(new_job_id), input);
         job.custom_id = Some(custom_id);
-        job.instructions = parsed.instructions.or_else(|| defaults.instructions.clone());
+        job.instructions = parsed
+            .instructions
+            .or_else(|| defaults.instructions.clone());
         job.json_schema = parsed.json_schema.or_else(|| defaults.json_schema.clone());
         job.schema_name = parsed.schema_name.or_else(|| defaults.schema_name.clone());
         job.model = parsed.model.or_else(|| defaults.model.clone());
@@ -214,10 +253,14 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
     let defaults = load_defaults(args)?;
     let jobs = read_jobs(&args.input, &defaults)?;
     let total = jobs.len();
-    let output = std::fs::File::create(&args.output).with_context(|| format!("cannot create --output {}", args.output.display()))?;
+    let output = std::fs::File::create(&args.output)
+        .with_context(|| format!("cannot create --output {}", args.output.display()))?;
     let mut output = BufWriter::new(output);
 
-    let options = ClientOptions { namespace: cli.namespace.clone(), connection_name: "quarry-cli".into() };
+    let options = ClientOptions {
+        namespace: cli.namespace.clone(),
+        connection_name: "quarry-cli".into(),
+    };
     let client = Client::connect_with(&cli.amqp_url, options).await?;
     let batch_id = args.batch_id.clone().unwrap_or_else(new_job_id);
     let started = Instant::now();
@@ -239,7 +282,12 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         let result = &item.result;
         match &result.error {
             None => summary.ok += 1,
-            Some(error) => *summary.errors.entry(error.code.as_str().to_owned()).or_default() += 1,
+            Some(error) => {
+                *summary
+                    .errors
+                    .entry(error.code.as_str().to_owned())
+                    .or_default() += 1
+            }
         }
         summary.input_tokens += result.usage.input_tokens;
         summary.output_tokens += result.usage.output_tokens;
@@ -268,13 +316,20 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         total as f64 / wall.as_secs_f64().max(1e-9)
     );
     println!("  ok:      {}", summary.ok);
-    let by_code: Vec<String> = summary.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+    let by_code: Vec<String> = summary
+        .errors
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect();
     if by_code.is_empty() {
         println!("  errors:  0");
     } else {
         println!("  errors:  {errors} ({})", by_code.join(", "));
     }
-    println!("  tokens:  {} input, {} output", summary.input_tokens, summary.output_tokens);
+    println!(
+        "  tokens:  {} input, {} output",
+        summary.input_tokens, summary.output_tokens
+    );
     if duplicates > 0 {
         println!("  duplicate deliveries dropped: {duplicates}");
     }

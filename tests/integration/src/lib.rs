@@ -5,11 +5,16 @@
 //! RabbitMQ and Redis are required: [`Fleet::start`] panics with what to run when they are
 //! not reachable. `scripts/test` starts them.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test support: failing loudly is the point")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test support: failing loudly is the point"
+)]
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -28,7 +33,8 @@ use tokio::sync::oneshot;
 
 /// RabbitMQ of this machine (override with `QUARRY_TEST_AMQP_URL`).
 pub fn amqp_url() -> String {
-    std::env::var("QUARRY_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("QUARRY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
 /// Redis of this machine (override with `QUARRY_TEST_REDIS_URL`).
@@ -62,7 +68,9 @@ impl TaskWorker {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        within(60, "the worker to stop", &mut self.join).await.expect("worker task panicked")
+        within(60, "the worker to stop", &mut self.join)
+            .await
+            .expect("worker task panicked")
     }
 }
 
@@ -79,7 +87,9 @@ impl ProcessWorker {
     /// SIGKILL: no cleanup, no graceful anything.
     pub async fn kill_9(&mut self) {
         self.child.start_kill().expect("kill -9 the worker");
-        let status = within(30, "the killed worker to exit", self.child.wait()).await.expect("wait");
+        let status = within(30, "the killed worker to exit", self.child.wait())
+            .await
+            .expect("wait");
         assert!(!status.success(), "a killed worker cannot exit cleanly");
     }
 }
@@ -99,16 +109,37 @@ pub struct Fleet {
 impl Fleet {
     /// Checks that RabbitMQ and Redis answer, and starts a fake provider.
     pub async fn start(fake: FakeConfig) -> Self {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap_or_else(|e| {
-            panic!("RabbitMQ is not reachable at {} ({e}). Run scripts/test, which starts it.", amqp_url())
-        });
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "RabbitMQ is not reachable at {} ({e}). Run scripts/test, which starts it.",
+                    amqp_url()
+                )
+            });
         let redis = redis::Client::open(redis_url()).expect("redis url");
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {} ({e}). Run scripts/test, which starts it.", redis_url())
-        });
-        redis::cmd("PING").query_async::<()>(&mut conn).await.expect("Redis PING");
-        let fake = quarry_fake_provider::spawn(fake).await.expect("start the fake provider");
-        Self { namespace: unique("qt"), redis_prefix: unique("qt"), fake, connection }
+        let mut conn = redis
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Redis is not reachable at {} ({e}). Run scripts/test, which starts it.",
+                    redis_url()
+                )
+            });
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("Redis PING");
+        let fake = quarry_fake_provider::spawn(fake)
+            .await
+            .expect("start the fake provider");
+        Self {
+            namespace: unique("qt"),
+            redis_prefix: unique("qt"),
+            fake,
+            connection,
+        }
     }
 
     /// Names of this fleet's exchanges and queues.
@@ -134,13 +165,19 @@ impl Fleet {
 
     /// Starts a worker inside this test process.
     pub async fn spawn_task_worker(&self, config: Config) -> TaskWorker {
-        let worker = quarry_worker::Worker::start(config).await.expect("worker starts");
+        let worker = quarry_worker::Worker::start(config)
+            .await
+            .expect("worker starts");
         let http = worker.http_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let join = tokio::spawn(worker.run_until(async move {
             let _ = stopped.await;
         }));
-        TaskWorker { http, stop: Some(stop), join }
+        TaskWorker {
+            http,
+            stop: Some(stop),
+            join,
+        }
     }
 
     /// Starts a `quarry-worker` process and waits for its "worker started" log line.
@@ -170,7 +207,11 @@ impl Fleet {
                     && let Some(tx) = started.take()
                 {
                     let url = event["metrics"].as_str().unwrap_or_default();
-                    let addr = url.trim_start_matches("http://").trim_end_matches("/metrics").parse().expect("metrics address");
+                    let addr = url
+                        .trim_start_matches("http://")
+                        .trim_end_matches("/metrics")
+                        .parse()
+                        .expect("metrics address");
                     let _ = tx.send(addr);
                 } else if event["level"] != "INFO" {
                     eprintln!("[worker] {line}");
@@ -180,7 +221,11 @@ impl Fleet {
         let http = within(30, "the worker process to start consuming", started_rx)
             .await
             .expect("the worker process exited before it started (see its log above)");
-        ProcessWorker { child, http, _config_dir: dir }
+        ProcessWorker {
+            child,
+            http,
+            _config_dir: dir,
+        }
     }
 
     fn worker_toml(&self) -> String {
@@ -212,8 +257,13 @@ base_url = "{fake}"
 
     /// A producer client on this fleet's namespace.
     pub async fn client(&self) -> Client {
-        let options = ClientOptions { namespace: self.namespace.clone(), connection_name: "quarry-test".into() };
-        Client::connect_with(&amqp_url(), options).await.expect("producer connects")
+        let options = ClientOptions {
+            namespace: self.namespace.clone(),
+            connection_name: "quarry-test".into(),
+        };
+        Client::connect_with(&amqp_url(), options)
+            .await
+            .expect("producer connects")
     }
 
     /// A fresh channel on the raw connection.
@@ -225,13 +275,22 @@ base_url = "{fake}"
     pub async fn take(&self, queue: &str, n: usize, secs: u64) -> Vec<lapin::message::Delivery> {
         let channel = self.channel().await;
         let mut consumer = channel
-            .basic_consume(queue.into(), unique("take").into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.into(),
+                unique("take").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("consume");
         let mut out = Vec::with_capacity(n);
         within(secs, &format!("{n} messages on {queue}"), async {
             while out.len() < n {
-                let delivery = consumer.next().await.expect("consumer open").expect("delivery");
+                let delivery = consumer
+                    .next()
+                    .await
+                    .expect("consumer open")
+                    .expect("delivery");
                 delivery.ack(BasicAckOptions::default()).await.expect("ack");
                 out.push(delivery);
             }
@@ -244,8 +303,16 @@ base_url = "{fake}"
     /// Declares a classic, auto-deleting reply queue for hand-made publishes.
     pub async fn reply_queue(&self) -> String {
         let name = unique(&format!("{}.test-replies", self.namespace));
-        let options = QueueDeclareOptions { auto_delete: false, durable: false, ..QueueDeclareOptions::default() };
-        self.channel().await.queue_declare(name.as_str().into(), options, FieldTable::default()).await.expect("declare");
+        let options = QueueDeclareOptions {
+            auto_delete: false,
+            durable: false,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel()
+            .await
+            .queue_declare(name.as_str().into(), options, FieldTable::default())
+            .await
+            .expect("declare");
         name
     }
 
@@ -257,10 +324,14 @@ base_url = "{fake}"
         queues.push(topology.dead_queue());
         queues.extend(extra_queues.iter().cloned());
         for queue in queues {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
-            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
         let redis = redis::Client::open(redis_url()).expect("redis url");
         if let Ok(mut conn) = redis.get_multiplexed_async_connection().await {
@@ -270,7 +341,10 @@ base_url = "{fake}"
                 .await
                 .unwrap_or_default();
             if !keys.is_empty() {
-                let _ = redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await;
+                let _ = redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async::<()>(&mut conn)
+                    .await;
             }
         }
     }
@@ -284,7 +358,10 @@ pub fn worker_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/quarry-worker
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
     let path = profile_dir.join("quarry-worker");
     assert!(
         path.exists(),
@@ -296,7 +373,9 @@ pub fn worker_binary() -> PathBuf {
 
 /// GETs `http://addr{path}` and returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let response = reqwest::get(format!("http://{addr}{path}")).await.expect("HTTP GET");
+    let response = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("HTTP GET");
     let status = response.status().as_u16();
     (status, response.text().await.expect("body"))
 }
@@ -304,11 +383,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// Parses a Prometheus text exposition, failing on any sample line the parser skipped.
 pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_owned())).collect();
-    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text parses");
+    let scrape =
+        prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text parses");
     // The parser skips what it cannot read; so each sample line must parse alone, too.
-    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
-        let alone = prometheus_parse::Scrape::parse(std::iter::once(Ok(line.to_owned()))).expect("line parses");
-        assert_eq!(alone.samples.len(), 1, "not a Prometheus sample line: {line}");
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let alone = prometheus_parse::Scrape::parse(std::iter::once(Ok(line.to_owned())))
+            .expect("line parses");
+        assert_eq!(
+            alone.samples.len(),
+            1,
+            "not a Prometheus sample line: {line}"
+        );
     }
     scrape
 }
@@ -320,7 +408,9 @@ pub fn counter_sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&st
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
         .sum()

@@ -1,12 +1,19 @@
 //! The fleet end to end against the real RabbitMQ and Redis of this machine.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests fail by panicking")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail by panicking"
+)]
 
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics, within};
-use quarry_producer::{BatchOptions, CallOptions, Client, ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id};
+use quarry_producer::{
+    BatchOptions, CallOptions, Client, ErrorCode, InputPart, Job, JobResult, Lane, Status,
+    new_job_id,
+};
 use quarry_schemas::job::{ImageMime, ImagePart};
 use quarry_schemas::wire::{HEADER_DEAD_REASON, HEADER_DEAD_USER};
 use quarry_worker::amqp::publisher::header_text;
@@ -19,7 +26,12 @@ fn receipt_schema() -> Value {
 }
 
 fn receipt_job(n: usize) -> Job {
-    let mut job = Job::new(new_job_id(), vec![InputPart::Text { text: format!("Cafe Luna\n{n} x espresso 2.80\nTOTAL 5.60 EUR") }]);
+    let mut job = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: format!("Cafe Luna\n{n} x espresso 2.80\nTOTAL 5.60 EUR"),
+        }],
+    );
     job.custom_id = Some(format!("receipt-{n:05}"));
     job.instructions = Some("Extract the expense record.".into());
     job.json_schema = Some(receipt_schema());
@@ -32,8 +44,15 @@ fn receipt_job(n: usize) -> Job {
 async fn collect(client: &Client, jobs: Vec<Job>, secs: u64) -> (HashMap<String, JobResult>, u64) {
     let expected = jobs.len();
     let batch_id = new_job_id();
-    let options = BatchOptions { lane: Lane::Batch, max_in_flight: 300, idle_timeout: Some(Duration::from_secs(60)) };
-    let mut stream = client.run_batch(&batch_id, jobs, options).await.expect("batch starts");
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 300,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let mut stream = client
+        .run_batch(&batch_id, jobs, options)
+        .await
+        .expect("batch starts");
     let mut by_custom_id = HashMap::new();
     within(secs, &format!("{expected} results"), async {
         while let Some(item) = stream.next().await {
@@ -58,10 +77,16 @@ async fn one_job_end_to_end_and_typed_failures() {
     let client = fleet.client().await;
 
     let mut job = receipt_job(1);
-    job.input.push(InputPart::Image(ImagePart { mime: ImageMime::Png, data: "iVBORw0KGgoAAAANSUhEUg==".into() }));
+    job.input.push(InputPart::Image(ImagePart {
+        mime: ImageMime::Png,
+        data: "iVBORw0KGgoAAAANSUhEUg==".into(),
+    }));
     job.metadata = Some(json!({"row": 1, "source": "test"}));
     let job_id = job.id.clone();
-    let result = client.extract(job, CallOptions::default()).await.expect("result");
+    let result = client
+        .extract(job, CallOptions::default())
+        .await
+        .expect("result");
     assert_eq!(result.status, Status::Ok, "{result:?}");
     assert_eq!(result.job_id, job_id);
     assert_eq!(result.custom_id.as_deref(), Some("receipt-00001"));
@@ -69,15 +94,30 @@ async fn one_job_end_to_end_and_typed_failures() {
     assert_eq!(result.model.as_deref(), Some("fake-large"));
     assert_eq!(result.attempts, 1);
     assert_eq!(result.metadata, Some(json!({"row": 1, "source": "test"})));
-    assert!(result.usage.input_tokens > 85, "text plus one image: {:?}", result.usage);
+    assert!(
+        result.usage.input_tokens > 85,
+        "text plus one image: {:?}",
+        result.usage
+    );
     assert!(result.usage.output_tokens > 0);
     let parsed = result.parsed.expect("JSON mode gives parsed");
     assert!(jsonschema::is_valid(&receipt_schema(), &parsed), "{parsed}");
-    assert_eq!(serde_json::from_str::<Value>(result.text.as_deref().unwrap()).unwrap(), parsed);
+    assert_eq!(
+        serde_json::from_str::<Value>(result.text.as_deref().unwrap()).unwrap(),
+        parsed
+    );
 
     // Text mode: no schema, no parsed.
-    let text_job = Job::new(new_job_id(), vec![InputPart::Text { text: "Summarise: all good".into() }]);
-    let result = client.extract(text_job, CallOptions::default()).await.expect("result");
+    let text_job = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: "Summarise: all good".into(),
+        }],
+    );
+    let result = client
+        .extract(text_job, CallOptions::default())
+        .await
+        .expect("result");
     assert_eq!(result.status, Status::Ok);
     assert!(result.parsed.is_none());
     assert!(result.text.unwrap().starts_with("Extracted:"));
@@ -98,28 +138,57 @@ async fn one_job_end_to_end_and_typed_failures() {
         (remote_ref, ErrorCode::InvalidRequest),
         (expired, ErrorCode::DeadlineExceeded),
     ] {
-        let result = client.extract(job, CallOptions::default()).await.expect("result");
+        let result = client
+            .extract(job, CallOptions::default())
+            .await
+            .expect("result");
         assert_eq!(result.status, Status::Error);
         let error = result.error.expect("error");
         assert_eq!(error.code, code, "{}", error.message);
         assert!(!error.retryable);
         assert_eq!(result.attempts, 0);
     }
-    assert_eq!(fleet.fake.stats.snapshot().requests, calls_before, "failed jobs must not reach the provider");
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        calls_before,
+        "failed jobs must not reach the provider"
+    );
 
     // An invalid job never leaves the SDK.
     let invalid = Job::new("", vec![]);
-    let err = client.extract(invalid, CallOptions::default()).await.expect_err("must be refused");
+    let err = client
+        .extract(invalid, CallOptions::default())
+        .await
+        .expect_err("must be refused");
     assert!(!err.is_transport(), "{err}");
 
     // Metrics parse as Prometheus text and count what happened; health endpoints answer.
     let (status, body) = http_get(worker.http, "/metrics").await;
     assert_eq!(status, 200);
     let scrape = parse_metrics(&body);
-    assert!(counter_sum(&scrape, "quarry_jobs_total", &[("outcome", "ok")]) >= 2.0, "{body}");
-    assert!(counter_sum(&scrape, "quarry_jobs_total", &[("outcome", "MODEL_UNRESOLVED")]) >= 1.0);
-    assert!(scrape.samples.iter().any(|s| s.metric == "quarry_provider_request_duration_seconds"));
-    assert!(scrape.samples.iter().any(|s| s.metric == "quarry_worker_overhead_seconds"));
+    assert!(
+        counter_sum(&scrape, "quarry_jobs_total", &[("outcome", "ok")]) >= 2.0,
+        "{body}"
+    );
+    assert!(
+        counter_sum(
+            &scrape,
+            "quarry_jobs_total",
+            &[("outcome", "MODEL_UNRESOLVED")]
+        ) >= 1.0
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "quarry_provider_request_duration_seconds")
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "quarry_worker_overhead_seconds")
+    );
     assert_eq!(http_get(worker.http, "/healthz").await.0, 200);
     assert_eq!(http_get(worker.http, "/readyz").await.0, 200);
 
@@ -130,7 +199,11 @@ async fn one_job_end_to_end_and_typed_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_jobs_through_two_worker_processes() {
-    let fleet = Fleet::start(FakeConfig { latency: Duration::from_millis(5), ..FakeConfig::default() }).await;
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(5),
+        ..FakeConfig::default()
+    })
+    .await;
     let a = fleet.spawn_process_worker().await;
     let b = fleet.spawn_process_worker().await;
     let client = fleet.client().await;
@@ -140,9 +213,14 @@ async fn thousand_jobs_through_two_worker_processes() {
     assert_eq!(results.len(), 1000);
     let validator = jsonschema::validator_for(&receipt_schema()).unwrap();
     for n in 0..1000 {
-        let result = results.get(&format!("receipt-{n:05}")).unwrap_or_else(|| panic!("receipt-{n:05} missing"));
+        let result = results
+            .get(&format!("receipt-{n:05}"))
+            .unwrap_or_else(|| panic!("receipt-{n:05} missing"));
         assert_eq!(result.status, Status::Ok, "{result:?}");
-        assert!(validator.is_valid(result.parsed.as_ref().expect("parsed")), "receipt-{n:05} invalid");
+        assert!(
+            validator.is_valid(result.parsed.as_ref().expect("parsed")),
+            "receipt-{n:05} invalid"
+        );
     }
     // Both workers took part.
     for (name, worker) in [("a", &a), ("b", &b)] {
@@ -150,7 +228,11 @@ async fn thousand_jobs_through_two_worker_processes() {
         let done = counter_sum(&scrape, "quarry_jobs_total", &[("outcome", "ok")]);
         assert!(done > 0.0, "worker {name} processed nothing");
     }
-    assert_eq!(fleet.fake.stats.snapshot().requests, 1000, "one provider call per job");
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        1000,
+        "one provider call per job"
+    );
     client.close().await.expect("close");
     drop((a, b));
     fleet.teardown(&[]).await;
@@ -158,29 +240,50 @@ async fn thousand_jobs_through_two_worker_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_batch_loses_nothing() {
-    let fleet = Fleet::start(FakeConfig { latency: Duration::from_millis(40), ..FakeConfig::default() }).await;
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(40),
+        ..FakeConfig::default()
+    })
+    .await;
     let mut victim = fleet.spawn_process_worker().await;
     let survivor = fleet.spawn_process_worker().await;
     let client = fleet.client().await;
     let total = 1000;
 
     let batch_id = new_job_id();
-    let options = BatchOptions { lane: Lane::Batch, max_in_flight: 400, idle_timeout: Some(Duration::from_secs(60)) };
-    let mut stream = client.run_batch(&batch_id, (0..total).map(receipt_job).collect::<Vec<_>>(), options).await.unwrap();
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 400,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let mut stream = client
+        .run_batch(
+            &batch_id,
+            (0..total).map(receipt_job).collect::<Vec<_>>(),
+            options,
+        )
+        .await
+        .unwrap();
     let mut seen: HashMap<String, Status> = HashMap::new();
     within(300, "all results despite the kill", async {
         let mut killed = false;
         while let Some(item) = stream.next().await {
             let item = item.expect("batch item");
             let custom_id = item.result.custom_id.clone().unwrap();
-            assert!(seen.insert(custom_id.clone(), item.result.status).is_none(), "{custom_id} delivered twice");
+            assert!(
+                seen.insert(custom_id.clone(), item.result.status).is_none(),
+                "{custom_id} delivered twice"
+            );
             item.ack().await.unwrap();
             if !killed && seen.len() == 150 {
                 let scrape = parse_metrics(&http_get(victim.http, "/metrics").await.1);
                 let in_flight = counter_sum(&scrape, "quarry_jobs_in_flight", &[]);
                 victim.kill_9().await;
                 killed = true;
-                assert!(in_flight > 0.0, "the victim should have been working when killed");
+                assert!(
+                    in_flight > 0.0,
+                    "the victim should have been working when killed"
+                );
             }
         }
         assert!(killed, "the batch ended before the kill");
@@ -193,8 +296,14 @@ async fn worker_killed_mid_batch_loses_nothing() {
     assert!(seen.values().all(|s| *s == Status::Ok));
     let calls = fleet.fake.stats.snapshot().requests as usize;
     // Only the victim's unacknowledged jobs (at most its prefetch, 256) may be called twice.
-    assert!(calls >= total && calls <= total + 256, "provider calls {calls}");
-    eprintln!("kill -9 mid-batch: {total} results, {} provider calls, {duplicates} duplicate deliveries dropped", calls);
+    assert!(
+        calls >= total && calls <= total + 256,
+        "provider calls {calls}"
+    );
+    eprintln!(
+        "kill -9 mid-batch: {total} results, {} provider calls, {duplicates} duplicate deliveries dropped",
+        calls
+    );
     let scrape = parse_metrics(&http_get(survivor.http, "/metrics").await.1);
     assert!(counter_sum(&scrape, "quarry_jobs_total", &[]) > 0.0);
     client.close().await.unwrap();
@@ -216,7 +325,13 @@ async fn malformed_messages_reach_the_dead_letter_queue() {
         let exchange = topology.jobs_exchange();
         async move {
             let confirm = channel
-                .basic_publish(exchange.as_str().into(), "interactive".into(), BasicPublishOptions::default(), &body, properties)
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "interactive".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
                 .await
                 .unwrap()
                 .await
@@ -224,42 +339,104 @@ async fn malformed_messages_reach_the_dead_letter_queue() {
             assert!(confirm.is_ack());
         }
     };
-    let base = |id: &str| BasicProperties::default().with_message_id(id.into()).with_user_id("guest".into());
-    let valid_job = |id: &str| serde_json::to_vec(&Job::new(id, vec![InputPart::Text { text: "x".into() }])).unwrap();
+    let base = |id: &str| {
+        BasicProperties::default()
+            .with_message_id(id.into())
+            .with_user_id("guest".into())
+    };
+    let valid_job = |id: &str| {
+        serde_json::to_vec(&Job::new(id, vec![InputPart::Text { text: "x".into() }])).unwrap()
+    };
 
     // 1. Not JSON, but with a reply address: dead-lettered and answered INVALID_REQUEST.
-    publish(b"{not json".to_vec(), base("m-garbage").with_reply_to(replies.as_str().into()).with_correlation_id("c-garbage".into())).await;
+    publish(
+        b"{not json".to_vec(),
+        base("m-garbage")
+            .with_reply_to(replies.as_str().into())
+            .with_correlation_id("c-garbage".into()),
+    )
+    .await;
     // 2. JSON of the wrong shape, no reply address: dead-lettered only.
-    publish(br#"{"version": "job.v1", "id": 5, "input": "text"}"#.to_vec(), base("m-types")).await;
+    publish(
+        br#"{"version": "job.v1", "id": 5, "input": "text"}"#.to_vec(),
+        base("m-types"),
+    )
+    .await;
     // 3. A valid job without reply_to: its result would have nowhere to go.
     publish(valid_job("m-noreply"), base("m-noreply")).await;
     // 4. A valid job whose reply queue does not exist: the result itself is dead-lettered.
-    publish(valid_job("m-gone"), base("m-gone").with_reply_to("no-such-queue-anywhere".into()).with_correlation_id("m-gone".into())).await;
+    publish(
+        valid_job("m-gone"),
+        base("m-gone")
+            .with_reply_to("no-such-queue-anywhere".into())
+            .with_correlation_id("m-gone".into()),
+    )
+    .await;
 
     let letters = fleet.take(&topology.dead_queue(), 4, 30).await;
     let mut reasons: HashMap<String, String> = HashMap::new();
     for letter in &letters {
-        let id = letter.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
-        let reason = header_text(letter.properties.headers(), HEADER_DEAD_REASON).expect("reason header");
+        let id = letter
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let reason =
+            header_text(letter.properties.headers(), HEADER_DEAD_REASON).expect("reason header");
         reasons.insert(id, reason);
     }
     // The dead-lettered result of case 4 carries no message id of its own; key it by its reason.
-    assert_eq!(reasons.get("m-garbage").map(String::as_str), Some("undecodable"), "{reasons:?}");
-    assert_eq!(reasons.get("m-types").map(String::as_str), Some("undecodable"), "{reasons:?}");
-    assert_eq!(reasons.get("m-noreply").map(String::as_str), Some("missing_reply_to"), "{reasons:?}");
-    assert!(reasons.values().any(|r| r == "reply_queue_missing"), "{reasons:?}");
-    let garbage = letters.iter().find(|l| l.properties.message_id().as_ref().map(|s| s.as_str()) == Some("m-garbage")).unwrap();
+    assert_eq!(
+        reasons.get("m-garbage").map(String::as_str),
+        Some("undecodable"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.get("m-types").map(String::as_str),
+        Some("undecodable"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.get("m-noreply").map(String::as_str),
+        Some("missing_reply_to"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.values().any(|r| r == "reply_queue_missing"),
+        "{reasons:?}"
+    );
+    let garbage = letters
+        .iter()
+        .find(|l| l.properties.message_id().as_ref().map(|s| s.as_str()) == Some("m-garbage"))
+        .unwrap();
     assert_eq!(garbage.data, b"{not json", "the original body is kept");
-    assert_eq!(header_text(garbage.properties.headers(), HEADER_DEAD_USER).as_deref(), Some("guest"));
+    assert_eq!(
+        header_text(garbage.properties.headers(), HEADER_DEAD_USER).as_deref(),
+        Some("guest")
+    );
 
     let answered = fleet.take(&replies, 1, 30).await;
     let result: JobResult = serde_json::from_slice(&answered[0].data).unwrap();
     assert_eq!(result.job_id, "m-garbage");
     assert_eq!(result.error.unwrap().code, ErrorCode::InvalidRequest);
-    assert_eq!(answered[0].properties.correlation_id().as_ref().map(|s| s.as_str()), Some("c-garbage"));
+    assert_eq!(
+        answered[0]
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("c-garbage")
+    );
 
     let scrape = parse_metrics(&http_get(worker.http, "/metrics").await.1);
-    assert!(counter_sum(&scrape, "quarry_dead_letters_total", &[("reason", "undecodable")]) >= 2.0);
+    assert!(
+        counter_sum(
+            &scrape,
+            "quarry_dead_letters_total",
+            &[("reason", "undecodable")]
+        ) >= 2.0
+    );
     worker.stop().await.unwrap();
     fleet.teardown(&[replies]).await;
 }

@@ -1,0 +1,77 @@
+# Shared set-up for scripts/demo and scripts/test: reuse running services, start installed
+# ones, install missing ones from the distribution's packages when run as root, and otherwise
+# say exactly what to run.
+# shellcheck shell=bash
+
+AMQP_HOST=127.0.0.1
+AMQP_PORT=5672
+REDIS_HOST=127.0.0.1
+REDIS_PORT=6379
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # host port seconds what
+  local deadline=$((SECONDS + $3))
+  until port_open "$1" "$2"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$4 did not open $1:$2 within $3s"
+    sleep 0.5
+  done
+}
+
+APT_UPDATED=
+apt_install() { # packages...
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    return 1
+  fi
+  if [ -z "$APT_UPDATED" ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+    APT_UPDATED=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo is not installed. Install Rust (https://rustup.rs) and run this again."
+}
+
+ensure_redis() {
+  if port_open "$REDIS_HOST" "$REDIS_PORT"; then
+    say "Redis: running on $REDIS_HOST:$REDIS_PORT"
+    return
+  fi
+  if ! command -v redis-server >/dev/null; then
+    apt_install redis-server || die "Redis is not running and not installed. Run as root: apt-get update && apt-get install -y redis-server"
+  fi
+  say "Redis: starting"
+  mkdir -p /tmp/quarry-redis
+  redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir /tmp/quarry-redis --logfile /tmp/quarry-redis/redis.log >&2 \
+    || die "redis-server did not start; see /tmp/quarry-redis/redis.log"
+  wait_port "$REDIS_HOST" "$REDIS_PORT" 30 "Redis"
+}
+
+ensure_rabbitmq() {
+  if port_open "$AMQP_HOST" "$AMQP_PORT"; then
+    say "RabbitMQ: running on $AMQP_HOST:$AMQP_PORT"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    apt_install rabbitmq-server || die "RabbitMQ is not running and not installed. Run as root: apt-get update && apt-get install -y rabbitmq-server"
+    # The package's post-install may have started it already.
+    port_open "$AMQP_HOST" "$AMQP_PORT" && { say "RabbitMQ: running"; return; }
+  fi
+  say "RabbitMQ: starting (rabbitmq-server -detached)"
+  rabbitmq-server -detached >&2 || die "rabbitmq-server did not start. As root: rabbitmq-server -detached"
+  # The AMQP listener opens once the node has booted.
+  wait_port "$AMQP_HOST" "$AMQP_PORT" 180 "RabbitMQ"
+}
+
+ensure_services() {
+  ensure_redis
+  ensure_rabbitmq
+}
