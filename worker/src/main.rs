@@ -3,6 +3,7 @@
 use clap::Parser;
 use quarry_worker::config::Config;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Quarry worker: structured extraction jobs from RabbitMQ to LLM providers and back.
 #[derive(Debug, Parser)]
@@ -17,19 +18,30 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = Config::load(args.config.as_deref())?;
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("quarry-worker: {error}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("configuration OK");
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
-    quarry_worker::telemetry::init_tracing(&config.log)?;
-    let result = quarry_worker::run(config, shutdown_signal()).await;
-    if let Err(error) = &result {
-        tracing::error!(error = format!("{error:#}"), "worker stopped");
+    if let Err(error) = quarry_worker::telemetry::init_tracing(&config.log) {
+        eprintln!("quarry-worker: {error:#}");
+        return ExitCode::from(2);
     }
-    result
+    match quarry_worker::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "worker stopped");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -185,7 +185,7 @@ impl Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("worker.toml");
         std::fs::write(&path, self.worker_toml()).expect("write config");
-        let mut child = Command::new(worker_binary())
+        let mut child = Command::new(binary("quarry-worker"))
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::null())
@@ -350,22 +350,23 @@ base_url = "{fake}"
     }
 }
 
-/// The `quarry-worker` binary next to this test's executable (`cargo build --bins` builds
-/// it; `scripts/test` does), or `QUARRY_WORKER_BIN`.
-pub fn worker_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("QUARRY_WORKER_BIN") {
+/// A binary of this workspace next to this test's executable (`cargo build --bins` builds
+/// them; `scripts/test` does), or the path in `QUARRY_<NAME>_BIN` (e.g. `QUARRY_WORKER_BIN`).
+pub fn binary(name: &str) -> PathBuf {
+    let variable = format!("{}_BIN", name.replace('-', "_").to_uppercase());
+    if let Ok(path) = std::env::var(&variable) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/quarry-worker
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target dir");
-    let path = profile_dir.join("quarry-worker");
+    let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "{} does not exist: run `cargo build --bins` first (scripts/test does), or set QUARRY_WORKER_BIN",
+        "{} does not exist: run `cargo build --bins` first (scripts/test does), or set {variable}",
         path.display()
     );
     path

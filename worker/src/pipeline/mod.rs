@@ -22,7 +22,6 @@ use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult, Status, Usage};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Distinct schemas whose compiled validators are kept.
@@ -85,21 +84,28 @@ impl Pipeline {
         let mut built = BTreeMap::new();
         for (name, provider_config) in &config.providers {
             let provider = providers::build(name, provider_config)?;
-            built.insert(
-                name.clone(),
-                ProviderEntry {
-                    provider,
-                    timeout: Duration::from_millis(provider_config.timeout_ms),
-                },
-            );
+            let timeout = Duration::from_millis(provider_config.timeout_ms);
+            built.insert(name.clone(), (provider, timeout));
         }
-        Ok(Self {
-            providers: built,
+        Ok(Self::with_providers(config, built))
+    }
+
+    /// A pipeline over providers built elsewhere (name → provider and default timeout).
+    pub fn with_providers(
+        config: &Config,
+        providers: BTreeMap<String, (Box<dyn Provider>, Duration)>,
+    ) -> Self {
+        let providers = providers
+            .into_iter()
+            .map(|(name, (provider, timeout))| (name, ProviderEntry { provider, timeout }))
+            .collect();
+        Self {
+            providers,
             aliases: config.routing.aliases.clone(),
             default_alias: config.routing.default_alias.clone(),
             schemas: SchemaCache::new(SCHEMA_CACHE_CAPACITY),
             retry: RetryPolicy::from_config(&config.worker),
-        })
+        }
     }
 
     /// Runs a job to its result. Never fails: every failure is a result with an error.
@@ -328,5 +334,5 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
-/// Shared handle.
-pub type SharedPipeline = Arc<Pipeline>;
+#[cfg(test)]
+mod tests;
