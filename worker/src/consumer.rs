@@ -94,15 +94,7 @@ async fn process(
                     .reply(reply_to, Some(correlation_id), &encode(&result))
                     .await?;
             }
-            telemetry::dead_lettered("undecodable", &detail);
-            let letter = DeadLetter {
-                reason: "undecodable",
-                detail: &detail,
-                queue,
-                body: &delivery.data,
-                properties,
-            };
-            shared.publisher.dead_letter(&letter).await?;
+            dead_letter(shared, "undecodable", &detail, queue, delivery).await?;
             telemetry::job_finished(
                 lane,
                 ErrorCode::InvalidRequest.as_str(),
@@ -117,15 +109,7 @@ async fn process(
             "job `{}` has no reply_to property: its result would have nowhere to go",
             job.id
         );
-        telemetry::dead_lettered("missing_reply_to", &detail);
-        let letter = DeadLetter {
-            reason: "missing_reply_to",
-            detail: &detail,
-            queue,
-            body: &delivery.data,
-            properties,
-        };
-        shared.publisher.dead_letter(&letter).await?;
+        dead_letter(shared, "missing_reply_to", &detail, queue, delivery).await?;
         return Ok(());
     };
     let plugin = properties.user_id().as_ref().map_or("", |u| u.as_str());
@@ -172,6 +156,23 @@ async fn process(
     }
     .instrument(span)
     .await
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    reason: &'static str,
+    detail: &str,
+    queue: &str,
+    delivery: &Delivery,
+) -> Result<(), crate::amqp::PublishError> {
+    let letter = DeadLetter {
+        reason,
+        detail,
+        queue,
+        body: &delivery.data,
+        properties: &delivery.properties,
+    };
+    shared.publisher.dead_letter(&letter).await
 }
 
 fn encode(result: &JobResult) -> Vec<u8> {

@@ -112,7 +112,6 @@ impl Publisher {
             "result for reply queue `{reply_to}` was unroutable: {}",
             returned.reply_text
         );
-        crate::telemetry::dead_lettered("reply_queue_missing", &detail);
         self.dead_letter(&DeadLetter {
             reason: "reply_queue_missing",
             detail: &detail,
@@ -171,7 +170,10 @@ impl Publisher {
             .await?
             .await?;
         match confirm {
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(_) | Confirmation::NotRequested => {
+                crate::telemetry::dead_lettered(letter.reason, letter.detail);
+                Ok(())
+            }
             Confirmation::Nack(_) => Err(PublishError::Nacked),
         }
     }
