@@ -10,15 +10,18 @@
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
 //! | publishing fails (nack, channel gone)          | the job is nacked and requeued                 |
 
-use crate::amqp::{DeadLetter, Publisher};
+use crate::amqp::{DeadLetter, PublishError, Publisher};
 use crate::pipeline::Pipeline;
 use crate::result_store::ResultStore;
 use crate::telemetry;
+use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use quarry_schemas::wire::Lane;
 use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult};
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Everything a job task needs, shared by all of them.
@@ -31,6 +34,9 @@ pub struct Shared {
     pub store: ResultStore,
     /// Queue name of each lane, for dead-letter headers.
     pub lane_queues: [(Lane, String); 2],
+    /// Cancelled when the publishing channel fails: every later job would fail the same way,
+    /// so the worker stops (and its supervisor restarts it) instead of spinning on requeues.
+    pub fatal: CancellationToken,
 }
 
 impl Shared {
@@ -46,16 +52,23 @@ impl Shared {
 /// delivery that could not be answered is requeued.
 pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
     telemetry::in_flight(1.0);
-    let settled = match process(shared, lane, &delivery).await {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-        Err(error) => {
+    // A panic in one job must not leave its delivery unsettled for the life of the channel.
+    let outcome = AssertUnwindSafe(process(shared, lane, &delivery))
+        .catch_unwind()
+        .await;
+    let settled = match outcome {
+        Ok(Ok(())) => delivery.ack(BasicAckOptions::default()).await,
+        Ok(Err(error)) => {
             tracing::error!(%error, "could not answer the job; requeueing it");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
+            if matches!(error, PublishError::Amqp(_)) {
+                shared.fatal.cancel();
+            }
+            requeue(&delivery).await
+        }
+        Err(_) => {
+            // The broker's delivery limit dead-letters a job that keeps doing this.
+            tracing::error!("job processing panicked; requeueing the job");
+            requeue(&delivery).await
         }
     };
     if let Err(error) = settled {
@@ -65,11 +78,15 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
     telemetry::in_flight(-1.0);
 }
 
-async fn process(
-    shared: &Shared,
-    lane: Lane,
-    delivery: &Delivery,
-) -> Result<(), crate::amqp::PublishError> {
+async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    delivery.nack(options).await
+}
+
+async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(), PublishError> {
     let started = Instant::now();
     let properties = &delivery.properties;
     let queue = shared.queue_name(lane);
@@ -164,7 +181,7 @@ async fn dead_letter(
     detail: &str,
     queue: &str,
     delivery: &Delivery,
-) -> Result<(), crate::amqp::PublishError> {
+) -> Result<(), PublishError> {
     let letter = DeadLetter {
         reason,
         detail,

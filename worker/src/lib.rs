@@ -97,6 +97,7 @@ impl Worker {
             publisher,
             store: store.clone(),
             lane_queues: Lane::ALL.map(|lane| (lane, topology.lane_queue(lane))),
+            fatal: tokio_util::sync::CancellationToken::new(),
         });
 
         let mut consumers = Vec::new();
@@ -173,6 +174,9 @@ impl Worker {
         let ended: anyhow::Result<()> = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                () = shared.fatal.cancelled() => {
+                    break Err(anyhow::anyhow!("the result publishing channel failed"));
+                }
                 _ = upkeep.tick() => telemetry::prometheus()?.run_upkeep(),
                 next = deliveries.next() => match next {
                     Some((lane, Ok(delivery))) => {

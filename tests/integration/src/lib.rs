@@ -63,6 +63,13 @@ pub struct TaskWorker {
 }
 
 impl TaskWorker {
+    /// Waits for the worker to stop by itself; returns its outcome.
+    pub async fn stopped(mut self, secs: u64) -> anyhow::Result<()> {
+        within(secs, "the worker to stop by itself", &mut self.join)
+            .await
+            .expect("worker task panicked")
+    }
+
     /// Graceful stop; returns the worker's own outcome.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {

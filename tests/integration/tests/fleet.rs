@@ -440,3 +440,42 @@ async fn malformed_messages_reach_the_dead_letter_queue() {
     worker.stop().await.unwrap();
     fleet.teardown(&[replies]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publishing_channel_stops_the_worker_and_keeps_the_job() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let worker = fleet.spawn_task_worker(fleet.worker_config()).await;
+    let topology = fleet.topology();
+    let channel = fleet.channel().await;
+    // An operator deletes the dead-letter exchange: the next dead letter closes the worker's
+    // publishing channel (404), and every later publish would fail the same way.
+    channel
+        .exchange_delete(topology.dead_exchange().as_str().into(), Default::default())
+        .await
+        .unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let confirm = channel
+        .basic_publish(
+            topology.jobs_exchange().as_str().into(),
+            "batch".into(),
+            BasicPublishOptions::default(),
+            b"not a job",
+            BasicProperties::default().with_message_id("m-poison".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+
+    let outcome = worker.stopped(30).await;
+    let error = outcome.expect_err("the worker must stop with an error, not spin");
+    assert!(
+        format!("{error:#}").contains("publishing channel failed"),
+        "{error:#}"
+    );
+    // The message was not acknowledged: it is back in its queue for the next worker.
+    let back = fleet.take(&topology.lane_queue(Lane::Batch), 1, 30).await;
+    assert_eq!(back[0].data, b"not a job");
+    fleet.teardown(&[]).await;
+}
