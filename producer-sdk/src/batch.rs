@@ -7,17 +7,17 @@
 //! producer loses nothing. A job's result is handed over once even if the fleet delivers it
 //! twice (at-least-once delivery); the extra copy is acknowledged and counted.
 
-use crate::Error;
 use crate::publish::{send, settle};
+use crate::{Client, Error};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection};
-use quarry_schemas::wire::{Lane, Topology};
+use quarry_schemas::wire::Lane;
 use quarry_schemas::{Job, JobResult};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -101,17 +101,16 @@ impl BatchStream {
 }
 
 pub(crate) async fn start<I>(
-    connection: &Connection,
-    publish: Channel,
-    topology: &Topology,
-    user_id: Option<String>,
+    client: &Client,
     batch_id: &str,
     jobs: I,
+    published: HashSet<String>,
     options: BatchOptions,
 ) -> Result<BatchStream, Error>
 where
     I: Iterator<Item = Job> + Send + 'static,
 {
+    let (connection, topology) = (&client.connection, &client.topology);
     let max_in_flight = options.max_in_flight.max(1);
     let replies = connection.create_channel().await?;
     let prefetch = u16::try_from(max_in_flight.saturating_mul(2)).unwrap_or(u16::MAX);
@@ -143,10 +142,10 @@ where
     let (tx, rx) = mpsc::channel(max_in_flight);
     let duplicates = Arc::new(AtomicU64::new(0));
     let driver = Driver {
-        publish,
+        publish: client.channel.clone(),
         exchange: topology.jobs_exchange(),
         reply_queue: reply_queue.clone(),
-        user_id,
+        user_id: client.user_id.clone(),
         batch_id: batch_id.to_owned(),
         options: BatchOptions {
             max_in_flight,
@@ -156,7 +155,7 @@ where
         tx,
     };
     tokio::spawn(async move {
-        if let Err(error) = driver.run(jobs, consumer).await {
+        if let Err(error) = driver.run(jobs, published, consumer).await {
             // The receiver may be gone already; then nobody is left to tell.
             let _ = error.1.send(Err(error.0)).await;
         }
@@ -186,11 +185,11 @@ impl Driver {
     async fn run<I: Iterator<Item = Job>>(
         self,
         mut jobs: I,
+        mut pending: HashSet<String>,
         mut consumer: lapin::Consumer,
     ) -> Result<(), Failed> {
         let fail = |e: Error| (e, self.tx.clone());
         let lane = self.options.lane;
-        let mut pending: HashSet<String> = HashSet::new();
         let mut delivered: HashSet<String> = HashSet::new();
         let mut confirms = FuturesUnordered::new();
         let mut next_job = jobs.next();

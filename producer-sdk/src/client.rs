@@ -12,7 +12,7 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use quarry_schemas::wire::{Lane, Topology};
 use quarry_schemas::{Job, JobResult};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -58,10 +58,10 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>;
 /// A producer's connection to the fleet. Cheap to share behind an `Arc`; every method takes
 /// `&self` and may be called from many tasks at once.
 pub struct Client {
-    connection: Connection,
-    channel: Channel,
-    topology: Topology,
-    user_id: Option<String>,
+    pub(crate) connection: Connection,
+    pub(crate) channel: Channel,
+    pub(crate) topology: Topology,
+    pub(crate) user_id: Option<String>,
     reply_queue: String,
     pending: Pending,
 }
@@ -215,16 +215,36 @@ impl Client {
         I: IntoIterator<Item = Job>,
         I::IntoIter: Send + 'static,
     {
-        crate::batch::start(
-            &self.connection,
-            self.channel.clone(),
-            &self.topology,
-            self.user_id.clone(),
-            batch_id,
-            jobs.into_iter(),
-            options,
-        )
-        .await
+        let published = HashSet::new();
+        self.start_batch(batch_id, jobs.into_iter(), published, options)
+            .await
+    }
+
+    /// Re-attaches to a batch published earlier (by this or a previous process): publishes
+    /// nothing, and streams the results of `published` job ids from the batch's durable
+    /// reply queue, including those that arrived while no producer was connected.
+    pub async fn attach_batch(
+        &self,
+        batch_id: &str,
+        published: impl IntoIterator<Item = String>,
+        options: BatchOptions,
+    ) -> Result<BatchStream, Error> {
+        let published = published.into_iter().collect();
+        self.start_batch(batch_id, std::iter::empty(), published, options)
+            .await
+    }
+
+    async fn start_batch<I>(
+        &self,
+        batch_id: &str,
+        jobs: I,
+        published: HashSet<String>,
+        options: BatchOptions,
+    ) -> Result<BatchStream, Error>
+    where
+        I: Iterator<Item = Job> + Send + 'static,
+    {
+        crate::batch::start(self, batch_id, jobs, published, options).await
     }
 
     /// Closes the connection.

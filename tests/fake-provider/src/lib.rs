@@ -42,6 +42,8 @@ pub struct Stats {
     requests: AtomicU64,
     completions: AtomicU64,
     rejected: AtomicU64,
+    in_progress: AtomicU64,
+    peak_in_progress: AtomicU64,
 }
 
 /// A snapshot of [`Stats`].
@@ -53,6 +55,8 @@ pub struct StatsSnapshot {
     pub completions: u64,
     /// Answered with a 4xx.
     pub rejected: u64,
+    /// Most requests ever being served at the same moment: how much a client keeps in flight.
+    pub peak_in_progress: u64,
 }
 
 impl Stats {
@@ -62,6 +66,7 @@ impl Stats {
             requests: self.requests.load(Ordering::Relaxed),
             completions: self.completions.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            peak_in_progress: self.peak_in_progress.load(Ordering::Relaxed),
         }
     }
 }
@@ -127,6 +132,23 @@ pub async fn spawn(config: FakeConfig) -> std::io::Result<FakeProvider> {
     Ok(FakeProvider { addr, stats, task })
 }
 
+/// Counts a request as in progress until dropped, and keeps the peak.
+struct InProgress<'a>(&'a Stats);
+
+impl<'a> InProgress<'a> {
+    fn enter(stats: &'a Stats) -> Self {
+        let now = stats.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak_in_progress.fetch_max(now, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn stats_handler(State(state): State<Arc<AppState>>) -> Json<StatsSnapshot> {
     Json(state.stats.snapshot())
 }
@@ -152,6 +174,7 @@ async fn chat_completions(
     body: axum::body::Bytes,
 ) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_progress = InProgress::enter(&state.stats);
     if let Some(expected) = &state.config.api_key {
         let given = headers
             .get("authorization")

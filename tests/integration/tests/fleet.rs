@@ -479,3 +479,102 @@ async fn a_failed_publishing_channel_stops_the_worker_and_keeps_the_job() {
     assert_eq!(back[0].data, b"not a job");
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_keeps_hundreds_of_provider_calls_in_flight() {
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(400),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    config.worker.concurrency = 256;
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = fleet.client().await;
+    let (results, _) = collect(&client, (0..600).map(receipt_job).collect(), 120).await;
+    assert_eq!(results.len(), 600);
+    let peak = fleet.fake.stats.snapshot().peak_in_progress;
+    eprintln!("peak provider calls in flight from one worker: {peak}");
+    assert!(
+        peak >= 200,
+        "only {peak} provider calls were in flight at once"
+    );
+    assert!(
+        peak <= 256,
+        "{peak} calls in flight exceed worker.concurrency = 256"
+    );
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_producer_collects_the_rest_of_its_batch() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let worker = fleet.spawn_task_worker(fleet.worker_config()).await;
+    let batch_id = new_job_id();
+    let jobs: Vec<Job> = (0..200).map(receipt_job).collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+
+    // First producer: opens the batch's durable reply queue, publishes everything, stores and
+    // acknowledges 50 results, then goes away without a word.
+    let first = fleet.client().await;
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 50,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let mut stream = first
+        .attach_batch(&batch_id, ids.clone(), options)
+        .await
+        .unwrap();
+    let reply_queue = stream.reply_queue().to_owned();
+    for mut job in jobs {
+        job.batch_id = Some(batch_id.clone());
+        first
+            .publish(&job, Lane::Batch, &reply_queue)
+            .await
+            .unwrap();
+    }
+    let mut stored: HashMap<String, JobResult> = HashMap::new();
+    within(60, "the first 50 results", async {
+        while stored.len() < 50 {
+            let item = stream.next().await.unwrap().unwrap();
+            stored.insert(item.result.job_id.clone(), item.result.clone());
+            item.ack().await.unwrap();
+        }
+    })
+    .await;
+    drop(stream);
+    first.close().await.unwrap();
+
+    // Second producer: attaches to the same batch with what is still missing.
+    let second = fleet.client().await;
+    let missing: Vec<String> = ids
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .cloned()
+        .collect();
+    let mut stream = second
+        .attach_batch(&batch_id, missing.clone(), options)
+        .await
+        .unwrap();
+    within(60, "the other 150 results", async {
+        while let Some(item) = stream.next().await {
+            let item = item.unwrap();
+            let id = item.result.job_id.clone();
+            assert!(
+                stored.insert(id.clone(), item.result.clone()).is_none(),
+                "{id} handed over twice"
+            );
+            item.ack().await.unwrap();
+        }
+    })
+    .await;
+    stream.finish().await.unwrap();
+    assert_eq!(stored.len(), 200, "every job's result, across the restart");
+    assert!(ids.iter().all(|id| stored[id].status == Status::Ok));
+    second.close().await.unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
