@@ -24,6 +24,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Longest error detail copied from a decoding error.
+const MAX_DETAIL: usize = 500;
+
 /// Everything a job task needs, shared by all of them.
 pub struct Shared {
     /// The job pipeline.
@@ -96,7 +99,12 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
     let job: Job = match serde_json::from_slice(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
-            let detail = format!("not a job.v1 message: {error}");
+            // serde quotes offending values; a multi-megabyte string must not travel on.
+            let mut detail = format!("not a job.v1 message: {error}");
+            if let Some((cut, _)) = detail.char_indices().nth(MAX_DETAIL) {
+                detail.truncate(cut);
+                detail.push_str("...");
+            }
             if let (Some(reply_to), Some(correlation_id)) = (reply_to, correlation_id) {
                 let job_id = properties
                     .message_id()
