@@ -38,8 +38,11 @@ pub enum ContentType {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, including cached ones.
     pub input_tokens: u64,
+    /// Prompt tokens served from the provider's cache (a part of `input_tokens`).
+    #[serde(default)]
+    pub cached_input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
     /// Their sum as the provider reported it.
@@ -50,6 +53,7 @@ impl Usage {
     /// Adds another attempt's usage.
     pub fn add(&mut self, other: Usage) {
         self.input_tokens += other.input_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
         self.output_tokens += other.output_tokens;
         self.total_tokens += other.total_tokens;
     }
@@ -114,6 +118,9 @@ pub struct JobResult {
     pub model: Option<String>,
     /// Tokens over all attempts.
     pub usage: Usage,
+    /// Cost of every attempt in US dollars (absent without a price for the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     /// Time in the worker, milliseconds.
     pub latency_ms: u64,
     /// Provider calls made.
@@ -141,6 +148,7 @@ impl JobResult {
             provider: None,
             model: None,
             usage: Usage::default(),
+            cost_usd: None,
             latency_ms: 0,
             attempts: 0,
             metadata: None,

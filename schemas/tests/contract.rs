@@ -72,9 +72,11 @@ fn example_results() -> Vec<JobResult> {
         model: Some("fake-large".into()),
         usage: Usage {
             input_tokens: 120,
+            cached_input_tokens: 100,
             output_tokens: 30,
             total_tokens: 150,
         },
+        cost_usd: Some(0.00042),
         latency_ms: 812,
         attempts: 1,
         metadata: Some(json!({"row": 42})),

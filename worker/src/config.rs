@@ -30,6 +30,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Providers by name.
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Prices of models, for `cost_usd`.
+    pub prices: Vec<Price>,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             log: LogConfig::default(),
             routing: RoutingConfig::default(),
             providers,
+            prices: Vec::new(),
         }
     }
 }
@@ -109,6 +112,12 @@ pub struct WorkerConfig {
     pub retry_max_ms: u64,
     /// On shutdown, how long in-flight jobs may take to finish, seconds.
     pub shutdown_grace_secs: u64,
+    /// Repair requests after an answer that is not JSON or breaks the schema (0 = none).
+    pub repair_attempts: u32,
+    /// Largest image a job may carry, in decoded bytes.
+    pub max_image_bytes: usize,
+    /// Most images one job may carry.
+    pub max_images: usize,
 }
 
 impl Default for WorkerConfig {
@@ -119,6 +128,9 @@ impl Default for WorkerConfig {
             retry_base_ms: 200,
             retry_max_ms: 10_000,
             shutdown_grace_secs: 30,
+            repair_attempts: 2,
+            max_image_bytes: 20 * 1024 * 1024,
+            max_images: 16,
         }
     }
 }
@@ -181,27 +193,22 @@ pub enum LogFormat {
 pub struct RoutingConfig {
     /// Alias used when a job names no model.
     pub default_alias: String,
-    /// Alias → provider and model.
+    /// Alias → provider and model, with ordered fallbacks.
     pub aliases: BTreeMap<String, Route>,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        let mut aliases = BTreeMap::new();
-        aliases.insert(
-            "default".to_owned(),
-            Route {
-                provider: "fake".to_owned(),
-                model: "fake-large".to_owned(),
-            },
-        );
-        aliases.insert(
-            "fast".to_owned(),
-            Route {
-                provider: "fake".to_owned(),
-                model: "fake-mini".to_owned(),
-            },
-        );
+        let fake = |model: &str| Route {
+            provider: "fake".to_owned(),
+            model: model.to_owned(),
+            images: true,
+            fallbacks: Vec::new(),
+        };
+        let aliases = BTreeMap::from([
+            ("default".to_owned(), fake("fake-large")),
+            ("fast".to_owned(), fake("fake-mini")),
+        ]);
         Self {
             default_alias: "default".to_owned(),
             aliases,
@@ -209,7 +216,7 @@ impl Default for RoutingConfig {
     }
 }
 
-/// Where an alias goes.
+/// Where an alias goes first, and where next when that model is unavailable or overloaded.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -217,6 +224,59 @@ pub struct Route {
     pub provider: String,
     /// The provider's model id.
     pub model: String,
+    /// Whether the model accepts image input.
+    #[serde(default = "yes")]
+    pub images: bool,
+    /// Tried in order when the previous target answers `MODEL_UNAVAILABLE`.
+    #[serde(default)]
+    pub fallbacks: Vec<Target>,
+}
+
+/// One provider and model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Name of a `[providers.NAME]` section.
+    pub provider: String,
+    /// The provider's model id.
+    pub model: String,
+    /// Whether the model accepts image input.
+    #[serde(default = "yes")]
+    pub images: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Route {
+    /// The primary target, then the fallbacks.
+    pub fn targets(&self) -> Vec<Target> {
+        let primary = Target {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            images: self.images,
+        };
+        std::iter::once(primary)
+            .chain(self.fallbacks.iter().cloned())
+            .collect()
+    }
+}
+
+/// `[[prices]]`: what a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Name of a `[providers.NAME]` section.
+    pub provider: String,
+    /// The provider's model id.
+    pub model: String,
+    /// Per million prompt tokens.
+    pub input_per_mtok: f64,
+    /// Per million completion tokens.
+    pub output_per_mtok: f64,
+    /// Per million cached prompt tokens (default: the input price).
+    pub cached_input_per_mtok: Option<f64>,
 }
 
 /// `[providers.NAME]`
@@ -225,8 +285,10 @@ pub struct Route {
 pub struct ProviderConfig {
     /// Wire format.
     pub kind: ProviderKind,
-    /// Base URL, up to and including the version segment (`https://api.openai.com/v1`).
-    pub base_url: String,
+    /// Base URL. Default per kind: `openai` <https://api.openai.com/v1>, `anthropic`
+    /// <https://api.anthropic.com/v1>, `gemini` <https://generativelanguage.googleapis.com/v1beta>,
+    /// `openai_compatible` the local fake provider.
+    pub base_url: Option<String>,
     /// API key. Set it through the environment (`QUARRY__PROVIDERS__NAME__API_KEY`) or
     /// `api_key_file`, never in a committed file.
     pub api_key: Option<SecretString>,
@@ -234,11 +296,15 @@ pub struct ProviderConfig {
     pub api_key_file: Option<PathBuf>,
     /// Default timeout of one attempt, milliseconds (a job's `timeout_ms` overrides it).
     pub timeout_ms: u64,
-    /// Send the job's schema as `response_format: json_schema` (else `json_object` and the
-    /// schema in the instructions, for servers without schema support).
+    /// `openai_compatible`: send the schema as `response_format: json_schema` (else
+    /// `json_object` with the schema in the system message).
     pub native_json_schema: bool,
-    /// Ask for strict schema adherence (`json_schema.strict`).
+    /// `openai`: strict structured outputs (the schema is made strict-compatible).
     pub strict: bool,
+    /// `anthropic`: the `anthropic-version` header.
+    pub anthropic_version: String,
+    /// `anthropic`: `max_tokens` when the job sets none (the API requires one).
+    pub default_max_tokens: u32,
     /// Extra HTTP headers sent with every request.
     pub headers: BTreeMap<String, String>,
 }
@@ -247,14 +313,29 @@ impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
             kind: ProviderKind::OpenaiCompatible,
-            base_url: "http://127.0.0.1:8089/v1".to_owned(),
+            base_url: None,
             api_key: None,
             api_key_file: None,
             timeout_ms: 60_000,
             native_json_schema: true,
             strict: false,
+            anthropic_version: "2023-06-01".to_owned(),
+            default_max_tokens: 4096,
             headers: BTreeMap::new(),
         }
+    }
+}
+
+impl ProviderConfig {
+    /// The configured base URL, or the kind's default, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        let url = self.base_url.as_deref().unwrap_or(match self.kind {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            ProviderKind::OpenaiCompatible => "http://127.0.0.1:8089/v1",
+        });
+        url.trim_end_matches('/').to_owned()
     }
 }
 
@@ -262,7 +343,13 @@ impl Default for ProviderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
-    /// OpenAI chat completions and compatible servers (vLLM, llama.cpp, Ollama).
+    /// OpenAI chat completions with structured outputs.
+    Openai,
+    /// Anthropic messages; structured output through a forced tool.
+    Anthropic,
+    /// Google Gemini `generateContent` with `responseSchema`.
+    Gemini,
+    /// Servers that speak OpenAI chat completions (vLLM, llama.cpp, Ollama, ...).
     OpenaiCompatible,
 }
 
@@ -373,17 +460,22 @@ impl Config {
             ));
         }
         for (alias, route) in &self.routing.aliases {
-            if !self.providers.contains_key(&route.provider) {
-                return Err(invalid(
-                    &format!("routing.aliases.{alias}.provider"),
-                    format!("`{}` is not a configured provider", route.provider),
-                ));
+            for (i, target) in route.targets().iter().enumerate() {
+                if !self.providers.contains_key(&target.provider) {
+                    let key = match i {
+                        0 => format!("routing.aliases.{alias}.provider"),
+                        n => format!("routing.aliases.{alias}.fallbacks[{}].provider", n - 1),
+                    };
+                    return Err(invalid(
+                        &key,
+                        format!("`{}` is not a configured provider", target.provider),
+                    ));
+                }
             }
         }
         for (name, provider) in &self.providers {
-            if !(provider.base_url.starts_with("http://")
-                || provider.base_url.starts_with("https://"))
-            {
+            let url = provider.base_url();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
                     &format!("providers.{name}.base_url"),
                     "must be an http(s) URL".into(),
@@ -393,6 +485,25 @@ impl Config {
                 return Err(invalid(
                     &format!("providers.{name}.timeout_ms"),
                     "must be at least 1".into(),
+                ));
+            }
+        }
+        for (i, price) in self.prices.iter().enumerate() {
+            if !self.providers.contains_key(&price.provider) {
+                return Err(invalid(
+                    &format!("prices[{i}].provider"),
+                    format!("`{}` is not a configured provider", price.provider),
+                ));
+            }
+            let all = [
+                price.input_per_mtok,
+                price.output_per_mtok,
+                price.cached_input_per_mtok.unwrap_or(0.0),
+            ];
+            if all.iter().any(|p| !p.is_finite() || *p < 0.0) {
+                return Err(invalid(
+                    &format!("prices[{i}]"),
+                    "prices must be finite and not negative".into(),
                 ));
             }
         }

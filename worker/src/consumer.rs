@@ -156,7 +156,7 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             }
         }
         let job_id = job.id.clone();
-        let execution = shared.pipeline.execute(job, started).await;
+        let execution = shared.pipeline.execute(job, plugin, started).await;
         let body = encode(&execution.result);
         let (stored, replied) = tokio::join!(
             shared.store.put(plugin, &job_id, &body),

@@ -34,6 +34,14 @@ pub const DEAD_LETTERS_TOTAL: &str = "quarry_dead_letters_total";
 pub const REPLAYS_TOTAL: &str = "quarry_result_replays_total";
 /// Result-store (Redis) operations that failed, by operation.
 pub const REDIS_ERRORS_TOTAL: &str = "quarry_redis_errors_total";
+/// Repair loops that ended, by provider, model and outcome (`repaired`, `gave_up`).
+pub const REPAIRS_TOTAL: &str = "quarry_repairs_total";
+/// Targets abandoned for the next one because the model was unavailable.
+pub const FALLBACKS_TOTAL: &str = "quarry_fallbacks_total";
+/// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
+pub const COST: &str = "quarry_job_cost_usd";
+
+const COST_BUCKETS: [f64; 8] = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0];
 
 const SECONDS_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -57,6 +65,9 @@ pub fn prometheus() -> anyhow::Result<&'static PrometheusHandle> {
                         Matcher::Suffix("_seconds".to_owned()),
                         &SECONDS_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COST.to_owned()), &COST_BUCKETS)
                 })
                 .and_then(|b| b.install_recorder())
                 .map_err(|e| e.to_string())?;
@@ -108,6 +119,20 @@ fn describe() {
         REPLAYS_TOTAL,
         Unit::Count,
         "Redelivered jobs answered from the result store."
+    );
+    describe_counter!(
+        REPAIRS_TOTAL,
+        Unit::Count,
+        "Repair loops that ended, by outcome."
+    );
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        Unit::Count,
+        "Targets abandoned because the model was unavailable."
+    );
+    describe_histogram!(
+        COST,
+        "Cost of each job in US dollars, by plugin, provider and model."
     );
     describe_counter!(
         REDIS_ERRORS_TOTAL,
@@ -183,4 +208,27 @@ pub fn replayed() {
 pub fn redis_error(operation: &'static str, error: &redis::RedisError) {
     tracing::warn!(operation, %error, "result store unavailable; continuing without it");
     counter!(REDIS_ERRORS_TOTAL, "operation" => operation).increment(1);
+}
+
+/// A repair loop ended.
+pub fn repair(provider: &str, model: &str, outcome: &'static str) {
+    counter!(REPAIRS_TOTAL, "provider" => provider.to_owned(), "model" => model.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// A target was abandoned for the next one.
+pub fn fallback(provider: &str, model: &str) {
+    counter!(FALLBACKS_TOTAL, "provider" => provider.to_owned(), "model" => model.to_owned())
+        .increment(1);
+}
+
+/// A job's cost.
+pub fn cost(plugin: &str, provider: &str, model: &str, usd: f64) {
+    let plugin = if plugin.is_empty() {
+        "anonymous"
+    } else {
+        plugin
+    };
+    histogram!(COST, "plugin" => plugin.to_owned(), "provider" => provider.to_owned(), "model" => model.to_owned())
+        .record(usd);
 }

@@ -165,7 +165,7 @@ impl Fleet {
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.worker.retry_base_ms = 10;
         if let Some(fake) = config.providers.get_mut("fake") {
-            fake.base_url = self.fake.base_url();
+            fake.base_url = Some(self.fake.base_url());
         }
         config
     }

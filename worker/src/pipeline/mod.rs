@@ -1,25 +1,32 @@
 //! What happens to one decoded job, in this order (DESIGN.md, "The flow of one job"):
 //!
-//! 1. contract checks the types cannot express (`Job::check`)      → `INVALID_REQUEST`
-//! 2. deadline                                                      → `DEADLINE_EXCEEDED`
-//! 3. compile (or fetch the cached) JSON Schema validator           → `INVALID_REQUEST`
-//! 4. route the model alias to a provider and model                 → `MODEL_UNRESOLVED`
-//! 5. call the provider; retry per the error's disposition, within the deadline
-//! 6. parse and validate the answer against the schema              → `OUTPUT_INVALID`
-//! 7. build the result (usage summed over attempts)
+//! 1. contract checks the types cannot express (`Job::check`)        → `INVALID_REQUEST`
+//! 2. deadline                                                        → `DEADLINE_EXCEEDED`
+//! 3. compile (or fetch the cached) JSON Schema validator             → `INVALID_REQUEST`
+//! 4. route the model alias to its targets (provider/model, fallbacks) → `MODEL_UNRESOLVED`
+//! 5. check images: count, size, type, and that a target takes them   → `INVALID_REQUEST`
+//! 6. for each target in order, while it answers `MODEL_UNAVAILABLE` the next one is tried:
+//!    call the provider, retrying per the error's disposition within the deadline; then
+//!    parse and validate the answer, and on failure ask again with the answer and the
+//!    validator's errors (the repair loop)                           → `OUTPUT_INVALID`
+//! 7. build the result: usage and cost summed over every attempt
 //!
 //! Decoding and publishing belong to the consumer ([`crate::consumer`]); this module knows
-//! nothing of AMQP, so it is tested without a broker.
+//! nothing of AMQP, so it is tested without a broker (`tests.rs`).
 
-use crate::config::{Config, Route};
+mod cost;
+
+use crate::config::{Config, Route, Target};
 use crate::providers::{
-    self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse,
+    self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
 use crate::retry::RetryPolicy;
-use crate::schema_cache::{InvalidSchema, SchemaCache, violations};
+use crate::schema_cache::{InvalidSchema, SchemaCache, Violation, violations};
 use crate::telemetry;
+use cost::{CostTally, PriceTable};
+use jsonschema::Validator;
 use quarry_schemas::result::{ContentType, ResultVersion};
-use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult, Status, Usage};
+use quarry_schemas::{ErrorCode, ErrorInfo, InputPart, Job, JobResult, Status, Usage};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const SCHEMA_CACHE_CAPACITY: usize = 1024;
 /// Schema name used when the job gives none.
 const DEFAULT_SCHEMA_NAME: &str = "extraction";
+/// Longest rejected answer quoted in `error.details`.
+const MAX_QUOTED_ANSWER: usize = 2000;
 
 /// A configured provider and its default attempt timeout.
 struct ProviderEntry {
@@ -35,13 +44,23 @@ struct ProviderEntry {
     timeout: Duration,
 }
 
-/// The job pipeline: providers, routes and validators, built once at start.
+/// Limits on a job's images.
+#[derive(Debug, Clone, Copy)]
+struct ImageLimits {
+    max_images: usize,
+    max_bytes: usize,
+}
+
+/// The job pipeline: providers, routes, prices and validators, built once at start.
 pub struct Pipeline {
     providers: BTreeMap<String, ProviderEntry>,
-    aliases: BTreeMap<String, Route>,
+    aliases: BTreeMap<String, Vec<Target>>,
     default_alias: String,
     schemas: SchemaCache,
     retry: RetryPolicy,
+    repair_attempts: u32,
+    images: ImageLimits,
+    prices: PriceTable,
 }
 
 /// A finished job: its result and the time spent waiting on providers.
@@ -56,16 +75,14 @@ pub struct Execution {
 /// Why a job failed before or instead of producing an answer.
 struct Failure {
     error: ErrorInfo,
-    provider: Option<String>,
-    model: Option<String>,
+    target: Option<Target>,
 }
 
 impl From<ErrorInfo> for Failure {
     fn from(error: ErrorInfo) -> Self {
         Self {
             error,
-            provider: None,
-            model: None,
+            target: None,
         }
     }
 }
@@ -75,7 +92,15 @@ impl From<ErrorInfo> for Failure {
 struct Tally {
     attempts: u32,
     usage: Usage,
+    cost: CostTally,
     provider_time: Duration,
+}
+
+struct Answer {
+    text: String,
+    parsed: Option<Value>,
+    target: Target,
+    model: String,
 }
 
 impl Pipeline {
@@ -101,15 +126,27 @@ impl Pipeline {
             .collect();
         Self {
             providers,
-            aliases: config.routing.aliases.clone(),
+            aliases: config
+                .routing
+                .aliases
+                .iter()
+                .map(|(k, r)| (k.clone(), Route::targets(r)))
+                .collect(),
             default_alias: config.routing.default_alias.clone(),
             schemas: SchemaCache::new(SCHEMA_CACHE_CAPACITY),
             retry: RetryPolicy::from_config(&config.worker),
+            repair_attempts: config.worker.repair_attempts,
+            images: ImageLimits {
+                max_images: config.worker.max_images,
+                max_bytes: config.worker.max_image_bytes,
+            },
+            prices: PriceTable::new(&config.prices),
         }
     }
 
     /// Runs a job to its result. Never fails: every failure is a result with an error.
-    pub async fn execute(&self, job: Job, started: Instant) -> Execution {
+    /// `plugin` (the publishing AMQP user) labels the cost metric.
+    pub async fn execute(&self, job: Job, plugin: &str, started: Instant) -> Execution {
         let mut tally = Tally::default();
         let outcome = self.run_stages(&job, &mut tally).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -125,12 +162,13 @@ impl Pipeline {
             provider: None,
             model: None,
             usage: tally.usage,
+            cost_usd: tally.cost.total(),
             latency_ms,
             attempts: tally.attempts,
             metadata: job.metadata,
             error: None,
         };
-        match outcome {
+        let target = match outcome {
             Ok(answer) => {
                 result.content_type = Some(if answer.parsed.is_some() {
                     ContentType::Json
@@ -139,15 +177,20 @@ impl Pipeline {
                 });
                 result.text = Some(answer.text);
                 result.parsed = answer.parsed;
-                result.provider = Some(answer.provider);
+                result.provider = Some(answer.target.provider.clone());
                 result.model = Some(answer.model);
+                Some(answer.target)
             }
             Err(failure) => {
                 result.status = Status::Error;
                 result.error = Some(failure.error);
-                result.provider = failure.provider;
-                result.model = failure.model;
+                result.provider = failure.target.as_ref().map(|t| t.provider.clone());
+                result.model = failure.target.as_ref().map(|t| t.model.clone());
+                failure.target
             }
+        };
+        if let (Some(cost), Some(target)) = (result.cost_usd, &target) {
+            telemetry::cost(plugin, &target.provider, &target.model, cost);
         }
         Execution {
             result,
@@ -180,96 +223,199 @@ impl Pipeline {
         };
         // 4. route
         let alias = job.model.as_deref().unwrap_or(&self.default_alias);
-        let route = self.aliases.get(alias).ok_or_else(|| {
+        let targets = self.aliases.get(alias).ok_or_else(|| {
             ErrorInfo::new(
                 ErrorCode::ModelUnresolved,
                 format!("model alias `{alias}` is not configured"),
             )
         })?;
-        let entry = self.providers.get(&route.provider).ok_or_else(|| {
-            ErrorInfo::new(
-                ErrorCode::Internal,
-                format!("alias `{alias}` routes to an unknown provider"),
-            )
-        })?;
+        // 5. images
+        let targets = self.image_capable(job, alias, targets)?;
+        // 6. targets in order, each with retries and repairs
+        let mut last = None;
+        for target in targets {
+            let Some(entry) = self.providers.get(&target.provider) else {
+                return Err(ErrorInfo::new(
+                    ErrorCode::Internal,
+                    format!("alias `{alias}` routes to an unknown provider"),
+                )
+                .into());
+            };
+            match self
+                .on_target(job, target, entry, validator.as_deref(), deadline, tally)
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(failure) if failure.error.code == ErrorCode::ModelUnavailable => {
+                    telemetry::fallback(&target.provider, &target.model);
+                    tracing::info!(provider = %target.provider, model = %target.model, "model unavailable; trying the next target");
+                    last = Some(failure);
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        Err(last.unwrap_or_else(|| ErrorInfo::new(ErrorCode::ModelUnavailable, "no target").into()))
+    }
+
+    /// The alias's targets that can take the job's images; `INVALID_REQUEST` when the images
+    /// break the limits or no target takes them.
+    fn image_capable<'t>(
+        &self,
+        job: &Job,
+        alias: &str,
+        targets: &'t [Target],
+    ) -> Result<Vec<&'t Target>, ErrorInfo> {
+        let images: Vec<_> = job
+            .input
+            .iter()
+            .filter_map(|p| match p {
+                InputPart::Image(image) => Some(image),
+                InputPart::Text { .. } => None,
+            })
+            .collect();
+        if images.is_empty() {
+            return Ok(targets.iter().collect());
+        }
+        let invalid = |message: String| ErrorInfo::new(ErrorCode::InvalidRequest, message);
+        if images.len() > self.images.max_images {
+            return Err(invalid(format!(
+                "{} images; at most {} are allowed",
+                images.len(),
+                self.images.max_images
+            )));
+        }
+        for (i, image) in images.iter().enumerate() {
+            let bytes = decoded_len(&image.data);
+            if bytes > self.images.max_bytes {
+                return Err(invalid(format!(
+                    "image {i} is {bytes} bytes; at most {} are allowed",
+                    self.images.max_bytes
+                )));
+            }
+        }
+        let capable: Vec<&Target> = targets
+            .iter()
+            .filter(|t| {
+                t.images
+                    && self.providers.get(&t.provider).is_some_and(|entry| {
+                        images
+                            .iter()
+                            .all(|image| entry.provider.image_mimes().contains(&image.mime))
+                    })
+            })
+            .collect();
+        if capable.is_empty() {
+            let mimes: Vec<&str> = images.iter().map(|i| i.mime.as_str()).collect();
+            return Err(invalid(format!(
+                "model alias `{alias}` routes to no model that accepts these images ({})",
+                mimes.join(", ")
+            )));
+        }
+        Ok(capable)
+    }
+
+    /// One target: provider calls with retries, then validation with repairs.
+    async fn on_target(
+        &self,
+        job: &Job,
+        target: &Target,
+        entry: &ProviderEntry,
+        validator: Option<&Validator>,
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+    ) -> Result<Answer, Failure> {
         let failure = |error: ErrorInfo| Failure {
             error,
-            provider: Some(route.provider.clone()),
-            model: Some(route.model.clone()),
+            target: Some(target.clone()),
         };
-        // 5. provider, with retries
-        let request = ProviderRequest {
-            model: &route.model,
-            instructions: job.instructions.as_deref(),
-            input: &job.input,
-            json_schema: job
-                .json_schema
-                .as_ref()
-                .map(|s| (job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME), s)),
-            max_tokens: job.max_tokens,
-            temperature: job.temperature,
-            stop: job.stop.as_deref(),
-            timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
-        };
-        let response = self
-            .call_with_retry(&route.provider, entry, request, deadline, tally)
-            .await
-            .map_err(|e| failure(ErrorInfo::new(e.code, e.message)))?;
-        // 6. parse and validate
-        let parsed = match validator {
-            None => None,
-            Some(validator) => {
-                let value: Value = serde_json::from_str(&response.text).map_err(|e| {
-                    failure(ErrorInfo {
-                        details: Some(json!({"parse_error": e.to_string()})),
-                        ..ErrorInfo::new(ErrorCode::OutputInvalid, "the model's answer is not JSON")
-                    })
-                })?;
-                let found = violations(&validator, &value);
-                if !found.is_empty() {
-                    return Err(failure(ErrorInfo {
-                        details: Some(json!({"violations": found})),
-                        ..ErrorInfo::new(
-                            ErrorCode::OutputInvalid,
-                            format!(
-                                "the model's answer does not match the schema ({} violations)",
-                                found.len()
-                            ),
-                        )
-                    }));
+        let mut repairs: Vec<Repair> = Vec::new();
+        loop {
+            let request = ProviderRequest {
+                model: &target.model,
+                instructions: job.instructions.as_deref(),
+                input: &job.input,
+                json_schema: job
+                    .json_schema
+                    .as_ref()
+                    .map(|s| (job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME), s)),
+                max_tokens: job.max_tokens,
+                temperature: job.temperature,
+                stop: job.stop.as_deref(),
+                timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
+                repairs: &repairs,
+            };
+            let response = self
+                .call_with_retry(target, entry, request, deadline, tally)
+                .await
+                .map_err(|e| failure(ErrorInfo::new(e.code, e.message)))?;
+            let Some(validator) = validator else {
+                return Ok(Answer {
+                    text: response.text,
+                    parsed: None,
+                    target: target.clone(),
+                    model: response.model,
+                });
+            };
+            let (problem, details) = match check_answer(validator, &response.text) {
+                Ok(parsed) => {
+                    if !repairs.is_empty() {
+                        telemetry::repair(&target.provider, &target.model, "repaired");
+                    }
+                    return Ok(Answer {
+                        text: response.text,
+                        parsed: Some(parsed),
+                        target: target.clone(),
+                        model: response.model,
+                    });
                 }
-                Some(value)
+                Err(rejected) => rejected,
+            };
+            let repairs_done = u32::try_from(repairs.len()).unwrap_or(u32::MAX);
+            if repairs_done >= self.repair_attempts || remaining(deadline) == Some(Duration::ZERO) {
+                if repairs_done > 0 {
+                    telemetry::repair(&target.provider, &target.model, "gave_up");
+                }
+                let mut details = details;
+                details["answer"] =
+                    json!(providers::http::truncate(&response.text, MAX_QUOTED_ANSWER));
+                details["repair_attempts"] = json!(repairs_done);
+                return Err(failure(ErrorInfo {
+                    details: Some(details),
+                    ..ErrorInfo::new(
+                        ErrorCode::OutputInvalid,
+                        format!("the model's answer is invalid: {problem}"),
+                    )
+                }));
             }
-        };
-        // 7. answer
-        Ok(Answer {
-            text: response.text,
-            parsed,
-            provider: route.provider.clone(),
-            model: response.model,
-        })
+            tracing::debug!(problem = %problem, "answer invalid; asking for a repair");
+            repairs.push(Repair {
+                answer: response.text,
+                problem,
+            });
+        }
     }
 
     async fn call_with_retry(
         &self,
-        provider_name: &str,
+        target: &Target,
         entry: &ProviderEntry,
         mut request: ProviderRequest<'_>,
         deadline: Option<Instant>,
         tally: &mut Tally,
     ) -> Result<ProviderResponse, ProviderError> {
         let per_attempt = request.timeout;
+        let mut attempts_here = 0u32;
         loop {
             let left = remaining(deadline);
             if left == Some(Duration::ZERO) {
-                return Err(ProviderError {
-                    code: ErrorCode::DeadlineExceeded,
-                    disposition: Disposition::Permanent,
-                    message: "the job's deadline passed".into(),
-                });
+                return Err(ProviderError::permanent(
+                    ErrorCode::DeadlineExceeded,
+                    "the job's deadline passed",
+                ));
             }
             request.timeout = left.map_or(per_attempt, |l| l.min(per_attempt));
             tally.attempts += 1;
+            attempts_here += 1;
             let began = Instant::now();
             let outcome = entry.provider.call(&request).await;
             let elapsed = began.elapsed();
@@ -277,48 +423,90 @@ impl Pipeline {
             let error = match outcome {
                 Ok(response) => {
                     telemetry::provider_attempt(
-                        provider_name,
-                        request.model,
+                        &target.provider,
+                        &target.model,
                         "ok",
                         elapsed,
                         Some(response.usage),
                     );
                     tally.usage.add(response.usage);
+                    tally.cost.add(self.prices.cost(
+                        &target.provider,
+                        &target.model,
+                        response.usage,
+                    ));
                     return Ok(response);
                 }
                 Err(error) => error,
             };
             telemetry::provider_attempt(
-                provider_name,
-                request.model,
+                &target.provider,
+                &target.model,
                 error.code.as_str(),
                 elapsed,
                 None,
             );
             let wait = match error.disposition {
                 Disposition::Retry { after } => {
-                    self.retry.backoff(tally.attempts, after, fastrand::f64())
+                    self.retry.backoff(attempts_here, after, fastrand::f64())
                 }
                 // One key per provider for now: a rejected key cannot be rotated away from.
                 Disposition::RotateKey | Disposition::Permanent => return Err(error),
             };
             if !self
                 .retry
-                .may_retry(tally.attempts, wait, remaining(deadline))
+                .may_retry(attempts_here, wait, remaining(deadline))
             {
                 return Err(error);
             }
-            tracing::debug!(attempt = tally.attempts, code = %error.code, wait_ms = wait.as_millis() as u64, "retrying provider call");
+            tracing::debug!(
+                attempt = attempts_here,
+                code = %error.code,
+                wait_ms = wait.as_millis() as u64,
+                "retrying provider call"
+            );
             tokio::time::sleep(wait).await;
         }
     }
 }
 
-struct Answer {
-    text: String,
-    parsed: Option<Value>,
-    provider: String,
-    model: String,
+/// Parses and validates an answer. On failure: the problem as one line, and the details.
+fn check_answer(validator: &Validator, text: &str) -> Result<Value, (String, Value)> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            format!("it is not JSON ({e})"),
+            json!({"parse_error": e.to_string()}),
+        )
+    })?;
+    let found: Vec<Violation> = violations(validator, &value);
+    if found.is_empty() {
+        return Ok(value);
+    }
+    let summary: Vec<String> = found
+        .iter()
+        .map(|v| {
+            format!(
+                "at `{}`: {}",
+                if v.path.is_empty() { "/" } else { &v.path },
+                v.message
+            )
+        })
+        .collect();
+    Err((
+        format!("it does not match the schema: {}", summary.join("; ")),
+        json!({"violations": found}),
+    ))
+}
+
+/// Decoded size of standard padded base64.
+fn decoded_len(data: &str) -> usize {
+    let padding = data
+        .bytes()
+        .rev()
+        .take(2)
+        .take_while(|&b| b == b'=')
+        .count();
+    (data.len() / 4 * 3).saturating_sub(padding)
 }
 
 /// Converts an absolute epoch deadline into a monotonic instant.

@@ -2,14 +2,18 @@
 
 use super::*;
 use crate::config::Config;
+use crate::providers::Repair;
 use futures::future::BoxFuture;
 use quarry_schemas::InputPart;
+use quarry_schemas::job::{ImageMime, ImagePart};
 use std::sync::{Arc, Mutex};
 
-/// Answers each call with the next scripted outcome and records how many calls it saw.
+/// Answers each call with the next scripted outcome and records what it was asked.
 struct ScriptedProvider {
     outcomes: Mutex<Vec<Result<ProviderResponse, ProviderError>>>,
     calls: Arc<Mutex<u32>>,
+    repairs_seen: Arc<Mutex<Vec<Vec<Repair>>>>,
+    mimes: &'static [ImageMime],
 }
 
 impl Provider for ScriptedProvider {
@@ -17,11 +21,19 @@ impl Provider for ScriptedProvider {
         "scripted"
     }
 
+    fn image_mimes(&self) -> &'static [ImageMime] {
+        self.mimes
+    }
+
     fn call<'a>(
         &'a self,
-        _request: &'a ProviderRequest<'a>,
+        request: &'a ProviderRequest<'a>,
     ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
         *self.calls.lock().unwrap() += 1;
+        self.repairs_seen
+            .lock()
+            .unwrap()
+            .push(request.repairs.to_vec());
         let next = self.outcomes.lock().unwrap().remove(0);
         Box::pin(async move { next })
     }
@@ -32,6 +44,7 @@ fn answer(text: &str) -> Result<ProviderResponse, ProviderError> {
         text: text.to_owned(),
         usage: Usage {
             input_tokens: 10,
+            cached_input_tokens: 0,
             output_tokens: 5,
             total_tokens: 15,
         },
@@ -47,18 +60,49 @@ fn failure(code: ErrorCode, disposition: Disposition) -> Result<ProviderResponse
     })
 }
 
-fn scripted(outcomes: Vec<Result<ProviderResponse, ProviderError>>) -> (Pipeline, Arc<Mutex<u32>>) {
+struct Probe {
+    calls: Arc<Mutex<u32>>,
+    repairs_seen: Arc<Mutex<Vec<Vec<Repair>>>>,
+}
+
+fn provider(
+    outcomes: Vec<Result<ProviderResponse, ProviderError>>,
+    mimes: &'static [ImageMime],
+) -> (Box<dyn Provider>, Probe) {
+    let probe = Probe {
+        calls: Arc::default(),
+        repairs_seen: Arc::default(),
+    };
+    let provider = ScriptedProvider {
+        outcomes: Mutex::new(outcomes),
+        calls: probe.calls.clone(),
+        repairs_seen: probe.repairs_seen.clone(),
+        mimes,
+    };
+    (Box::new(provider), probe)
+}
+
+fn test_config() -> Config {
     let mut config = Config::default();
     config.worker.retry_base_ms = 1;
     config.worker.retry_max_ms = 2;
     config.worker.max_attempts = 3;
-    let calls = Arc::new(Mutex::new(0));
-    let provider: Box<dyn Provider> = Box::new(ScriptedProvider {
-        outcomes: Mutex::new(outcomes),
-        calls: calls.clone(),
-    });
+    config.worker.repair_attempts = 0;
+    config
+}
+
+fn scripted(outcomes: Vec<Result<ProviderResponse, ProviderError>>) -> (Pipeline, Arc<Mutex<u32>>) {
+    let (pipeline, probe) = scripted_with(test_config(), outcomes);
+    (pipeline, probe.calls)
+}
+
+fn scripted_with(
+    config: Config,
+    outcomes: Vec<Result<ProviderResponse, ProviderError>>,
+) -> (Pipeline, Probe) {
+    let (provider, probe) = provider(outcomes, &[ImageMime::Png, ImageMime::Jpeg]);
     let providers = BTreeMap::from([("fake".to_owned(), (provider, Duration::from_secs(5)))]);
-    (Pipeline::with_providers(&config, providers), calls)
+    (Pipeline::with_providers(&config, providers), probe)
 }
 
 fn job(schema: Option<Value>) -> Job {
@@ -84,7 +128,7 @@ async fn retries_a_retryable_failure_and_sums_usage() {
         answer(r#"{"total": 3.5}"#),
     ]);
     let run = pipeline
-        .execute(job(Some(total_schema())), Instant::now())
+        .execute(job(Some(total_schema())), "test", Instant::now())
         .await;
     let result = run.result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -108,7 +152,10 @@ async fn gives_up_after_max_attempts_with_the_last_code() {
         failure(ErrorCode::RateLimited, Disposition::Retry { after: None }),
         failure(ErrorCode::Timeout, Disposition::Retry { after: None }),
     ]);
-    let result = pipeline.execute(job(None), Instant::now()).await.result;
+    let result = pipeline
+        .execute(job(None), "test", Instant::now())
+        .await
+        .result;
     let error = result.error.expect("error");
     assert_eq!(error.code, ErrorCode::Timeout);
     assert!(error.retryable);
@@ -123,7 +170,10 @@ async fn permanent_and_key_failures_are_not_retried() {
         (ErrorCode::InvalidRequest, Disposition::Permanent),
     ] {
         let (pipeline, calls) = scripted(vec![failure(code, disposition), answer("never")]);
-        let result = pipeline.execute(job(None), Instant::now()).await.result;
+        let result = pipeline
+            .execute(job(None), "test", Instant::now())
+            .await
+            .result;
         assert_eq!(result.error.expect("error").code, code);
         assert_eq!(*calls.lock().unwrap(), 1);
     }
@@ -133,7 +183,7 @@ async fn permanent_and_key_failures_are_not_retried() {
 async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
     let (pipeline, _) = scripted(vec![answer("{\"total\": ")]);
     let result = pipeline
-        .execute(job(Some(total_schema())), Instant::now())
+        .execute(job(Some(total_schema())), "test", Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -146,7 +196,7 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
 
     let (pipeline, _) = scripted(vec![answer(r#"{"total": "3.50"}"#)]);
     let result = pipeline
-        .execute(job(Some(total_schema())), Instant::now())
+        .execute(job(Some(total_schema())), "test", Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -159,7 +209,10 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
 #[tokio::test]
 async fn text_mode_returns_text() {
     let (pipeline, _) = scripted(vec![answer("plain words")]);
-    let result = pipeline.execute(job(None), Instant::now()).await.result;
+    let result = pipeline
+        .execute(job(None), "test", Instant::now())
+        .await
+        .result;
     assert_eq!(result.text.as_deref(), Some("plain words"));
     assert_eq!(result.content_type, Some(ContentType::Text));
     assert!(result.parsed.is_none());
@@ -182,7 +235,7 @@ async fn a_deadline_that_would_pass_during_backoff_stops_retries() {
         .unwrap()
         .as_millis() as u64;
     job.deadline_ms = Some(now_ms + 5_000);
-    let result = pipeline.execute(job, Instant::now()).await.result;
+    let result = pipeline.execute(job, "test", Instant::now()).await.result;
     assert_eq!(result.error.expect("error").code, ErrorCode::RateLimited);
     assert_eq!(
         *calls.lock().unwrap(),
@@ -222,9 +275,202 @@ async fn stages_before_the_provider_fail_without_calling_it() {
     ];
     for (job, code) in cases {
         let (pipeline, calls) = scripted(vec![]);
-        let result = pipeline.execute(job, Instant::now()).await.result;
+        let result = pipeline.execute(job, "test", Instant::now()).await.result;
         assert_eq!(result.error.expect("error").code, code);
         assert_eq!(result.attempts, 0);
         assert_eq!(*calls.lock().unwrap(), 0);
     }
+}
+
+#[tokio::test]
+async fn the_repair_loop_re_asks_with_the_answer_and_its_errors() {
+    let mut config = test_config();
+    config.worker.repair_attempts = 2;
+    let (pipeline, probe) = scripted_with(
+        config,
+        vec![answer(r#"{"total": "3.50"}"#), answer(r#"{"total": 3.5}"#)],
+    );
+    let result = pipeline
+        .execute(job(Some(total_schema())), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    assert_eq!(result.parsed, Some(json!({"total": 3.5})));
+    assert_eq!(result.attempts, 2);
+    assert_eq!(
+        result.usage.total_tokens, 30,
+        "usage is summed over the repair"
+    );
+    let seen = probe.repairs_seen.lock().unwrap().clone();
+    assert_eq!(seen[0], vec![]);
+    assert_eq!(seen[1].len(), 1);
+    assert_eq!(seen[1][0].answer, r#"{"total": "3.50"}"#);
+    assert!(
+        seen[1][0].problem.contains("/total"),
+        "{}",
+        seen[1][0].problem
+    );
+}
+
+#[tokio::test]
+async fn the_repair_loop_gives_up_with_details() {
+    let mut config = test_config();
+    config.worker.repair_attempts = 2;
+    let (pipeline, probe) = scripted_with(
+        config,
+        vec![answer("nope"), answer("{"), answer(r#"{"total": "x"}"#)],
+    );
+    let result = pipeline
+        .execute(job(Some(total_schema())), "test", Instant::now())
+        .await
+        .result;
+    let error = result.error.expect("error");
+    assert_eq!(error.code, ErrorCode::OutputInvalid);
+    let details = error.details.expect("details");
+    assert_eq!(details["repair_attempts"], 2);
+    assert_eq!(details["violations"][0]["path"], "/total");
+    assert_eq!(details["answer"], r#"{"total": "x"}"#);
+    assert_eq!(*probe.calls.lock().unwrap(), 3);
+    assert_eq!(result.attempts, 3);
+    assert_eq!(result.usage.total_tokens, 45);
+}
+
+fn fallback_config() -> Config {
+    let mut config = test_config();
+    let route = config
+        .routing
+        .aliases
+        .get_mut("default")
+        .expect("default alias");
+    route.fallbacks = vec![crate::config::Target {
+        provider: "backup".into(),
+        model: "backup-model".into(),
+        images: true,
+    }];
+    config
+}
+
+#[tokio::test]
+async fn an_unavailable_model_falls_back_to_the_next_target() {
+    let (primary, primary_probe) = provider(
+        vec![failure(ErrorCode::ModelUnavailable, Disposition::Permanent)],
+        &[ImageMime::Png],
+    );
+    let (backup, _) = provider(vec![answer(r#"{"total": 1}"#)], &[ImageMime::Png]);
+    let providers = BTreeMap::from([
+        ("fake".to_owned(), (primary, Duration::from_secs(5))),
+        ("backup".to_owned(), (backup, Duration::from_secs(5))),
+    ]);
+    let pipeline = Pipeline::with_providers(&fallback_config(), providers);
+    let result = pipeline
+        .execute(job(Some(total_schema())), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    assert_eq!(result.provider.as_deref(), Some("backup"));
+    assert_eq!(result.model.as_deref(), Some("scripted-model"));
+    assert_eq!(result.attempts, 2);
+    assert_eq!(*primary_probe.calls.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn other_failures_do_not_fall_back() {
+    let (primary, _) = provider(
+        vec![failure(ErrorCode::InvalidRequest, Disposition::Permanent)],
+        &[],
+    );
+    let (backup, backup_probe) = provider(vec![answer("{}")], &[]);
+    let providers = BTreeMap::from([
+        ("fake".to_owned(), (primary, Duration::from_secs(5))),
+        ("backup".to_owned(), (backup, Duration::from_secs(5))),
+    ]);
+    let pipeline = Pipeline::with_providers(&fallback_config(), providers);
+    let result = pipeline
+        .execute(job(None), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.error.expect("error").code, ErrorCode::InvalidRequest);
+    assert_eq!(result.provider.as_deref(), Some("fake"));
+    assert_eq!(*backup_probe.calls.lock().unwrap(), 0);
+}
+
+fn image_job(mime: ImageMime, count: usize, bytes: usize) -> Job {
+    let mut job = job(None);
+    let data = "A".repeat(bytes.div_ceil(3) * 4);
+    for _ in 0..count {
+        job.input.push(InputPart::Image(ImagePart {
+            mime,
+            data: data.clone(),
+        }));
+    }
+    job
+}
+
+#[tokio::test]
+async fn images_are_checked_before_any_call() {
+    let mut config = test_config();
+    config.worker.max_images = 2;
+    config.worker.max_image_bytes = 1000;
+    let cases = [
+        (image_job(ImageMime::Png, 3, 10), "at most 2"),
+        (image_job(ImageMime::Png, 1, 2000), "at most 1000"),
+        (
+            image_job(ImageMime::Gif, 1, 10),
+            "accepts these images (image/gif)",
+        ),
+    ];
+    for (job, expected) in cases {
+        let (pipeline, probe) = scripted_with(config.clone(), vec![]);
+        let result = pipeline.execute(job, "test", Instant::now()).await.result;
+        let error = result.error.expect("error");
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(error.message.contains(expected), "{}", error.message);
+        assert_eq!(*probe.calls.lock().unwrap(), 0);
+    }
+    // A text-only model.
+    let mut text_only = config.clone();
+    text_only
+        .routing
+        .aliases
+        .get_mut("default")
+        .expect("alias")
+        .images = false;
+    let (pipeline, _) = scripted_with(text_only, vec![]);
+    let result = pipeline
+        .execute(image_job(ImageMime::Png, 1, 10), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.error.expect("error").code, ErrorCode::InvalidRequest);
+    // Within the limits, the call is made.
+    let (pipeline, probe) = scripted_with(config, vec![answer("ok")]);
+    let result = pipeline
+        .execute(image_job(ImageMime::Jpeg, 2, 900), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok);
+    assert_eq!(*probe.calls.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn cost_comes_from_the_price_table() {
+    let mut config = test_config();
+    config.prices = vec![crate::config::Price {
+        provider: "fake".into(),
+        model: "fake-large".into(),
+        input_per_mtok: 1_000_000.0,
+        output_per_mtok: 2_000_000.0,
+        cached_input_per_mtok: None,
+    }];
+    let (pipeline, _) = scripted_with(config, vec![answer("ok")]);
+    let result = pipeline
+        .execute(job(None), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.cost_usd, Some(10.0 + 5.0 * 2.0));
+    let (pipeline, _) = scripted(vec![answer("ok")]);
+    let result = pipeline
+        .execute(job(None), "test", Instant::now())
+        .await
+        .result;
+    assert_eq!(result.cost_usd, None, "no price, no cost");
 }

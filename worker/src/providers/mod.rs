@@ -1,13 +1,28 @@
 //! LLM providers behind one small trait, registered in one place ([`build`]).
 //!
 //! A provider turns a [`ProviderRequest`] into its native wire request, and its answer (or
-//! failure) back into a [`ProviderResponse`] or a classified [`ProviderError`]. The retry loop
-//! in the pipeline acts on the error's [`Disposition`] only; it never inspects HTTP itself.
+//! failure) back into a [`ProviderResponse`] or a classified [`ProviderError`]. The pipeline
+//! acts on the error's code and [`Disposition`] only; it never inspects HTTP itself.
+//!
+//! | kind | module | structured output |
+//! |---|---|---|
+//! | `openai` | [`openai`] | `response_format: json_schema`, strict-compatible schema when `strict` |
+//! | `anthropic` | [`anthropic`] | a forced tool whose `input_schema` is the job's schema |
+//! | `gemini` | [`gemini`] | `responseMimeType` + `responseSchema` (unsupported keywords stripped) |
+//! | `openai_compatible` | [`openai_compatible`] | `json_schema`, or `json_object` + schema in the prompt |
+//!
+//! Shared plumbing: [`http`] (client, send, scrubbing), [`ratelimit`] (retry hints).
 
+pub mod anthropic;
+pub mod gemini;
+pub mod http;
+pub mod openai;
 pub mod openai_compatible;
+pub mod ratelimit;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use futures::future::BoxFuture;
+use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
 use serde_json::Value;
 use std::time::Duration;
@@ -31,6 +46,29 @@ pub struct ProviderRequest<'a> {
     pub stop: Option<&'a [String]>,
     /// Timeout of this attempt.
     pub timeout: Duration,
+    /// Earlier answers of this job that were rejected, oldest first: each becomes an
+    /// assistant turn followed by a user turn asking for a corrected answer.
+    pub repairs: &'a [Repair],
+}
+
+/// A rejected answer and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// The answer as the model gave it.
+    pub answer: String,
+    /// The parse error or the schema violations, as text.
+    pub problem: String,
+}
+
+impl Repair {
+    /// The user turn that asks for a corrected answer.
+    pub fn instruction(&self) -> String {
+        format!(
+            "Your previous answer is not valid: {}\nReply again with only the corrected JSON value, \
+             satisfying the JSON Schema, and nothing else.",
+            self.problem
+        )
+    }
 }
 
 /// A provider's answer.
@@ -49,7 +87,7 @@ pub struct ProviderResponse {
 pub enum Disposition {
     /// Try again, after at least `after` when the provider said so.
     Retry {
-        /// The provider's requested wait (Retry-After).
+        /// The provider's requested wait (Retry-After and its relatives).
         after: Option<Duration>,
     },
     /// The credential is at fault: another key may succeed, this one will not.
@@ -70,10 +108,32 @@ pub struct ProviderError {
     pub message: String,
 }
 
-/// One provider: a bounded label and one call.
+impl ProviderError {
+    /// An error that no retry can fix.
+    pub fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            disposition: Disposition::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// An error worth retrying.
+    pub fn retry(code: ErrorCode, after: Option<Duration>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            disposition: Disposition::Retry { after },
+            message: message.into(),
+        }
+    }
+}
+
+/// One provider: a bounded label, what it accepts, and one call.
 pub trait Provider: Send + Sync {
-    /// Bounded metrics label of the wire format (`openai_compatible`, ...).
+    /// Bounded metrics label of the wire format (`openai`, `anthropic`, ...).
     fn kind(&self) -> &'static str;
+    /// Image types the provider accepts.
+    fn image_mimes(&self) -> &'static [ImageMime];
     /// One attempt.
     fn call<'a>(
         &'a self,
@@ -93,29 +153,12 @@ pub struct BuildError {
 
 /// Builds the provider a config section describes. The only match on [`ProviderKind`].
 pub fn build(name: &str, config: &ProviderConfig) -> Result<Box<dyn Provider>, BuildError> {
-    match config.kind {
-        ProviderKind::OpenaiCompatible => Ok(Box::new(openai_compatible::OpenAiCompatible::new(
-            name, config,
-        )?)),
-    }
-}
-
-/// Parses a `Retry-After` header value given in seconds (HTTP dates are not used by LLM APIs).
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_seconds() {
-        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after("-1"), None);
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(parse_retry_after("99999"), Some(Duration::from_secs(3600)));
-    }
+    Ok(match config.kind {
+        ProviderKind::Openai => Box::new(openai::OpenAi::new(name, config)?),
+        ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(name, config)?),
+        ProviderKind::Gemini => Box::new(gemini::Gemini::new(name, config)?),
+        ProviderKind::OpenaiCompatible => {
+            Box::new(openai_compatible::OpenAiCompatible::new(name, config)?)
+        }
+    })
 }

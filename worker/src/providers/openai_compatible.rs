@@ -1,239 +1,206 @@
-//! OpenAI chat completions (`POST {base_url}/chat/completions`) and servers that speak it.
+//! OpenAI chat completions (`POST {base_url}/chat/completions`) as spoken by OpenAI-compatible
+//! servers (vLLM, llama.cpp, Ollama, ...). The [`super::openai`] module reuses this wire code
+//! with OpenAI's own options.
 //!
 //! JSON mode sends `response_format: {type: "json_schema", json_schema: {name, schema, strict}}`
-//! or, for servers without schema support (`native_json_schema = false`),
-//! `{type: "json_object"}` with the schema appended to the system message. Images travel as
-//! `image_url` parts with `data:` URLs.
+//! or, for servers without schema support (`native_json_schema = false`), `{type:
+//! "json_object"}` with the schema appended to the system message. Images travel as
+//! `image_url` parts with `data:` URLs; repairs as assistant + user turns.
 
+use super::http::{Auth, HttpClient, RawResponse, body_text, malformed};
 use super::{
-    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse,
-    parse_retry_after,
+    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
+use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
-use std::time::Duration;
 
-/// Longest provider error text copied into a result.
-const MAX_ERROR_TEXT: usize = 500;
+/// Image types OpenAI-style servers take.
+const IMAGE_MIMES: &[ImageMime] = &[
+    ImageMime::Png,
+    ImageMime::Jpeg,
+    ImageMime::Webp,
+    ImageMime::Gif,
+];
+
+/// Dialect differences between OpenAI itself and compatible servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// Generic server: `max_tokens`; JSON Schema natively or in the prompt.
+    Compatible {
+        /// `response_format: json_schema` (else `json_object`).
+        native_json_schema: bool,
+    },
+    /// OpenAI: `max_completion_tokens`; `json_schema` with `strict` as configured.
+    OpenAi {
+        /// `json_schema.strict`.
+        strict: bool,
+    },
+}
 
 /// An OpenAI-compatible provider.
 pub struct OpenAiCompatible {
-    client: reqwest::Client,
+    http: HttpClient,
     url: String,
-    api_key: Option<SecretString>,
-    native_json_schema: bool,
-    strict: bool,
+    flavor: Flavor,
 }
 
 impl OpenAiCompatible {
-    /// Builds the client once; it is shared by every job.
+    /// A generic OpenAI-compatible server.
     pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, BuildError> {
-        let error = |reason: String| BuildError {
-            name: name.to_owned(),
-            reason,
-        };
-        let mut headers = HeaderMap::new();
-        for (key, value) in &config.headers {
-            let key = HeaderName::from_bytes(key.as_bytes())
-                .map_err(|e| error(format!("header `{key}`: {e}")))?;
-            let mut value =
-                HeaderValue::from_str(value).map_err(|e| error(format!("header `{key}`: {e}")))?;
-            value.set_sensitive(true);
-            headers.insert(key, value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(1024)
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .build()
-            .map_err(|e| error(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            client,
-            url: format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
-            api_key: config.api_key.clone(),
+        let flavor = Flavor::Compatible {
             native_json_schema: config.native_json_schema,
-            strict: config.strict,
+        };
+        Self::with_flavor(name, config, flavor)
+    }
+
+    pub(crate) fn with_flavor(
+        name: &str,
+        config: &ProviderConfig,
+        flavor: Flavor,
+    ) -> Result<Self, BuildError> {
+        Ok(Self {
+            http: HttpClient::new(name, config, Auth::Bearer, &[])?,
+            url: format!("{}/chat/completions", config.base_url()),
+            flavor,
         })
     }
 
-    fn body<'a>(&self, request: &'a ProviderRequest<'a>) -> ChatRequest<'a> {
-        let mut messages = Vec::with_capacity(2);
-        let schema_hint = match (request.json_schema, self.native_json_schema) {
-            (Some((_, schema)), false) => Some(schema),
-            _ => None,
+    /// The wire request; `schema` is the schema to send (OpenAI may send a strict rewrite).
+    pub(crate) fn body<'a>(
+        &self,
+        request: &'a ProviderRequest<'a>,
+        schema: Option<&'a Value>,
+    ) -> ChatRequest<'a> {
+        let (native, strict) = match self.flavor {
+            Flavor::Compatible { native_json_schema } => (native_json_schema, false),
+            Flavor::OpenAi { strict } => (true, strict),
         };
+        let schema_hint = if native { None } else { schema };
+        let mut messages = Vec::with_capacity(2 + 2 * request.repairs.len());
         if request.instructions.is_some() || schema_hint.is_some() {
             messages.push(Message::System(SystemContent {
                 instructions: request.instructions,
                 schema_hint,
             }));
         }
-        messages.push(Message::User(
+        messages.push(Message::User(UserContent::Parts(
             request.input.iter().map(ContentPart).collect(),
-        ));
-        let response_format = request.json_schema.map(|(name, schema)| {
-            if self.native_json_schema {
-                ResponseFormat::JsonSchema {
-                    json_schema: JsonSchemaFormat {
-                        name,
-                        schema,
-                        strict: self.strict,
-                    },
-                }
-            } else {
-                ResponseFormat::JsonObject
-            }
-        });
+        )));
+        for repair in request.repairs {
+            messages.push(Message::Assistant(&repair.answer));
+            messages.push(Message::User(UserContent::Text(repair.instruction())));
+        }
+        let response_format = match (request.json_schema, schema) {
+            (Some((name, _)), Some(schema)) if native => Some(ResponseFormat::JsonSchema {
+                json_schema: JsonSchemaFormat {
+                    name,
+                    schema,
+                    strict,
+                },
+            }),
+            (Some(_), _) => Some(ResponseFormat::JsonObject),
+            (None, _) => None,
+        };
+        let (max_tokens, max_completion_tokens) = match self.flavor {
+            Flavor::Compatible { .. } => (request.max_tokens, None),
+            Flavor::OpenAi { .. } => (None, request.max_tokens),
+        };
         ChatRequest {
             model: request.model,
             messages,
-            max_tokens: request.max_tokens,
+            max_tokens,
+            max_completion_tokens,
             temperature: request.temperature,
             stop: request.stop,
             response_format,
         }
     }
 
-    async fn call_inner(
+    /// One attempt, sending `schema` as the structured-output schema.
+    pub(crate) async fn complete(
         &self,
         request: &ProviderRequest<'_>,
+        schema: Option<&Value>,
     ) -> Result<ProviderResponse, ProviderError> {
-        let body = serde_json::to_vec(&self.body(request)).map_err(|e| ProviderError {
-            code: ErrorCode::Internal,
-            disposition: Disposition::Permanent,
-            message: format!("cannot encode the request: {e}"),
-        })?;
-        let mut http = self
-            .client
-            .post(&self.url)
-            .timeout(request.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        if let Some(key) = &self.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
-                .map_err(|_| ProviderError {
-                    code: ErrorCode::AuthFailed,
-                    disposition: Disposition::RotateKey,
-                    message: "the configured API key is not a valid header value".into(),
-                })?;
-            value.set_sensitive(true);
-            http = http.header(AUTHORIZATION, value);
+        let body = serde_json::to_vec(&self.body(request, schema))
+            .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
+        let raw = self
+            .http
+            .post_json(&self.url, body, request.timeout)
+            .await?;
+        if !raw.status.is_success() {
+            return Err(self.classify(&raw));
         }
-        let response = http.send().await.map_err(transport_error)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        if !status.is_success() {
-            return Err(self.classify(status, retry_after, &bytes));
-        }
-        let answer: ChatResponse = serde_json::from_slice(&bytes).map_err(|e| ProviderError {
-            code: ErrorCode::ProviderError,
-            disposition: Disposition::Retry { after: None },
-            message: format!("the provider's answer is not a chat completion: {e}"),
-        })?;
+        let answer: ChatResponse =
+            serde_json::from_slice(&raw.body).map_err(|e| malformed("chat completion", e))?;
         let Some(choice) = answer.choices.into_iter().next() else {
-            return Err(ProviderError {
-                code: ErrorCode::ProviderError,
-                disposition: Disposition::Retry { after: None },
-                message: "the provider's answer has no choices".into(),
-            });
+            return Err(malformed("chat completion", "no choices"));
         };
         if let Some(refusal) = choice.message.refusal {
-            return Err(ProviderError {
-                code: ErrorCode::OutputInvalid,
-                disposition: Disposition::Permanent,
-                message: format!("the model refused: {}", self.scrub(&refusal)),
-            });
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                format!("the model refused: {}", self.http.scrub(&refusal)),
+            ));
         }
-        let usage = answer.usage.map(Usage::from).unwrap_or_default();
+        if choice.finish_reason.as_deref() == Some("content_filter") {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                "the provider's content filter withheld the answer",
+            ));
+        }
         Ok(ProviderResponse {
             text: choice.message.content.unwrap_or_default(),
-            usage,
+            usage: answer.usage.map(Usage::from).unwrap_or_default(),
             model: answer.model.unwrap_or_else(|| request.model.to_owned()),
         })
     }
 
-    /// Every HTTP failure status maps to a code and a disposition here, and only here.
-    fn classify(
-        &self,
-        status: StatusCode,
-        retry_after: Option<Duration>,
-        body: &[u8],
-    ) -> ProviderError {
-        let detail: Option<WireError> = serde_json::from_slice::<ErrorEnvelope>(body)
+    /// Every HTTP failure maps to a code and a disposition here, and only here.
+    pub(crate) fn classify(&self, raw: &RawResponse) -> ProviderError {
+        let detail = serde_json::from_slice::<ErrorEnvelope>(&raw.body)
             .ok()
             .map(|e| e.error);
-        let text = match &detail {
-            Some(e) => e.message.clone().unwrap_or_default(),
-            None => String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_TEXT)]).into_owned(),
-        };
-        let quota = detail
+        let text = detail
+            .as_ref()
+            .and_then(|e| e.message.clone())
+            .unwrap_or_else(|| body_text(&raw.body));
+        let code_field = detail
             .as_ref()
             .and_then(|e| e.code.as_ref())
-            .and_then(Value::as_str)
-            == Some("insufficient_quota");
-        let (code, disposition) = match status.as_u16() {
-            400 | 413 | 415 | 422 => (ErrorCode::InvalidRequest, Disposition::Permanent),
-            401 | 403 => (ErrorCode::AuthFailed, Disposition::RotateKey),
-            402 => (ErrorCode::CredentialsExhausted, Disposition::RotateKey),
-            404 => (ErrorCode::ModelUnavailable, Disposition::Permanent),
-            408 => (
-                ErrorCode::Timeout,
-                Disposition::Retry { after: retry_after },
-            ),
-            429 if quota => (ErrorCode::CredentialsExhausted, Disposition::RotateKey),
-            429 => (
-                ErrorCode::RateLimited,
-                Disposition::Retry { after: retry_after },
-            ),
-            503 | 529 => (
-                ErrorCode::ModelUnavailable,
-                Disposition::Retry { after: retry_after },
-            ),
-            500..=599 => (
-                ErrorCode::ProviderError,
-                Disposition::Retry { after: retry_after },
-            ),
-            _ => (ErrorCode::ProviderError, Disposition::Permanent),
+            .and_then(Value::as_str);
+        let after = ratelimit::retry_after(&raw.headers);
+        let (code, disposition) = match (raw.status.as_u16(), code_field) {
+            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::RotateKey),
+            (402, _) | (429, Some("insufficient_quota")) => {
+                (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
+            }
+            (404, _) => (ErrorCode::ModelUnavailable, Disposition::Permanent),
+            (400 | 413 | 415 | 422, _) => (ErrorCode::InvalidRequest, Disposition::Permanent),
+            (408, _) => (ErrorCode::Timeout, Disposition::Retry { after }),
+            (429, _) => (ErrorCode::RateLimited, Disposition::Retry { after }),
+            (503 | 529, _) => (ErrorCode::ModelUnavailable, Disposition::Retry { after }),
+            (500..=599, _) => (ErrorCode::ProviderError, Disposition::Retry { after }),
+            (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
         };
         // A provider's 401 text may quote part of the key; say nothing of it.
         let message = match code {
-            ErrorCode::AuthFailed => format!(
-                "HTTP {}: the provider rejected the credential",
-                status.as_u16()
-            ),
-            _ => format!(
-                "HTTP {}: {}",
-                status.as_u16(),
-                truncate(&self.scrub(&text), MAX_ERROR_TEXT)
-            ),
+            ErrorCode::AuthFailed => {
+                format!(
+                    "HTTP {}: the provider rejected the credential",
+                    raw.status.as_u16()
+                )
+            }
+            _ => format!("HTTP {}: {}", raw.status.as_u16(), self.http.scrub(&text)),
         };
         ProviderError {
             code,
             disposition,
             message,
-        }
-    }
-
-    /// Removes the key from provider-supplied text, should a provider echo it.
-    fn scrub(&self, text: &str) -> String {
-        match &self.api_key {
-            Some(key) if !key.expose_secret().is_empty() => {
-                text.replace(key.expose_secret(), "[redacted]")
-            }
-            _ => text.to_owned(),
         }
     }
 }
@@ -243,43 +210,28 @@ impl Provider for OpenAiCompatible {
         "openai_compatible"
     }
 
+    fn image_mimes(&self) -> &'static [ImageMime] {
+        IMAGE_MIMES
+    }
+
     fn call<'a>(
         &'a self,
         request: &'a ProviderRequest<'a>,
     ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
-        Box::pin(self.call_inner(request))
-    }
-}
-
-fn transport_error(error: reqwest::Error) -> ProviderError {
-    let code = if error.is_timeout() {
-        ErrorCode::Timeout
-    } else {
-        ErrorCode::ProviderError
-    };
-    ProviderError {
-        code,
-        disposition: Disposition::Retry { after: None },
-        // Without the URL: some providers carry credentials in the query string.
-        message: error.without_url().to_string(),
-    }
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => &text[..i],
-        None => text,
+        Box::pin(self.complete(request, request.json_schema.map(|(_, s)| s)))
     }
 }
 
 // ---- wire types (borrowing) ----
 
 #[derive(Serialize)]
-struct ChatRequest<'a> {
+pub(crate) struct ChatRequest<'a> {
     model: &'a str,
     messages: Vec<Message<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,7 +244,15 @@ struct ChatRequest<'a> {
 #[serde(tag = "role", content = "content", rename_all = "snake_case")]
 enum Message<'a> {
     System(SystemContent<'a>),
-    User(Vec<ContentPart<'a>>),
+    User(UserContent<'a>),
+    Assistant(&'a str),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum UserContent<'a> {
+    Parts(Vec<ContentPart<'a>>),
+    Text(String),
 }
 
 /// The system message: the job's instructions, plus the schema when the server cannot take it
@@ -403,6 +363,7 @@ struct ChatResponse {
 #[derive(Deserialize)]
 struct Choice {
     message: AssistantMessage,
+    finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -418,12 +379,20 @@ struct WireUsage {
     #[serde(default)]
     completion_tokens: u64,
     total_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Self {
         Usage {
             input_tokens: u.prompt_tokens,
+            cached_input_tokens: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
             output_tokens: u.completion_tokens,
             total_tokens: u
                 .total_tokens
@@ -446,8 +415,13 @@ struct WireError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quarry_schemas::job::{ImageMime, ImagePart};
+    use crate::providers::Repair;
+    use quarry_schemas::job::ImagePart;
+    use reqwest::StatusCode;
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use secrecy::SecretString;
     use serde_json::json;
+    use std::time::Duration;
 
     fn provider(native: bool, key: Option<&str>) -> OpenAiCompatible {
         let config = ProviderConfig {
@@ -461,6 +435,7 @@ mod tests {
     fn request<'a>(
         input: &'a [InputPart],
         schema: Option<(&'a str, &'a Value)>,
+        repairs: &'a [Repair],
     ) -> ProviderRequest<'a> {
         ProviderRequest {
             model: "m",
@@ -471,6 +446,7 @@ mod tests {
             temperature: None,
             stop: None,
             timeout: Duration::from_secs(1),
+            repairs,
         }
     }
 
@@ -487,8 +463,8 @@ mod tests {
         ];
         let schema = json!({"type": "object"});
         let p = provider(true, None);
-        let req = request(&input, Some(("receipt", &schema)));
-        let body = serde_json::to_value(p.body(&req)).expect("serialise");
+        let req = request(&input, Some(("receipt", &schema)), &[]);
+        let body = serde_json::to_value(p.body(&req, Some(&schema))).expect("serialise");
         assert_eq!(
             body,
             json!({
@@ -507,12 +483,38 @@ mod tests {
     }
 
     #[test]
+    fn repairs_become_assistant_and_user_turns() {
+        let input = [InputPart::Text { text: "x".into() }];
+        let schema = json!({"type": "object"});
+        let repairs = [Repair {
+            answer: "{oops".into(),
+            problem: "not JSON".into(),
+        }];
+        let p = provider(true, None);
+        let req = request(&input, Some(("s", &schema)), &repairs);
+        let body = serde_json::to_value(p.body(&req, Some(&schema))).expect("serialise");
+        let messages = body["messages"].as_array().expect("messages");
+        assert_eq!(messages.len(), 4);
+        assert_eq!(
+            messages[2],
+            json!({"role": "assistant", "content": "{oops"})
+        );
+        assert_eq!(messages[3]["role"], "user");
+        assert!(
+            messages[3]["content"]
+                .as_str()
+                .expect("text")
+                .contains("not JSON")
+        );
+    }
+
+    #[test]
     fn json_object_mode_puts_the_schema_in_the_system_message() {
         let input = [InputPart::Text { text: "x".into() }];
         let schema = json!({"type": "object"});
         let p = provider(false, None);
-        let req = request(&input, Some(("s", &schema)));
-        let body = serde_json::to_value(p.body(&req)).expect("serialise");
+        let req = request(&input, Some(("s", &schema)), &[]);
+        let body = serde_json::to_value(p.body(&req, Some(&schema))).expect("serialise");
         assert_eq!(body["response_format"], json!({"type": "json_object"}));
         let system = body["messages"][0]["content"].as_str().expect("string");
         assert!(
@@ -525,6 +527,7 @@ mod tests {
     #[test]
     fn statuses_map_to_codes_and_dispositions() {
         let p = provider(true, Some("sk-secret-canary"));
+        let three = Some(Duration::from_secs(3));
         let cases = [
             (400, ErrorCode::InvalidRequest, Disposition::Permanent),
             (401, ErrorCode::AuthFailed, Disposition::RotateKey),
@@ -533,37 +536,36 @@ mod tests {
             (
                 429,
                 ErrorCode::RateLimited,
-                Disposition::Retry {
-                    after: Some(Duration::from_secs(3)),
-                },
+                Disposition::Retry { after: three },
             ),
             (
                 500,
                 ErrorCode::ProviderError,
-                Disposition::Retry {
-                    after: Some(Duration::from_secs(3)),
-                },
+                Disposition::Retry { after: three },
             ),
             (
                 503,
                 ErrorCode::ModelUnavailable,
-                Disposition::Retry {
-                    after: Some(Duration::from_secs(3)),
-                },
+                Disposition::Retry { after: three },
             ),
             (
                 529,
                 ErrorCode::ModelUnavailable,
-                Disposition::Retry {
-                    after: Some(Duration::from_secs(3)),
-                },
+                Disposition::Retry { after: three },
             ),
             (418, ErrorCode::ProviderError, Disposition::Permanent),
         ];
         for (status, code, disposition) in cases {
-            let status = StatusCode::from_u16(status).expect("status");
-            let body = br#"{"error": {"message": "Incorrect API key provided: sk-secret-canary", "type": "x"}}"#;
-            let e = p.classify(status, Some(Duration::from_secs(3)), body);
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", HeaderValue::from_static("3"));
+            let raw = RawResponse {
+                status: StatusCode::from_u16(status).expect("status"),
+                headers,
+                body: br#"{"error": {"message": "Incorrect API key provided: sk-secret-canary", "type": "x"}}"#
+                    .to_vec()
+                    .into(),
+            };
+            let e = p.classify(&raw);
             assert_eq!(
                 (e.code, e.disposition),
                 (code, disposition),
@@ -575,8 +577,14 @@ mod tests {
                 e.message
             );
         }
-        let quota = br#"{"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}"#;
-        let e = p.classify(StatusCode::TOO_MANY_REQUESTS, None, quota);
+        let raw = RawResponse {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: HeaderMap::new(),
+            body: br#"{"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}"#
+                .to_vec()
+                .into(),
+        };
+        let e = p.classify(&raw);
         assert_eq!(
             (e.code, e.disposition),
             (ErrorCode::CredentialsExhausted, Disposition::RotateKey)

@@ -1,0 +1,365 @@
+//! Anthropic messages (`POST {base_url}/messages`, `x-api-key`, `anthropic-version`).
+//!
+//! JSON mode forces a tool: `tools: [{name, description, input_schema}]` with
+//! `tool_choice: {type: "tool", name}`, and the answer is the tool call's `input`. The tool's
+//! `input_schema` must be an object, so other roots are wrapped in `{"value": ...}` and
+//! unwrapped from the answer. The system prompt goes in `system`; `max_tokens` is always set
+//! (the job's, else `default_max_tokens`). Overload (529) counts as `MODEL_UNAVAILABLE`, so an
+//! alias falls back to its next target.
+
+use super::http::{Auth, HttpClient, RawResponse, body_text, malformed};
+use super::{
+    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
+};
+use crate::config::ProviderConfig;
+use futures::future::BoxFuture;
+use quarry_schemas::job::ImageMime;
+use quarry_schemas::{ErrorCode, InputPart, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+const IMAGE_MIMES: &[ImageMime] = &[
+    ImageMime::Png,
+    ImageMime::Jpeg,
+    ImageMime::Webp,
+    ImageMime::Gif,
+];
+const WRAPPED: &str = "value";
+
+/// Anthropic.
+pub struct Anthropic {
+    http: HttpClient,
+    url: String,
+    default_max_tokens: u32,
+}
+
+impl Anthropic {
+    /// Builds the client once.
+    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, BuildError> {
+        let version = [("anthropic-version", config.anthropic_version.as_str())];
+        Ok(Self {
+            http: HttpClient::new(name, config, Auth::Header("x-api-key"), &version)?,
+            url: format!("{}/messages", config.base_url()),
+            default_max_tokens: config.default_max_tokens,
+        })
+    }
+
+    /// The wire request; `tool_schema` is the (object-rooted) schema of the forced tool.
+    fn body<'a>(
+        &self,
+        request: &'a ProviderRequest<'a>,
+        tool_schema: Option<&'a Value>,
+    ) -> MessagesRequest<'a> {
+        let mut messages = Vec::with_capacity(1 + 2 * request.repairs.len());
+        messages.push(Message {
+            role: "user",
+            content: Content::Blocks(request.input.iter().map(Block::from).collect()),
+        });
+        for repair in request.repairs {
+            messages.push(Message {
+                role: "assistant",
+                content: Content::Text(repair.answer.clone()),
+            });
+            messages.push(Message {
+                role: "user",
+                content: Content::Text(repair.instruction()),
+            });
+        }
+        let (tools, tool_choice) = match (request.json_schema, tool_schema) {
+            (Some((name, _)), Some(input_schema)) => (
+                Some(vec![Tool {
+                    name,
+                    description: "Record the extracted data. Its input is the answer.",
+                    input_schema,
+                }]),
+                Some(json!({"type": "tool", "name": name})),
+            ),
+            _ => (None, None),
+        };
+        MessagesRequest {
+            model: request.model,
+            max_tokens: request.max_tokens.unwrap_or(self.default_max_tokens),
+            system: request.instructions,
+            messages,
+            tools,
+            tool_choice,
+            temperature: request.temperature,
+            stop_sequences: request.stop,
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        request: &ProviderRequest<'_>,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let schema = request.json_schema.map(|(_, s)| s);
+        let wrapped =
+            schema.is_some_and(|s| s.get("type").and_then(Value::as_str) != Some("object"));
+        let wrapper;
+        let tool_schema = match schema {
+            Some(s) if wrapped => {
+                wrapper =
+                    json!({"type": "object", "properties": {WRAPPED: s}, "required": [WRAPPED]});
+                Some(&wrapper)
+            }
+            other => other,
+        };
+        let body = serde_json::to_vec(&self.body(request, tool_schema))
+            .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
+        let raw = self
+            .http
+            .post_json(&self.url, body, request.timeout)
+            .await?;
+        if !raw.status.is_success() {
+            return Err(self.classify(&raw));
+        }
+        let answer: MessagesResponse =
+            serde_json::from_slice(&raw.body).map_err(|e| malformed("messages response", e))?;
+        if answer.stop_reason.as_deref() == Some("refusal") {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                "the model refused to answer",
+            ));
+        }
+        let text = match request.json_schema {
+            Some((name, _)) => {
+                let input = answer
+                    .content
+                    .iter()
+                    .find_map(|block| match block {
+                        ContentBlock::ToolUse { name: used, input } if used == name => Some(input),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        ProviderError::retry(
+                            ErrorCode::OutputInvalid,
+                            None,
+                            "the model did not call the extraction tool",
+                        )
+                    })?;
+                match (wrapped, input) {
+                    (true, Value::Object(map)) => {
+                        map.get(WRAPPED).cloned().unwrap_or(Value::Null).to_string()
+                    }
+                    _ => input.to_string(),
+                }
+            }
+            None => answer
+                .content
+                .iter()
+                .filter_map(|block| match block {
+                    ContentBlock::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect(),
+        };
+        Ok(ProviderResponse {
+            text,
+            usage: answer.usage.map(Usage::from).unwrap_or_default(),
+            model: answer.model.unwrap_or_else(|| request.model.to_owned()),
+        })
+    }
+
+    /// Every HTTP failure maps to a code and a disposition here, and only here.
+    fn classify(&self, raw: &RawResponse) -> ProviderError {
+        let detail = serde_json::from_slice::<ErrorEnvelope>(&raw.body)
+            .ok()
+            .map(|e| e.error);
+        let kind = detail
+            .as_ref()
+            .and_then(|e| e.kind.as_deref())
+            .unwrap_or("");
+        let text = detail
+            .as_ref()
+            .and_then(|e| e.message.clone())
+            .unwrap_or_else(|| body_text(&raw.body));
+        let after = ratelimit::retry_after(&raw.headers);
+        let (code, disposition) = match (raw.status.as_u16(), kind) {
+            (401 | 403, _) | (_, "authentication_error" | "permission_error") => {
+                (ErrorCode::AuthFailed, Disposition::RotateKey)
+            }
+            (402, _) | (_, "billing_error") => {
+                (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
+            }
+            (404, _) | (_, "not_found_error") => {
+                (ErrorCode::ModelUnavailable, Disposition::Permanent)
+            }
+            (429, _) | (_, "rate_limit_error") => {
+                (ErrorCode::RateLimited, Disposition::Retry { after })
+            }
+            (529, _) | (_, "overloaded_error") => {
+                (ErrorCode::ModelUnavailable, Disposition::Retry { after })
+            }
+            (408 | 504, _) | (_, "timeout_error") => {
+                (ErrorCode::Timeout, Disposition::Retry { after })
+            }
+            (400 | 413 | 422, _) | (_, "invalid_request_error" | "request_too_large") => {
+                (ErrorCode::InvalidRequest, Disposition::Permanent)
+            }
+            (500..=599, _) | (_, "api_error") => {
+                (ErrorCode::ProviderError, Disposition::Retry { after })
+            }
+            (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
+        };
+        let message = match code {
+            ErrorCode::AuthFailed => {
+                format!(
+                    "HTTP {}: the provider rejected the credential",
+                    raw.status.as_u16()
+                )
+            }
+            _ => format!("HTTP {}: {}", raw.status.as_u16(), self.http.scrub(&text)),
+        };
+        ProviderError {
+            code,
+            disposition,
+            message,
+        }
+    }
+}
+
+impl Provider for Anthropic {
+    fn kind(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn image_mimes(&self) -> &'static [ImageMime] {
+        IMAGE_MIMES
+    }
+
+    fn call<'a>(
+        &'a self,
+        request: &'a ProviderRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
+        Box::pin(self.call_inner(request))
+    }
+}
+
+// ---- wire types ----
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    messages: Vec<Message<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Tool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<&'a [String]>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: Content<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Blocks(Vec<Block<'a>>),
+    Text(String),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text { text: &'a str },
+    Image { source: ImageSource<'a> },
+}
+
+#[derive(Serialize)]
+struct ImageSource<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    media_type: &'static str,
+    data: &'a str,
+}
+
+impl<'a> From<&'a InputPart> for Block<'a> {
+    fn from(part: &'a InputPart) -> Self {
+        match part {
+            InputPart::Text { text } => Block::Text { text },
+            InputPart::Image(image) => Block::Image {
+                source: ImageSource {
+                    kind: "base64",
+                    media_type: image.mime.as_str(),
+                    data: &image.data,
+                },
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    name: &'a str,
+    description: &'static str,
+    input_schema: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct MessagesResponse {
+    model: Option<String>,
+    #[serde(default)]
+    content: Vec<ContentBlock>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentBlock {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        name: String,
+        input: Value,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: u64,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        // Anthropic's input_tokens excludes cache reads and writes; ours includes them.
+        let input = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+        Usage {
+            input_tokens: input,
+            cached_input_tokens: u.cache_read_input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: input + u.output_tokens,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: WireError,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<String>,
+}

@@ -1,0 +1,556 @@
+//! Google Gemini (`POST {base_url}/models/{model}:generateContent`, `x-goog-api-key`).
+//!
+//! JSON mode sets `generationConfig.responseMimeType = "application/json"` and
+//! `responseSchema` to the job's schema rewritten into the OpenAPI subset Gemini accepts
+//! ([`gemini_schema`]): local `$ref`s inlined, `["T", "null"]` as `nullable`, `oneOf` as
+//! `anyOf`, `const` as a one-value `enum`, and unsupported keywords (`additionalProperties`,
+//! `pattern`, `minLength`, ...) dropped. The answer is validated against the original schema.
+//! Instructions go in `systemInstruction`; images as `inlineData`; repairs as `model` + `user`
+//! turns. Rate-limit errors carry `RetryInfo.retryDelay`.
+
+use super::http::{Auth, HttpClient, RawResponse, body_text, malformed};
+use super::{
+    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
+};
+use crate::config::ProviderConfig;
+use futures::future::BoxFuture;
+use quarry_schemas::job::ImageMime;
+use quarry_schemas::{ErrorCode, InputPart, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+const IMAGE_MIMES: &[ImageMime] = &[ImageMime::Png, ImageMime::Jpeg, ImageMime::Webp];
+/// Keywords of the OpenAPI schema subset Gemini's `responseSchema` takes.
+const KEPT: &[&str] = &[
+    "type",
+    "format",
+    "description",
+    "nullable",
+    "enum",
+    "items",
+    "properties",
+    "required",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "anyOf",
+    "propertyOrdering",
+];
+/// Finish reasons that mean the answer was withheld.
+const BLOCKED: &[&str] = &[
+    "SAFETY",
+    "RECITATION",
+    "PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "SPII",
+    "IMAGE_SAFETY",
+];
+
+/// Gemini.
+pub struct Gemini {
+    http: HttpClient,
+    base_url: String,
+}
+
+impl Gemini {
+    /// Builds the client once.
+    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, BuildError> {
+        Ok(Self {
+            http: HttpClient::new(name, config, Auth::Header("x-goog-api-key"), &[])?,
+            base_url: config.base_url(),
+        })
+    }
+
+    fn body<'a>(
+        &self,
+        request: &'a ProviderRequest<'a>,
+        schema: Option<Value>,
+    ) -> GenerateRequest<'a> {
+        let mut contents = Vec::with_capacity(1 + 2 * request.repairs.len());
+        contents.push(Content {
+            role: "user",
+            parts: request.input.iter().map(Part::from).collect(),
+        });
+        for repair in request.repairs {
+            contents.push(Content {
+                role: "model",
+                parts: vec![Part::Text {
+                    text: repair.answer.clone().into(),
+                }],
+            });
+            contents.push(Content {
+                role: "user",
+                parts: vec![Part::Text {
+                    text: repair.instruction().into(),
+                }],
+            });
+        }
+        let json_mode = schema.is_some();
+        GenerateRequest {
+            system_instruction: request.instructions.map(|text| SystemInstruction {
+                parts: [TextPart { text }],
+            }),
+            contents,
+            generation_config: GenerationConfig {
+                response_mime_type: json_mode.then_some("application/json"),
+                response_schema: schema,
+                max_output_tokens: request.max_tokens,
+                temperature: request.temperature,
+                stop_sequences: request.stop,
+            },
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        request: &ProviderRequest<'_>,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let schema = request.json_schema.map(|(_, s)| gemini_schema(s));
+        let body = serde_json::to_vec(&self.body(request, schema))
+            .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
+        let url = format!("{}/models/{}:generateContent", self.base_url, request.model);
+        let raw = self.http.post_json(&url, body, request.timeout).await?;
+        if !raw.status.is_success() {
+            return Err(self.classify(&raw));
+        }
+        let answer: GenerateResponse = serde_json::from_slice(&raw.body)
+            .map_err(|e| malformed("generateContent response", e))?;
+        if let Some(reason) = answer.prompt_feedback.and_then(|f| f.block_reason) {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                format!("the prompt was blocked: {reason}"),
+            ));
+        }
+        let Some(candidate) = answer.candidates.into_iter().next() else {
+            return Err(malformed("generateContent response", "no candidates"));
+        };
+        if let Some(reason) = candidate
+            .finish_reason
+            .as_deref()
+            .filter(|r| BLOCKED.contains(r))
+        {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                format!("the answer was withheld: {reason}"),
+            ));
+        }
+        let text = candidate
+            .content
+            .map(|c| {
+                c.parts
+                    .into_iter()
+                    .filter_map(|p| p.text)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        Ok(ProviderResponse {
+            text,
+            usage: answer.usage_metadata.map(Usage::from).unwrap_or_default(),
+            model: answer
+                .model_version
+                .unwrap_or_else(|| request.model.to_owned()),
+        })
+    }
+
+    /// Every HTTP failure maps to a code and a disposition here, and only here.
+    fn classify(&self, raw: &RawResponse) -> ProviderError {
+        let error: Option<Value> = serde_json::from_slice::<Value>(&raw.body)
+            .ok()
+            .and_then(|v| v.get("error").cloned());
+        let status = error
+            .as_ref()
+            .and_then(|e| e.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let text = error
+            .as_ref()
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map_or_else(|| body_text(&raw.body), str::to_owned);
+        // Google reports a bad key as 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
+        let bad_key = error
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("API_KEY_INVALID"));
+        let after = error
+            .as_ref()
+            .and_then(ratelimit::google_retry_info)
+            .or_else(|| ratelimit::retry_after(&raw.headers));
+        let (code, disposition) = match (raw.status.as_u16(), status) {
+            (_, _) if bad_key => (ErrorCode::AuthFailed, Disposition::RotateKey),
+            (401 | 403, _) | (_, "UNAUTHENTICATED" | "PERMISSION_DENIED") => {
+                (ErrorCode::AuthFailed, Disposition::RotateKey)
+            }
+            (404, _) | (_, "NOT_FOUND") => (ErrorCode::ModelUnavailable, Disposition::Permanent),
+            (429, _) | (_, "RESOURCE_EXHAUSTED") => {
+                (ErrorCode::RateLimited, Disposition::Retry { after })
+            }
+            (503, _) | (_, "UNAVAILABLE") => {
+                (ErrorCode::ModelUnavailable, Disposition::Retry { after })
+            }
+            (504, _) | (_, "DEADLINE_EXCEEDED") => {
+                (ErrorCode::Timeout, Disposition::Retry { after })
+            }
+            (400 | 413 | 422, _)
+            | (_, "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => {
+                (ErrorCode::InvalidRequest, Disposition::Permanent)
+            }
+            (500..=599, _) | (_, "INTERNAL" | "UNKNOWN") => {
+                (ErrorCode::ProviderError, Disposition::Retry { after })
+            }
+            (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
+        };
+        let message = match code {
+            ErrorCode::AuthFailed => format!(
+                "HTTP {}: the provider rejected the credential",
+                raw.status.as_u16()
+            ),
+            _ => format!("HTTP {}: {}", raw.status.as_u16(), self.http.scrub(&text)),
+        };
+        ProviderError {
+            code,
+            disposition,
+            message,
+        }
+    }
+}
+
+impl Provider for Gemini {
+    fn kind(&self) -> &'static str {
+        "gemini"
+    }
+
+    fn image_mimes(&self) -> &'static [ImageMime] {
+        IMAGE_MIMES
+    }
+
+    fn call<'a>(
+        &'a self,
+        request: &'a ProviderRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
+        Box::pin(self.call_inner(request))
+    }
+}
+
+/// The job's JSON Schema rewritten into Gemini's `responseSchema` subset.
+pub fn gemini_schema(schema: &Value) -> Value {
+    convert(schema, schema, 0)
+}
+
+fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
+    let Some(map) = schema.as_object() else {
+        return json!({"type": "string"});
+    };
+    if depth > 16 {
+        return json!({"type": "object"});
+    }
+    if let Some(target) = map
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|p| root.pointer(p))
+    {
+        return convert(target, root, depth + 1);
+    }
+    let mut merged = map.clone();
+    if let Some(Value::Array(parts)) = map.get("allOf") {
+        for part in parts {
+            let resolved = convert(part, root, depth + 1);
+            if let Some(part) = resolved.as_object() {
+                merge_into(&mut merged, part);
+            }
+        }
+    }
+    let mut out = Map::new();
+    let mut nullable = false;
+    match merged.get("type") {
+        Some(Value::Array(types)) => {
+            nullable = types.iter().any(|t| t == "null");
+            if let Some(first) = types.iter().find(|t| *t != "null") {
+                out.insert("type".into(), first.clone());
+            }
+        }
+        Some(Value::String(t)) if t == "null" => nullable = true,
+        Some(t) => {
+            out.insert("type".into(), t.clone());
+        }
+        None => {}
+    }
+    if let Some(c) = merged.get("const") {
+        merged.insert("enum".into(), json!([c]));
+    }
+    if let Some(Value::Array(values)) = merged.get("enum") {
+        nullable |= values.contains(&Value::Null);
+        let strings: Vec<Value> = values.iter().filter(|v| v.is_string()).cloned().collect();
+        if !strings.is_empty() && strings.len() == values.iter().filter(|v| !v.is_null()).count() {
+            out.insert("type".into(), json!("string"));
+            out.insert("format".into(), json!("enum"));
+            out.insert("enum".into(), Value::Array(strings));
+        }
+    }
+    for (key, value) in &merged {
+        match key.as_str() {
+            "properties" => {
+                if let Some(props) = value.as_object() {
+                    let converted: Map<String, Value> = props
+                        .iter()
+                        .map(|(k, v)| (k.clone(), convert(v, root, depth + 1)))
+                        .collect();
+                    out.insert("properties".into(), Value::Object(converted));
+                }
+            }
+            "items" => {
+                out.insert("items".into(), convert(value, root, depth + 1));
+            }
+            "anyOf" | "oneOf" => {
+                if let Some(options) = value.as_array() {
+                    let (nulls, others): (Vec<&Value>, Vec<&Value>) = options
+                        .iter()
+                        .partition(|o| o.get("type").and_then(Value::as_str) == Some("null"));
+                    nullable |= !nulls.is_empty();
+                    let converted: Vec<Value> =
+                        others.iter().map(|o| convert(o, root, depth + 1)).collect();
+                    match converted.len() {
+                        0 => {}
+                        1 => {
+                            if let Some(only) = converted
+                                .into_iter()
+                                .next()
+                                .and_then(|v| v.as_object().cloned())
+                            {
+                                for (k, v) in only {
+                                    out.entry(k).or_insert(v);
+                                }
+                            }
+                        }
+                        _ => {
+                            out.insert("anyOf".into(), Value::Array(converted));
+                        }
+                    }
+                }
+            }
+            "format" => {
+                let kept = matches!(
+                    (merged.get("type").and_then(Value::as_str), value.as_str()),
+                    (Some("string"), Some("date-time"))
+                        | (Some("number"), Some("float" | "double"))
+                        | (Some("integer"), Some("int32" | "int64"))
+                );
+                if kept {
+                    out.insert("format".into(), value.clone());
+                }
+            }
+            "type" | "enum" => {}
+            k if KEPT.contains(&k) => {
+                out.entry(k.to_owned()).or_insert_with(|| value.clone());
+            }
+            _ => {}
+        }
+    }
+    if nullable {
+        out.insert("nullable".into(), Value::Bool(true));
+    }
+    Value::Object(out)
+}
+
+fn merge_into(target: &mut Map<String, Value>, part: &Map<String, Value>) {
+    for (key, value) in part {
+        match (key.as_str(), target.get_mut(key)) {
+            ("properties", Some(Value::Object(existing))) => {
+                if let Some(more) = value.as_object() {
+                    existing.extend(more.clone());
+                }
+            }
+            ("required", Some(Value::Array(existing))) => {
+                if let Some(more) = value.as_array() {
+                    existing.extend(more.iter().cloned());
+                }
+            }
+            (_, None) => {
+                target.insert(key.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---- wire types ----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<SystemInstruction<'a>>,
+    contents: Vec<Content<'a>>,
+    generation_config: GenerationConfig<'a>,
+}
+
+#[derive(Serialize)]
+struct SystemInstruction<'a> {
+    parts: [TextPart<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct TextPart<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct Content<'a> {
+    role: &'static str,
+    parts: Vec<Part<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Part<'a> {
+    Text {
+        text: std::borrow::Cow<'a, str>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Image {
+        inline_data: InlineData<'a>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InlineData<'a> {
+    mime_type: &'static str,
+    data: &'a str,
+}
+
+impl<'a> From<&'a InputPart> for Part<'a> {
+    fn from(part: &'a InputPart) -> Self {
+        match part {
+            InputPart::Text { text } => Part::Text {
+                text: text.as_str().into(),
+            },
+            InputPart::Image(image) => Part::Image {
+                inline_data: InlineData {
+                    mime_type: image.mime.as_str(),
+                    data: &image.data,
+                },
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<&'a [String]>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    prompt_feedback: Option<PromptFeedback>,
+    usage_metadata: Option<UsageMetadata>,
+    model_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    content: Option<CandidateContent>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CandidateContent {
+    #[serde(default)]
+    parts: Vec<ResponsePart>,
+}
+
+#[derive(Deserialize)]
+struct ResponsePart {
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    block_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    total_token_count: Option<u64>,
+}
+
+impl From<UsageMetadata> for Usage {
+    fn from(u: UsageMetadata) -> Self {
+        let output = u.candidates_token_count + u.thoughts_token_count;
+        Usage {
+            input_tokens: u.prompt_token_count,
+            cached_input_tokens: u.cached_content_token_count,
+            output_tokens: output,
+            total_tokens: u.total_token_count.unwrap_or(u.prompt_token_count + output),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_rewritten_into_the_openapi_subset() {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["kind", "total"],
+            "properties": {
+                "kind": {"enum": ["a", "b", null]},
+                "total": {"type": ["number", "null"], "minimum": 0},
+                "date": {"type": "string", "format": "date", "pattern": "^\\d"},
+                "when": {"type": "string", "format": "date-time"},
+                "tag": {"const": "x"},
+                "point": {"$ref": "#/$defs/point"},
+                "either": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+                "list": {"type": "array", "items": {"type": "string", "minLength": 2}, "maxItems": 3, "uniqueItems": true}
+            },
+            "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}
+        });
+        let g = gemini_schema(&schema);
+        assert_eq!(
+            g,
+            json!({
+                "type": "object",
+                "required": ["kind", "total"],
+                "properties": {
+                    "kind": {"type": "string", "format": "enum", "enum": ["a", "b"], "nullable": true},
+                    "total": {"type": "number", "minimum": 0, "nullable": true},
+                    "date": {"type": "string"},
+                    "when": {"type": "string", "format": "date-time"},
+                    "tag": {"type": "string", "format": "enum", "enum": ["x"]},
+                    "point": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
+                    "either": {"type": "string", "nullable": true},
+                    "list": {"type": "array", "items": {"type": "string"}, "maxItems": 3}
+                }
+            })
+        );
+    }
+}

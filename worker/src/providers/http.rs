@@ -1,0 +1,164 @@
+//! HTTP plumbing every provider shares: one pooled client per provider, the credential
+//! header (marked sensitive), transport errors without URLs, and scrubbing of provider text.
+
+use super::{BuildError, ProviderError};
+use crate::config::ProviderConfig;
+use bytes::Bytes;
+use quarry_schemas::ErrorCode;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+
+/// Longest provider error text copied into a result.
+pub const MAX_ERROR_TEXT: usize = 500;
+
+/// How a provider wants its key.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>` (OpenAI and compatible servers).
+    Bearer,
+    /// The key as the value of a named header (`x-api-key`, `x-goog-api-key`).
+    Header(&'static str),
+}
+
+/// A provider's HTTP client and credential.
+pub struct HttpClient {
+    client: reqwest::Client,
+    api_key: Option<SecretString>,
+    auth: Auth,
+}
+
+/// A provider's answer before interpretation.
+pub struct RawResponse {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers (rate-limit hints).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl HttpClient {
+    /// Builds the client once; `extra` headers are added to every request.
+    pub fn new(
+        name: &str,
+        config: &ProviderConfig,
+        auth: Auth,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Self, BuildError> {
+        let error = |reason: String| BuildError {
+            name: name.to_owned(),
+            reason,
+        };
+        let mut headers = HeaderMap::new();
+        let configured = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (key, value) in extra.iter().copied().chain(configured) {
+            let key = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|e| error(format!("header `{key}`: {e}")))?;
+            let mut value =
+                HeaderValue::from_str(value).map_err(|e| error(format!("header `{key}`: {e}")))?;
+            value.set_sensitive(true);
+            headers.insert(key, value);
+        }
+        if let Some(key) = &config.api_key
+            && HeaderValue::from_str(key.expose_secret()).is_err()
+        {
+            return Err(error("api_key is not a valid HTTP header value".into()));
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(1024)
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .build()
+            .map_err(|e| error(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            api_key: config.api_key.clone(),
+            auth,
+        })
+    }
+
+    /// POSTs a JSON body and reads the whole answer, within `timeout`.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<RawResponse, ProviderError> {
+        let mut request = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            let (name, text) = match self.auth {
+                Auth::Bearer => (AUTHORIZATION, format!("Bearer {}", key.expose_secret())),
+                Auth::Header(name) => (
+                    HeaderName::from_static(name),
+                    key.expose_secret().to_owned(),
+                ),
+            };
+            // Checked at build time: the key is a valid header value.
+            if let Ok(mut value) = HeaderValue::from_str(&text) {
+                value.set_sensitive(true);
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Removes the key from provider-supplied text, should a provider echo it, and bounds it.
+    pub fn scrub(&self, text: &str) -> String {
+        let text = truncate(text, MAX_ERROR_TEXT);
+        match &self.api_key {
+            Some(key) if !key.expose_secret().is_empty() => {
+                text.replace(key.expose_secret(), "[redacted]")
+            }
+            _ => text.to_owned(),
+        }
+    }
+}
+
+/// A failure to reach the provider or to read its answer.
+pub fn transport_error(error: reqwest::Error) -> ProviderError {
+    let code = if error.is_timeout() {
+        ErrorCode::Timeout
+    } else {
+        ErrorCode::ProviderError
+    };
+    // Without the URL: some providers carry credentials in the query string.
+    ProviderError::retry(code, None, error.without_url().to_string())
+}
+
+/// A 2xx answer whose body is not what the wire format promises.
+pub fn malformed(what: &str, error: impl std::fmt::Display) -> ProviderError {
+    ProviderError::retry(
+        ErrorCode::ProviderError,
+        None,
+        format!("malformed {what}: {error}"),
+    )
+}
+
+/// The first `max` characters of `text`.
+pub fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+/// Text for an error answer when it has no structured message.
+pub fn body_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_TEXT * 4)]).into_owned()
+}
