@@ -170,7 +170,8 @@ impl<'a> Generator<'a, '_> {
             _ if schema.get("items").is_some() => "array".to_owned(),
             _ => "string".to_owned(),
         };
-        match ty.as_str() {
+        // Gemini's OpenAPI-style schemas spell types in capitals (`OBJECT`).
+        match ty.to_ascii_lowercase().as_str() {
             "object" => self.object(schema, depth),
             "array" => self.array(schema, name, depth),
             "integer" => self.integer(schema),
@@ -278,7 +279,15 @@ impl<'a> Generator<'a, '_> {
     }
 
     fn string(&mut self, schema: &Value, name: &str) -> Value {
-        let mut s = match schema.get("format").and_then(Value::as_str) {
+        // A format a provider cannot take may travel in the description, as `(format: date)`:
+        // a model reads descriptions, and so does this fake.
+        let described = schema
+            .get("description")
+            .and_then(Value::as_str)
+            .and_then(|d| d.split("format: ").nth(1))
+            .and_then(|rest| rest.split([')', ' ', ',', ';']).next());
+        let format = schema.get("format").and_then(Value::as_str).or(described);
+        let mut s = match format {
             Some("date") => format!(
                 "20{:02}-{:02}-{:02}",
                 20 + self.rng.below(7),

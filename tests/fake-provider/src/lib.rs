@@ -1,39 +1,56 @@
-//! `quarry-fake-provider`: an HTTP server that speaks the OpenAI chat-completions wire format
-//! and answers with content generated from the requested JSON Schema, so a fleet can be tested
-//! and demonstrated with no network and no key.
+//! `quarry-fake-provider`: an HTTP server that speaks the wire formats of OpenAI chat
+//! completions, Anthropic messages and Gemini `generateContent`, answers with content
+//! generated from the requested schema, and injects faults on demand, so a fleet can be
+//! tested and demonstrated with no network and no key.
 //!
 //! - [`generate`]: a deterministic JSON value that satisfies a JSON Schema.
-//! - [`FakeConfig`], [`serve`], [`spawn`]: the server, as a library (tests) or a process (`main`).
+//! - [`faults`]: the faults, per-request markers and probability profiles.
+//! - [`formats`]: reading each format's requests, writing its answers and errors.
+//! - [`FakeConfig`], [`serve`], [`spawn`]: the server, as a library (tests) or a process.
 //!
-//! Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /healthz`, and
-//! `GET /_fake/stats` (requests received, by outcome) for tests that count provider calls.
-//! It depends on no Quarry crate: it knows only the providers' public wire format.
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/messages`,
+//! `POST /v1beta/models/{model}:generateContent`, `GET /v1/models`, `GET /healthz`,
+//! `GET /_fake/stats` (counts) and `GET /_fake/requests` (the last requests received, for
+//! tests that assert on the exact request sent). It depends on no Quarry crate: it knows
+//! only the providers' public wire formats.
 
+pub mod faults;
+pub mod formats;
 pub mod generate;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use faults::{Fault, Profile};
+use formats::{Answer, Format, Parsed};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Requests kept for `/_fake/requests`.
+const RECORDED: usize = 256;
 
 /// How the fake provider behaves.
 #[derive(Debug, Clone, Default)]
 pub struct FakeConfig {
-    /// Base latency of every completion.
+    /// Base latency of every answer.
     pub latency: Duration,
     /// Extra latency, uniform in `0..=jitter`, deterministic per request.
     pub jitter: Duration,
-    /// When set, requests must carry `Authorization: Bearer <key>`; others get 401.
+    /// When set, requests must carry this key (in their format's header); others get 401.
     pub api_key: Option<String>,
+    /// Faults drawn for every request.
+    pub profile: Profile,
+    /// How long a `timeout` fault holds the request (default 5 minutes).
+    pub hang: Option<Duration>,
 }
 
 /// Counters of what the server received.
@@ -42,21 +59,37 @@ pub struct Stats {
     requests: AtomicU64,
     completions: AtomicU64,
     rejected: AtomicU64,
+    faults: AtomicU64,
     in_progress: AtomicU64,
     peak_in_progress: AtomicU64,
+    recorded: Mutex<VecDeque<Recorded>>,
+    sightings: Mutex<HashMap<u64, u32>>,
 }
 
 /// A snapshot of [`Stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
-    /// Chat-completion requests received.
+    /// Generation requests received.
     pub requests: u64,
     /// Answered with 200.
     pub completions: u64,
-    /// Answered with a 4xx.
+    /// Refused as malformed or unauthorised.
     pub rejected: u64,
+    /// Faults injected.
+    pub faults: u64,
     /// Most requests ever being served at the same moment: how much a client keeps in flight.
     pub peak_in_progress: u64,
+}
+
+/// One received request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Request path.
+    pub path: String,
+    /// Headers, lower-case names.
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body (or `null` when it was not JSON).
+    pub body: Value,
 }
 
 impl Stats {
@@ -66,8 +99,39 @@ impl Stats {
             requests: self.requests.load(Ordering::Relaxed),
             completions: self.completions.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            faults: self.faults.load(Ordering::Relaxed),
             peak_in_progress: self.peak_in_progress.load(Ordering::Relaxed),
         }
+    }
+
+    /// The last requests received, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, entry: Recorded) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            if recorded.len() == RECORDED {
+                recorded.pop_front();
+            }
+            recorded.push_back(entry);
+        }
+    }
+
+    /// How many times this request body has been seen, this one included.
+    fn sighting(&self, hash: u64) -> u32 {
+        let Ok(mut seen) = self.sightings.lock() else {
+            return 1;
+        };
+        if seen.len() > 1_000_000 {
+            seen.clear();
+        }
+        let n = seen.entry(hash).or_insert(0);
+        *n += 1;
+        *n
     }
 }
 
@@ -80,10 +144,13 @@ struct AppState {
 pub fn router(config: FakeConfig, stats: Arc<Stats>) -> Router {
     let state = Arc::new(AppState { config, stats });
     Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(openai))
+        .route("/v1/messages", post(anthropic))
+        .route("/v1beta/models/{model}", post(gemini))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/_fake/stats", get(stats_handler))
+        .route("/_fake/requests", get(requests_handler))
         .with_state(state)
 }
 
@@ -106,9 +173,14 @@ pub struct FakeProvider {
 }
 
 impl FakeProvider {
-    /// `http://addr/v1`, the base URL an OpenAI-compatible client wants.
+    /// `http://addr/v1`: the base URL of the OpenAI and Anthropic formats.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://addr/v1beta`: the base URL of the Gemini format.
+    pub fn gemini_base_url(&self) -> String {
+        format!("http://{}/v1beta", self.addr)
     }
 }
 
@@ -153,6 +225,10 @@ async fn stats_handler(State(state): State<Arc<AppState>>) -> Json<StatsSnapshot
     Json(state.stats.snapshot())
 }
 
+async fn requests_handler(State(state): State<Arc<AppState>>) -> Json<Vec<Recorded>> {
+    Json(state.stats.requests())
+}
+
 async fn models() -> Json<Value> {
     Json(json!({
         "object": "list",
@@ -163,88 +239,138 @@ async fn models() -> Json<Value> {
     }))
 }
 
-fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
-    (status, Json(body)).into_response()
-}
-
-async fn chat_completions(
+async fn openai(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let _in_progress = InProgress::enter(&state.stats);
-    if let Some(expected) = &state.config.api_key {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(expected.as_str()) {
-            state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return openai_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "Incorrect API key provided.",
-            );
-        }
+    handle(
+        &state,
+        Format::OpenAi,
+        "/v1/chat/completions".into(),
+        &headers,
+        None,
+        None,
+        &body,
+    )
+    .await
+}
+
+async fn anthropic(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    handle(
+        &state,
+        Format::Anthropic,
+        "/v1/messages".into(),
+        &headers,
+        None,
+        None,
+        &body,
+    )
+    .await
+}
+
+async fn gemini(
+    State(state): State<Arc<AppState>>,
+    Path(model_action): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/v1beta/models/{model_action}");
+    let Some(model) = model_action.strip_suffix(":generateContent") else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(
+                json!({"error": {"code": 404, "message": "unknown method", "status": "NOT_FOUND"}}),
+            ),
+        )
+            .into_response();
+    };
+    let key = query.get("key").map(String::as_str);
+    handle(
+        &state,
+        Format::Gemini,
+        path,
+        &headers,
+        Some(model),
+        key,
+        &body,
+    )
+    .await
+}
+
+fn reply(status: StatusCode, headers: HeaderMap, body: Value) -> Response {
+    (status, headers, Json(body)).into_response()
+}
+
+async fn handle(
+    state: &AppState,
+    format: Format,
+    path: String,
+    headers: &HeaderMap,
+    path_model: Option<&str>,
+    query_key: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let stats = &state.stats;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_progress = InProgress::enter(stats);
+    let request: Option<Value> = serde_json::from_slice(body).ok();
+    stats.record(Recorded {
+        path,
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or("<binary>").to_owned(),
+                )
+            })
+            .collect(),
+        body: request.clone().unwrap_or(Value::Null),
+    });
+    if let Some(key) = &state.config.api_key
+        && !format.authorised(headers, query_key, key)
+    {
+        stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let (status, headers, body) = format.unauthorised();
+        return reply(status, headers, body);
     }
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return openai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &format!("We could not parse the JSON body of your request: {e}"),
-            );
+    let parsed = match request.as_ref().map(|r| format.parse(r, path_model)) {
+        Some(Ok(parsed)) => parsed,
+        Some(Err(message)) => {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let (status, body) = format.invalid_request(&message);
+            return reply(status, HeaderMap::new(), body);
         }
-    };
-    let Some(model) = request.get("model").and_then(Value::as_str) else {
-        state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        return openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "you must provide a model parameter",
-        );
-    };
-    let Some(messages) = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-    else {
-        state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        return openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "'messages' must be a non-empty array",
-        );
+        None => {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let (status, body) = format.invalid_request("the body is not JSON");
+            return reply(status, HeaderMap::new(), body);
+        }
     };
 
-    let seed = {
+    let hash = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         body.hash(&mut h);
         h.finish()
     };
-    let mut rng = generate::Rng::new(seed);
-    let content = match request
-        .pointer("/response_format/type")
-        .and_then(Value::as_str)
-    {
-        Some("json_schema") => {
-            let Some(schema) = request.pointer("/response_format/json_schema/schema") else {
-                state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                return openai_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "Missing required parameter: 'response_format.json_schema.schema'.",
-                );
-            };
-            generate::generate(schema, &mut rng).to_string()
-        }
-        Some("json_object") => json!({"answer": first_words(messages, 8)}).to_string(),
-        _ => format!("Extracted: {}", first_words(messages, 12)),
-    };
+    let sighting = stats.sighting(hash);
+    let mut rng = generate::Rng::new(hash ^ u64::from(sighting).rotate_left(32));
+    let fault = faults::decide(
+        &state.config.profile,
+        &parsed.text,
+        rng.unit(),
+        sighting,
+        parsed.first_answer,
+    );
+    if fault.is_some() {
+        stats.faults.fetch_add(1, Ordering::Relaxed);
+    }
 
     let jitter_ms = state.config.jitter.as_millis() as u64;
     let delay = state.config.latency
@@ -257,68 +383,84 @@ async fn chat_completions(
         tokio::time::sleep(delay).await;
     }
 
-    let prompt_tokens = prompt_tokens(messages);
-    let completion_tokens = (content.len() as u64).div_ceil(4);
-    state.stats.completions.fetch_add(1, Ordering::Relaxed);
-    Json(json!({
-        "id": format!("chatcmpl-fake-{seed:016x}"),
-        "object": "chat.completion",
-        "created": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": null},
-            "logprobs": null,
-            "finish_reason": "stop"
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens
+    match fault {
+        Some(Fault::Timeout) => {
+            tokio::time::sleep(state.config.hang.unwrap_or(Duration::from_secs(300))).await;
         }
-    }))
-    .into_response()
-}
-
-/// Roughly 4 characters a token for text, 85 tokens an image (OpenAI's low-detail cost).
-fn prompt_tokens(messages: &[Value]) -> u64 {
-    let mut chars = 0u64;
-    let mut images = 0u64;
-    for message in messages {
-        match message.get("content") {
-            Some(Value::String(s)) => chars += s.len() as u64,
-            Some(Value::Array(parts)) => {
-                for part in parts {
-                    match part.get("type").and_then(Value::as_str) {
-                        Some("text") => {
-                            chars += part
-                                .get("text")
-                                .and_then(Value::as_str)
-                                .map_or(0, |t| t.len() as u64)
-                        }
-                        Some("image_url") => images += 1,
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
+        Some(f @ (Fault::RateLimit | Fault::Auth | Fault::ServerError | Fault::Overloaded)) => {
+            let (status, headers, body) = format.error(f);
+            return reply(status, headers, body);
         }
+        _ => {}
     }
-    chars.div_ceil(4) + 85 * images + 3 * messages.len() as u64
+    let answer = compose(&parsed, fault, &mut rng);
+    stats.completions.fetch_add(1, Ordering::Relaxed);
+    let body = format.answer(&parsed, &answer, hash, fault == Some(Fault::Refusal));
+    reply(StatusCode::OK, HeaderMap::new(), body)
 }
 
-fn first_words(messages: &[Value], n: usize) -> String {
-    let text = messages
-        .iter()
-        .rev()
-        .find_map(|m| match m.get("content") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .find_map(|p| p.get("text").and_then(Value::as_str).map(str::to_owned)),
-            _ => None,
-        })
-        .unwrap_or_default();
+/// The answer's content, with any output fault applied.
+fn compose(parsed: &Parsed, fault: Option<Fault>, rng: &mut generate::Rng) -> Answer {
+    let (content, tool_input) = match (&parsed.schema, parsed.json_object) {
+        (Some(schema), _) => {
+            let value = match fault {
+                Some(Fault::SchemaInvalid) => break_schema(schema),
+                _ => generate::generate(schema, rng),
+            };
+            (value.to_string(), Some(value))
+        }
+        (None, true) => {
+            let value = json!({"answer": first_words(&parsed.text, 8)});
+            (value.to_string(), Some(value))
+        }
+        (None, false) => (
+            format!("Extracted: {}", first_words(&parsed.text, 12)),
+            None,
+        ),
+    };
+    let (content, tool_input, truncated) = match fault {
+        Some(Fault::InvalidJson) => (
+            format!("Sure! Here is the data you asked for: {content}"),
+            None,
+            false,
+        ),
+        Some(Fault::Truncated) => {
+            let cut: String = content.chars().take(content.chars().count() / 2).collect();
+            (cut, None, true)
+        }
+        _ => (content, tool_input, false),
+    };
+    // Anthropic's tool input is parsed JSON: a broken answer travels as text instead.
+    let tool_input = tool_input.or_else(|| {
+        parsed
+            .tool
+            .as_ref()
+            .map(|_| json!({"value": Value::String(content.clone())}))
+    });
+    let prompt = parsed.text.len().div_ceil(4) as u64 + 85 * parsed.images + 8;
+    let completion = content.len().div_ceil(4) as u64;
+    Answer {
+        content,
+        tool_input,
+        truncated,
+        usage: (prompt, completion),
+    }
+}
+
+/// A value of the wrong type for the schema's root.
+fn break_schema(schema: &Value) -> Value {
+    let root = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    match root.as_deref() {
+        Some("array") => json!({"not": "an array"}),
+        Some("string") => json!(12345),
+        _ => json!(["not", "an", "object"]),
+    }
+}
+
+fn first_words(text: &str, n: usize) -> String {
     text.split_whitespace()
         .take(n)
         .collect::<Vec<_>>()

@@ -1,26 +1,35 @@
-//! `quarry-fake-provider`: run the fake OpenAI-compatible provider as a process.
+//! `quarry-fake-provider`: run the fake provider as a process.
 
 use clap::Parser;
+use quarry_fake_provider::faults::Profile;
 use quarry_fake_provider::{FakeConfig, Stats, serve};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A fake LLM provider speaking the OpenAI chat-completions wire format.
+/// A fake LLM provider speaking the OpenAI, Anthropic and Gemini wire formats.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Address to listen on (port 0 picks a free port, printed on start).
     #[arg(long, env = "FAKE_PROVIDER_LISTEN", default_value = "127.0.0.1:8089")]
     listen: String,
-    /// Base latency of every completion, milliseconds.
+    /// Base latency of every answer, milliseconds.
     #[arg(long, env = "FAKE_PROVIDER_LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
     /// Extra random latency up to this many milliseconds (deterministic per request).
     #[arg(long, env = "FAKE_PROVIDER_JITTER_MS", default_value_t = 0)]
     jitter_ms: u64,
-    /// Require `Authorization: Bearer <key>`.
+    /// Require this key (Bearer, x-api-key or x-goog-api-key, as each format does).
     #[arg(long, env = "FAKE_PROVIDER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Fault probabilities for every request, e.g. `rate_limit=0.3,server_error=0.1,timeout=0.05,invalid_json=0.05`.
+    /// Faults: rate_limit, auth, server_error, overloaded, timeout, invalid_json, truncated,
+    /// schema_invalid, refusal. Output faults hit first answers only.
+    #[arg(long, env = "FAKE_PROVIDER_FAULTS", default_value = "")]
+    faults: Profile,
+    /// How long a `timeout` fault holds a request, milliseconds.
+    #[arg(long, env = "FAKE_PROVIDER_HANG_MS", default_value_t = 300_000)]
+    hang_ms: u64,
 }
 
 #[tokio::main]
@@ -38,6 +47,8 @@ async fn main() -> anyhow::Result<()> {
         latency: Duration::from_millis(args.latency_ms),
         jitter: Duration::from_millis(args.jitter_ms),
         api_key: args.api_key,
+        profile: args.faults,
+        hang: Some(Duration::from_millis(args.hang_ms)),
     };
     let server = serve(listener, config, Arc::new(Stats::default()));
     tokio::select! {

@@ -4,7 +4,8 @@
 //! `responseSchema` to the job's schema rewritten into the OpenAPI subset Gemini accepts
 //! ([`gemini_schema`]): local `$ref`s inlined, `["T", "null"]` as `nullable`, `oneOf` as
 //! `anyOf`, `const` as a one-value `enum`, and unsupported keywords (`additionalProperties`,
-//! `pattern`, `minLength`, ...) dropped. The answer is validated against the original schema.
+//! `pattern`, `minLength`, ...) dropped, the dropped constraints noted in the `description`
+//! for the model to read. The answer is validated against the original schema.
 //! Instructions go in `systemInstruction`; images as `inlineData`; repairs as `model` + `user`
 //! turns. Rate-limit errors carry `RetryInfo.retryDelay`.
 
@@ -263,6 +264,8 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
     }
     let mut out = Map::new();
     let mut nullable = false;
+    // Constraints Gemini cannot take travel in the description, where the model reads them.
+    let mut notes: Vec<String> = Vec::new();
     match merged.get("type") {
         Some(Value::Array(types)) => {
             nullable = types.iter().any(|t| t == "null");
@@ -338,7 +341,18 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
                 );
                 if kept {
                     out.insert("format".into(), value.clone());
+                } else if let Some(format) = value.as_str() {
+                    notes.push(format!("format: {format}"));
                 }
+            }
+            "pattern" => {
+                if let Some(pattern) = value.as_str() {
+                    notes.push(format!("pattern: {pattern}"));
+                }
+            }
+            "minLength" | "maxLength" => notes.push(format!("{key} {value}")),
+            "uniqueItems" if value == &Value::Bool(true) => {
+                notes.push("items must be unique".into());
             }
             "type" | "enum" => {}
             k if KEPT.contains(&k) => {
@@ -349,6 +363,14 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
     }
     if nullable {
         out.insert("nullable".into(), Value::Bool(true));
+    }
+    if !notes.is_empty() {
+        let note = format!("({})", notes.join("; "));
+        let description = match out.get("description").and_then(Value::as_str) {
+            Some(d) => format!("{d} {note}"),
+            None => note,
+        };
+        out.insert("description".into(), Value::String(description));
     }
     Value::Object(out)
 }
@@ -543,12 +565,13 @@ mod tests {
                 "properties": {
                     "kind": {"type": "string", "format": "enum", "enum": ["a", "b"], "nullable": true},
                     "total": {"type": "number", "minimum": 0, "nullable": true},
-                    "date": {"type": "string"},
+                    "date": {"type": "string", "description": "(format: date; pattern: ^\\d)"},
                     "when": {"type": "string", "format": "date-time"},
                     "tag": {"type": "string", "format": "enum", "enum": ["x"]},
                     "point": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
                     "either": {"type": "string", "nullable": true},
-                    "list": {"type": "array", "items": {"type": "string"}, "maxItems": 3}
+                    "list": {"type": "array", "items": {"type": "string", "description": "(minLength 2)"}, "maxItems": 3,
+                             "description": "(items must be unique)"}
                 }
             })
         );

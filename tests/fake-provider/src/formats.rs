@@ -1,0 +1,540 @@
+//! The three wire formats: reading a request into [`Parsed`], writing answers and errors the
+//! way each real API does.
+
+use crate::faults::Fault;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde_json::{Value, json};
+
+/// Which API a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `POST /v1/chat/completions`
+    OpenAi,
+    /// `POST /v1/messages`
+    Anthropic,
+    /// `POST /v1beta/models/{model}:generateContent`
+    Gemini,
+}
+
+/// What the fake needs from a request, whatever its format.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    /// The model asked for.
+    pub model: String,
+    /// Every text of the request (system, user), for markers and token counts.
+    pub text: String,
+    /// Images in the request.
+    pub images: u64,
+    /// The schema of the structured answer, if any.
+    pub schema: Option<Value>,
+    /// OpenAI `json_object` mode: any JSON object.
+    pub json_object: bool,
+    /// Anthropic: the forced tool's name.
+    pub tool: Option<String>,
+    /// No earlier model turn in the conversation.
+    pub first_answer: bool,
+}
+
+/// What the answer carries.
+pub struct Answer {
+    /// Text, or JSON text in JSON mode.
+    pub content: String,
+    /// The value of an Anthropic tool call (JSON mode).
+    pub tool_input: Option<Value>,
+    /// Cut short (`length`, `max_tokens`, `MAX_TOKENS`).
+    pub truncated: bool,
+    /// Prompt and completion tokens.
+    pub usage: (u64, u64),
+}
+
+fn bad(message: &str) -> String {
+    message.to_owned()
+}
+
+impl Format {
+    /// Whether the request carries the expected key in this format's header.
+    pub fn authorised(self, headers: &HeaderMap, query_key: Option<&str>, key: &str) -> bool {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        match self {
+            Format::OpenAi => {
+                header("authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key)
+            }
+            Format::Anthropic => header("x-api-key") == Some(key),
+            Format::Gemini => header("x-goog-api-key") == Some(key) || query_key == Some(key),
+        }
+    }
+
+    /// Reads a request body. `path_model` is Gemini's model from the URL.
+    pub fn parse(self, request: &Value, path_model: Option<&str>) -> Result<Parsed, String> {
+        match self {
+            Format::OpenAi => parse_openai(request),
+            Format::Anthropic => parse_anthropic(request),
+            Format::Gemini => parse_gemini(request, path_model.unwrap_or_default()),
+        }
+    }
+
+    /// A successful answer.
+    pub fn answer(self, parsed: &Parsed, answer: &Answer, id: u64, refusal: bool) -> Value {
+        let (prompt, completion) = answer.usage;
+        match self {
+            Format::OpenAi => json!({
+                "id": format!("chatcmpl-fake-{id:016x}"),
+                "object": "chat.completion",
+                "created": now_secs(),
+                "model": parsed.model,
+                "choices": [{
+                    "index": 0,
+                    "message": if refusal {
+                        json!({"role": "assistant", "content": null, "refusal": "I'm sorry, I can't help with that."})
+                    } else {
+                        json!({"role": "assistant", "content": answer.content, "refusal": null})
+                    },
+                    "logprobs": null,
+                    "finish_reason": if answer.truncated { "length" } else { "stop" }
+                }],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "prompt_tokens_details": {"cached_tokens": 0}
+                }
+            }),
+            Format::Anthropic => {
+                let content = match (&parsed.tool, &answer.tool_input, refusal) {
+                    (_, _, true) => json!([]),
+                    (Some(tool), Some(input), false) => json!([{
+                        "type": "tool_use", "id": format!("toolu_fake_{id:016x}"), "name": tool, "input": input
+                    }]),
+                    _ => json!([{"type": "text", "text": answer.content}]),
+                };
+                let stop_reason = if refusal {
+                    "refusal"
+                } else if answer.truncated {
+                    "max_tokens"
+                } else if parsed.tool.is_some() {
+                    "tool_use"
+                } else {
+                    "end_turn"
+                };
+                json!({
+                    "id": format!("msg_fake_{id:016x}"),
+                    "type": "message",
+                    "role": "assistant",
+                    "model": parsed.model,
+                    "content": content,
+                    "stop_reason": stop_reason,
+                    "stop_sequence": null,
+                    "usage": {
+                        "input_tokens": prompt,
+                        "output_tokens": completion,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0
+                    }
+                })
+            }
+            Format::Gemini => {
+                let candidate = if refusal {
+                    json!({"finishReason": "SAFETY", "index": 0,
+                           "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]})
+                } else {
+                    json!({"content": {"role": "model", "parts": [{"text": answer.content}]},
+                           "finishReason": if answer.truncated { "MAX_TOKENS" } else { "STOP" }, "index": 0})
+                };
+                json!({
+                    "candidates": [candidate],
+                    "usageMetadata": {
+                        "promptTokenCount": prompt,
+                        "candidatesTokenCount": completion,
+                        "totalTokenCount": prompt + completion
+                    },
+                    "modelVersion": parsed.model,
+                    "responseId": format!("fake-{id:016x}")
+                })
+            }
+        }
+    }
+
+    /// An error answer as the real API sends it.
+    pub fn error(self, fault: Fault) -> (StatusCode, HeaderMap, Value) {
+        let mut headers = HeaderMap::new();
+        let (status, kind, message) = match fault {
+            Fault::RateLimit => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit",
+                "Rate limit reached. Please try again in 1s.",
+            ),
+            Fault::Auth => (
+                StatusCode::UNAUTHORIZED,
+                "auth",
+                "Invalid API key provided.",
+            ),
+            Fault::ServerError => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server",
+                "The server had an error.",
+            ),
+            Fault::Overloaded if self == Format::Anthropic => (
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "overloaded",
+                "Overloaded",
+            ),
+            Fault::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The model is overloaded.",
+            ),
+            // Not errors: answered in the body. Reaching here is a bug in the caller.
+            Fault::Timeout
+            | Fault::InvalidJson
+            | Fault::Truncated
+            | Fault::SchemaInvalid
+            | Fault::Refusal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server",
+                "unexpected fault",
+            ),
+        };
+        if fault == Fault::RateLimit {
+            headers.insert(
+                HeaderName::from_static("retry-after"),
+                HeaderValue::from_static("1"),
+            );
+        }
+        let body = match self {
+            Format::OpenAi => {
+                let (kind, code) = match kind {
+                    "rate_limit" => ("requests", "rate_limit_exceeded"),
+                    "auth" => ("invalid_request_error", "invalid_api_key"),
+                    _ => ("server_error", "server_error"),
+                };
+                if fault == Fault::RateLimit {
+                    headers.insert(
+                        HeaderName::from_static("x-ratelimit-reset-requests"),
+                        HeaderValue::from_static("1s"),
+                    );
+                }
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+            }
+            Format::Anthropic => {
+                let kind = match kind {
+                    "rate_limit" => "rate_limit_error",
+                    "auth" => "authentication_error",
+                    "overloaded" => "overloaded_error",
+                    _ => "api_error",
+                };
+                json!({"type": "error", "error": {"type": kind, "message": message}})
+            }
+            Format::Gemini => {
+                let status_text = match kind {
+                    "rate_limit" => "RESOURCE_EXHAUSTED",
+                    "auth" => "UNAUTHENTICATED",
+                    "overloaded" => "UNAVAILABLE",
+                    _ => "INTERNAL",
+                };
+                let details = if fault == Fault::RateLimit {
+                    json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}])
+                } else {
+                    json!([])
+                };
+                json!({"error": {"code": status.as_u16(), "message": message, "status": status_text, "details": details}})
+            }
+        };
+        (status, headers, body)
+    }
+
+    /// A 400 for a request the real API would refuse.
+    pub fn invalid_request(self, message: &str) -> (StatusCode, Value) {
+        let body = match self {
+            Format::OpenAi => {
+                json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
+            }
+            Format::Anthropic => {
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+            }
+            Format::Gemini => {
+                json!({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}})
+            }
+        };
+        (StatusCode::BAD_REQUEST, body)
+    }
+
+    /// The 401 for a missing or wrong key.
+    pub fn unauthorised(self) -> (StatusCode, HeaderMap, Value) {
+        self.error(Fault::Auth)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn push_text(out: &mut String, text: &str) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(text);
+}
+
+fn parse_openai(request: &Value) -> Result<Parsed, String> {
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("you must provide a model parameter"))?;
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("'messages' must be a non-empty array"))?;
+    let mut parsed = Parsed {
+        model: model.to_owned(),
+        first_answer: true,
+        ..Parsed::default()
+    };
+    for message in messages {
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("each message needs a 'role'"))?;
+        if role == "assistant" {
+            parsed.first_answer = false;
+            continue;
+        }
+        match message.get("content") {
+            Some(Value::String(s)) => push_text(&mut parsed.text, s),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => push_text(
+                            &mut parsed.text,
+                            part.get("text").and_then(Value::as_str).unwrap_or_default(),
+                        ),
+                        Some("image_url") => {
+                            let url = part
+                                .pointer("/image_url/url")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default();
+                            if !url.starts_with("data:image/") && !url.starts_with("https://") {
+                                return Err(bad(
+                                    "image_url.url must be a data: URL or an https URL",
+                                ));
+                            }
+                            parsed.images += 1;
+                        }
+                        _ => return Err(bad("unknown content part type")),
+                    }
+                }
+            }
+            _ => return Err(bad("each message needs 'content'")),
+        }
+    }
+    match request
+        .pointer("/response_format/type")
+        .and_then(Value::as_str)
+    {
+        Some("json_schema") => {
+            let schema = request
+                .pointer("/response_format/json_schema/schema")
+                .ok_or_else(|| {
+                    bad("Missing required parameter: 'response_format.json_schema.schema'.")
+                })?;
+            if request
+                .pointer("/response_format/json_schema/name")
+                .and_then(Value::as_str)
+                .is_none()
+            {
+                return Err(bad(
+                    "Missing required parameter: 'response_format.json_schema.name'.",
+                ));
+            }
+            parsed.schema = Some(schema.clone());
+        }
+        Some("json_object") => parsed.json_object = true,
+        Some("text") | None => {}
+        Some(other) => {
+            return Err(format!(
+                "Invalid value for 'response_format.type': '{other}'"
+            ));
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_anthropic(request: &Value) -> Result<Parsed, String> {
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("model: Field required"))?;
+    if request.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return Err(bad("max_tokens: Field required"));
+    }
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("messages: Field required"))?;
+    let mut parsed = Parsed {
+        model: model.to_owned(),
+        first_answer: true,
+        ..Parsed::default()
+    };
+    if let Some(system) = request.get("system").and_then(Value::as_str) {
+        push_text(&mut parsed.text, system);
+    }
+    for message in messages {
+        match message.get("role").and_then(Value::as_str) {
+            Some("assistant") => {
+                parsed.first_answer = false;
+                continue;
+            }
+            Some("user") => {}
+            _ => return Err(bad("messages: roles must be 'user' or 'assistant'")),
+        }
+        match message.get("content") {
+            Some(Value::String(s)) => push_text(&mut parsed.text, s),
+            Some(Value::Array(blocks)) => {
+                for block in blocks {
+                    match block.get("type").and_then(Value::as_str) {
+                        Some("text") => push_text(
+                            &mut parsed.text,
+                            block
+                                .get("text")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
+                        ),
+                        Some("image") => {
+                            if block.pointer("/source/type").and_then(Value::as_str)
+                                != Some("base64")
+                                || block
+                                    .pointer("/source/media_type")
+                                    .and_then(Value::as_str)
+                                    .is_none()
+                            {
+                                return Err(bad(
+                                    "image.source must be {type: base64, media_type, data}",
+                                ));
+                            }
+                            parsed.images += 1;
+                        }
+                        _ => return Err(bad("unknown content block type")),
+                    }
+                }
+            }
+            _ => return Err(bad("messages: content required")),
+        }
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        let forced = request.pointer("/tool_choice/name").and_then(Value::as_str);
+        if request.pointer("/tool_choice/type").and_then(Value::as_str) == Some("tool") {
+            let tool = tools
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == forced)
+                .ok_or_else(|| bad("tool_choice names a tool that is not in tools"))?;
+            let schema = tool
+                .get("input_schema")
+                .ok_or_else(|| bad("tools.0.input_schema: Field required"))?;
+            if schema.get("type").and_then(Value::as_str) != Some("object") {
+                return Err(bad("tools.0.input_schema.type: Input should be 'object'"));
+            }
+            parsed.schema = Some(schema.clone());
+            parsed.tool = forced.map(str::to_owned);
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_gemini(request: &Value, model: &str) -> Result<Parsed, String> {
+    let contents = request
+        .get("contents")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| bad("* GenerateContentRequest.contents: contents is not specified"))?;
+    let mut parsed = Parsed {
+        model: model.to_owned(),
+        first_answer: true,
+        ..Parsed::default()
+    };
+    if let Some(parts) = request
+        .pointer("/systemInstruction/parts")
+        .and_then(Value::as_array)
+    {
+        for part in parts {
+            push_text(
+                &mut parsed.text,
+                part.get("text").and_then(Value::as_str).unwrap_or_default(),
+            );
+        }
+    }
+    for content in contents {
+        if content.get("role").and_then(Value::as_str) == Some("model") {
+            parsed.first_answer = false;
+            continue;
+        }
+        for part in content
+            .get("parts")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("contents.parts is required"))?
+        {
+            if let Some(text) = part.get("text").and_then(Value::as_str) {
+                push_text(&mut parsed.text, text);
+            } else if part.get("inlineData").is_some() {
+                if part
+                    .pointer("/inlineData/mimeType")
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
+                    return Err(bad("inlineData.mimeType is required"));
+                }
+                parsed.images += 1;
+            } else {
+                return Err(bad("unknown part"));
+            }
+        }
+    }
+    let config = request.get("generationConfig");
+    if let Some(schema) = config.and_then(|c| c.get("responseSchema")) {
+        if config
+            .and_then(|c| c.get("responseMimeType"))
+            .and_then(Value::as_str)
+            != Some("application/json")
+        {
+            return Err(bad(
+                "responseSchema requires responseMimeType application/json",
+            ));
+        }
+        for keyword in [
+            "additionalProperties",
+            "$schema",
+            "$ref",
+            "$defs",
+            "const",
+            "oneOf",
+            "allOf",
+            "pattern",
+        ] {
+            if contains_key(schema, keyword) {
+                return Err(format!(
+                    "Invalid JSON payload received. Unknown name \"{keyword}\" at 'generation_config.response_schema'"
+                ));
+            }
+        }
+        parsed.schema = Some(schema.clone());
+    }
+    Ok(parsed)
+}
+
+/// Whether a schema uses `keyword` anywhere (property *names* are not keywords).
+fn contains_key(schema: &Value, keyword: &str) -> bool {
+    match schema {
+        Value::Object(map) => map.iter().any(|(k, v)| match k.as_str() {
+            "properties" => v
+                .as_object()
+                .is_some_and(|props| props.values().any(|p| contains_key(p, keyword))),
+            k => k == keyword || contains_key(v, keyword),
+        }),
+        Value::Array(items) => items.iter().any(|v| contains_key(v, keyword)),
+        _ => false,
+    }
+}

@@ -1,0 +1,413 @@
+//! One conformance suite, run against every provider module through the fake provider
+//! (which speaks each provider's real wire format): structured and text answers, images,
+//! every fault mapped to its code and disposition, the repair loop, timeouts, and the exact
+//! shape of the request each module sends.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail by panicking"
+)]
+
+use quarry_fake_provider::{FakeConfig, FakeProvider, Recorded};
+use quarry_schemas::job::{ImageMime, ImagePart};
+use quarry_schemas::{ErrorCode, InputPart, Job, Status};
+use quarry_worker::config::{Config, ProviderConfig, ProviderKind, Route};
+use quarry_worker::pipeline::Pipeline;
+use quarry_worker::providers::{self, Disposition, ProviderRequest};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sk-conformance-canary-0123456789";
+
+fn receipt_schema() -> Value {
+    serde_json::from_str(quarry_schemas::examples::RECEIPT).unwrap()
+}
+
+fn provider_config(kind: ProviderKind, fake: &FakeProvider) -> ProviderConfig {
+    ProviderConfig {
+        kind,
+        base_url: Some(match kind {
+            ProviderKind::Gemini => fake.gemini_base_url(),
+            _ => fake.base_url(),
+        }),
+        api_key: Some(SecretString::from(KEY.to_owned())),
+        strict: kind == ProviderKind::Openai,
+        ..ProviderConfig::default()
+    }
+}
+
+async fn fake() -> FakeProvider {
+    let config = FakeConfig {
+        api_key: Some(KEY.to_owned()),
+        hang: Some(Duration::from_secs(30)),
+        ..FakeConfig::default()
+    };
+    quarry_fake_provider::spawn(config).await.unwrap()
+}
+
+fn request<'a>(input: &'a [InputPart], schema: Option<&'a Value>) -> ProviderRequest<'a> {
+    ProviderRequest {
+        model: "fake-large",
+        instructions: Some("Extract the expense record."),
+        input,
+        json_schema: schema.map(|s| ("receipt", s)),
+        max_tokens: Some(512),
+        temperature: Some(0.0),
+        stop: None,
+        timeout: Duration::from_secs(10),
+        repairs: &[],
+    }
+}
+
+fn text(s: &str) -> Vec<InputPart> {
+    vec![InputPart::Text { text: s.to_owned() }]
+}
+
+fn last_request(fake: &FakeProvider) -> Recorded {
+    fake.stats.requests().pop().expect("the fake saw a request")
+}
+
+/// The request each module sends, in its provider's published format.
+fn assert_wire_shape(kind: ProviderKind, sent: &Recorded, json_mode: bool, images: usize) {
+    let body = &sent.body;
+    match kind {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            assert_eq!(sent.path, "/v1/chat/completions");
+            assert_eq!(sent.headers["authorization"], format!("Bearer {KEY}"));
+            assert_eq!(body["model"], "fake-large");
+            assert_eq!(
+                body["messages"][0],
+                json!({"role": "system", "content": "Extract the expense record."})
+            );
+            assert_eq!(body["messages"][1]["role"], "user");
+            let parts = body["messages"][1]["content"].as_array().unwrap();
+            let image_parts: Vec<&Value> =
+                parts.iter().filter(|p| p["type"] == "image_url").collect();
+            assert_eq!(image_parts.len(), images);
+            for part in image_parts {
+                assert!(
+                    part["image_url"]["url"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("data:image/png;base64,")
+                );
+            }
+            if kind == ProviderKind::Openai {
+                assert_eq!(body["max_completion_tokens"], 512);
+                assert!(body.get("max_tokens").is_none());
+            } else {
+                assert_eq!(body["max_tokens"], 512);
+            }
+            if json_mode {
+                assert_eq!(body["response_format"]["type"], "json_schema");
+                assert_eq!(body["response_format"]["json_schema"]["name"], "receipt");
+                let schema = &body["response_format"]["json_schema"]["schema"];
+                assert_eq!(schema["type"], "object");
+                if kind == ProviderKind::Openai {
+                    assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+                    assert_eq!(schema["additionalProperties"], false);
+                    let props = schema["properties"].as_object().unwrap().len();
+                    assert_eq!(
+                        schema["required"].as_array().unwrap().len(),
+                        props,
+                        "strict: all required"
+                    );
+                }
+            } else {
+                assert!(body.get("response_format").is_none());
+            }
+        }
+        ProviderKind::Anthropic => {
+            assert_eq!(sent.path, "/v1/messages");
+            assert_eq!(sent.headers["x-api-key"], KEY);
+            assert_eq!(sent.headers["anthropic-version"], "2023-06-01");
+            assert!(!sent.headers.contains_key("authorization"));
+            assert_eq!(body["system"], "Extract the expense record.");
+            assert_eq!(body["max_tokens"], 512);
+            assert_eq!(body["messages"][0]["role"], "user");
+            let blocks = body["messages"][0]["content"].as_array().unwrap();
+            let image_blocks: Vec<&Value> =
+                blocks.iter().filter(|b| b["type"] == "image").collect();
+            assert_eq!(image_blocks.len(), images);
+            for block in image_blocks {
+                assert_eq!(block["source"]["type"], "base64");
+                assert_eq!(block["source"]["media_type"], "image/png");
+            }
+            if json_mode {
+                assert_eq!(body["tools"][0]["name"], "receipt");
+                assert_eq!(body["tools"][0]["input_schema"], receipt_schema());
+                assert_eq!(
+                    body["tool_choice"],
+                    json!({"type": "tool", "name": "receipt"})
+                );
+            } else {
+                assert!(body.get("tools").is_none());
+            }
+        }
+        ProviderKind::Gemini => {
+            assert_eq!(sent.path, "/v1beta/models/fake-large:generateContent");
+            assert_eq!(sent.headers["x-goog-api-key"], KEY);
+            assert_eq!(
+                body["systemInstruction"]["parts"][0]["text"],
+                "Extract the expense record."
+            );
+            assert_eq!(body["contents"][0]["role"], "user");
+            let parts = body["contents"][0]["parts"].as_array().unwrap();
+            let image_parts: Vec<&Value> = parts
+                .iter()
+                .filter(|p| p.get("inlineData").is_some())
+                .collect();
+            assert_eq!(image_parts.len(), images);
+            for part in image_parts {
+                assert_eq!(part["inlineData"]["mimeType"], "image/png");
+            }
+            assert_eq!(body["generationConfig"]["maxOutputTokens"], 512);
+            if json_mode {
+                assert_eq!(
+                    body["generationConfig"]["responseMimeType"],
+                    "application/json"
+                );
+                let schema = &body["generationConfig"]["responseSchema"];
+                assert_eq!(schema["type"], "object");
+                assert!(schema.get("additionalProperties").is_none());
+                assert!(schema.get("$schema").is_none());
+                assert_eq!(
+                    schema["properties"]["date"]["description"],
+                    "Purchase date, YYYY-MM-DD. (format: date)"
+                );
+            } else {
+                assert!(body["generationConfig"].get("responseSchema").is_none());
+            }
+        }
+    }
+}
+
+async fn structured_text_and_images(kind: ProviderKind) {
+    let fake = fake().await;
+    let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
+    let schema = receipt_schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+
+    // Structured, text only.
+    let input = text("Cafe Luna\n2 x espresso 2.80\nTOTAL 5.60 EUR");
+    let response = provider
+        .call(&request(&input, Some(&schema)))
+        .await
+        .expect("answer");
+    let value: Value = serde_json::from_str(&response.text).expect("JSON answer");
+    assert!(validator.is_valid(&value), "{kind:?}: {value}");
+    assert!(response.usage.input_tokens > 0 && response.usage.output_tokens > 0);
+    assert_eq!(
+        response.usage.total_tokens,
+        response.usage.input_tokens + response.usage.output_tokens
+    );
+    assert_wire_shape(kind, &last_request(&fake), true, 0);
+
+    // Structured, text and images.
+    let mut input = text("Receipt photo attached");
+    for _ in 0..2 {
+        input.push(InputPart::Image(ImagePart {
+            mime: ImageMime::Png,
+            data: "iVBORw0KGgo=".into(),
+        }));
+    }
+    let response = provider
+        .call(&request(&input, Some(&schema)))
+        .await
+        .expect("answer");
+    assert!(validator.is_valid(&serde_json::from_str::<Value>(&response.text).unwrap()));
+    assert!(
+        response.usage.input_tokens >= 170,
+        "two images are counted: {:?}",
+        response.usage
+    );
+    assert_wire_shape(kind, &last_request(&fake), true, 2);
+
+    // No schema: text.
+    let input = text("Summarise: the meeting went well");
+    let response = provider.call(&request(&input, None)).await.expect("answer");
+    assert!(
+        response.text.starts_with("Extracted:"),
+        "{kind:?}: {}",
+        response.text
+    );
+    assert_wire_shape(kind, &last_request(&fake), false, 0);
+    assert!(provider.image_mimes().contains(&ImageMime::Png));
+}
+
+async fn faults_map_to_codes_and_dispositions(kind: ProviderKind) {
+    let fake = fake().await;
+    let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
+    let schema = receipt_schema();
+    let one_second = Some(Duration::from_secs(1));
+    let cases = [
+        (
+            "rate_limit",
+            ErrorCode::RateLimited,
+            Disposition::Retry { after: one_second },
+        ),
+        ("auth", ErrorCode::AuthFailed, Disposition::RotateKey),
+        (
+            "server_error",
+            ErrorCode::ProviderError,
+            Disposition::Retry { after: None },
+        ),
+        (
+            "overloaded",
+            ErrorCode::ModelUnavailable,
+            Disposition::Retry { after: None },
+        ),
+        ("refusal", ErrorCode::OutputInvalid, Disposition::Permanent),
+    ];
+    for (fault, code, disposition) in cases {
+        let input = text(&format!("receipt [[fake:{fault}]]"));
+        let error = provider
+            .call(&request(&input, Some(&schema)))
+            .await
+            .expect_err(fault);
+        assert_eq!(
+            (error.code, error.disposition),
+            (code, disposition),
+            "{kind:?} {fault}: {}",
+            error.message
+        );
+        assert!(
+            !error.message.contains(KEY),
+            "{kind:?} {fault}: the key leaked: {}",
+            error.message
+        );
+    }
+    // A wrong key is rejected by the fake and classified as such.
+    let mut bad_key = provider_config(kind, &fake);
+    bad_key.api_key = Some(SecretString::from("sk-wrong".to_owned()));
+    let provider = providers::build("p", &bad_key).unwrap();
+    let input = text("receipt");
+    let error = provider
+        .call(&request(&input, Some(&schema)))
+        .await
+        .expect_err("401");
+    assert_eq!(
+        (error.code, error.disposition),
+        (ErrorCode::AuthFailed, Disposition::RotateKey)
+    );
+}
+
+async fn timeout_is_honoured(kind: ProviderKind) {
+    let fake = fake().await;
+    let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
+    let input = text("receipt [[fake:timeout]]");
+    let mut req = request(&input, None);
+    req.timeout = Duration::from_millis(300);
+    let began = Instant::now();
+    let error = provider.call(&req).await.expect_err("timeout");
+    let took = began.elapsed();
+    assert_eq!(
+        (error.code, error.disposition),
+        (ErrorCode::Timeout, Disposition::Retry { after: None })
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{kind:?}: took {took:?}"
+    );
+}
+
+/// The whole pipeline on this provider: output faults are repaired on the second attempt.
+async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
+    let fake = fake().await;
+    let mut config = Config::default();
+    config.providers.clear();
+    config
+        .providers
+        .insert("p".into(), provider_config(kind, &fake));
+    config.routing.aliases.clear();
+    config.routing.aliases.insert(
+        "default".into(),
+        Route {
+            provider: "p".into(),
+            model: "fake-large".into(),
+            images: true,
+            fallbacks: vec![],
+        },
+    );
+    config.worker.repair_attempts = 2;
+    let pipeline = Pipeline::new(&config).unwrap();
+    let validator = jsonschema::validator_for(&receipt_schema()).unwrap();
+    for fault in ["invalid_json", "truncated", "schema_invalid"] {
+        let mut job = Job::new(
+            format!("j-{fault}"),
+            text(&format!("Cafe Luna 5.60 EUR [[fake:{fault}]]")),
+        );
+        job.json_schema = Some(receipt_schema());
+        job.schema_name = Some("receipt".into());
+        let result = pipeline.execute(job, "test", Instant::now()).await.result;
+        assert_eq!(
+            result.status,
+            Status::Ok,
+            "{kind:?} {fault}: {:?}",
+            result.error
+        );
+        assert_eq!(result.attempts, 2, "{kind:?} {fault}");
+        assert!(validator.is_valid(result.parsed.as_ref().unwrap()));
+        let repair = last_request(&fake);
+        let turns = match kind {
+            ProviderKind::Gemini => repair.body["contents"].as_array().unwrap().len(),
+            _ => repair.body["messages"].as_array().unwrap().len(),
+        };
+        // The job has no instructions: one user turn, then the answer and the correction.
+        assert_eq!(
+            turns, 3,
+            "{kind:?}: the repair adds the answer and the correction"
+        );
+    }
+    // Without repairs, the same fault ends OUTPUT_INVALID with details.
+    config.worker.repair_attempts = 0;
+    let pipeline = Pipeline::new(&config).unwrap();
+    let mut job = Job::new("j-none", text("Cafe [[fake:invalid_json]]"));
+    job.json_schema = Some(receipt_schema());
+    let result = pipeline.execute(job, "test", Instant::now()).await.result;
+    let error = result.error.expect("error");
+    assert_eq!(error.code, ErrorCode::OutputInvalid);
+    assert!(
+        error.details.unwrap()["answer"]
+            .as_str()
+            .unwrap()
+            .contains("Sure!")
+    );
+}
+
+macro_rules! conformance {
+    ($($module:ident => $kind:expr),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn structured_text_and_images() {
+                super::structured_text_and_images($kind).await;
+            }
+
+            #[tokio::test]
+            async fn faults_map_to_codes_and_dispositions() {
+                super::faults_map_to_codes_and_dispositions($kind).await;
+            }
+
+            #[tokio::test]
+            async fn timeout_is_honoured() {
+                super::timeout_is_honoured($kind).await;
+            }
+
+            #[tokio::test]
+            async fn repair_succeeds_on_the_second_attempt() {
+                super::repair_succeeds_on_the_second_attempt($kind).await;
+            }
+        }
+    )*};
+}
+
+conformance! {
+    openai => ProviderKind::Openai,
+    anthropic => ProviderKind::Anthropic,
+    gemini => ProviderKind::Gemini,
+    openai_compatible => ProviderKind::OpenaiCompatible,
+}
