@@ -96,6 +96,14 @@ struct Tally {
     provider_time: Duration,
 }
 
+/// One target of the route, as the attempt loop sees it.
+struct Leg<'t> {
+    target: &'t Target,
+    entry: &'t ProviderEntry,
+    /// Another target follows: an unavailable model is left at once instead of retried.
+    has_fallback: bool,
+}
+
 struct Answer {
     text: String,
     parsed: Option<Value>,
@@ -233,7 +241,7 @@ impl Pipeline {
         let targets = self.image_capable(job, alias, targets)?;
         // 6. targets in order, each with retries and repairs
         let mut last = None;
-        for target in targets {
+        for (i, target) in targets.iter().enumerate() {
             let Some(entry) = self.providers.get(&target.provider) else {
                 return Err(ErrorInfo::new(
                     ErrorCode::Internal,
@@ -241,8 +249,13 @@ impl Pipeline {
                 )
                 .into());
             };
+            let leg = Leg {
+                target,
+                entry,
+                has_fallback: i + 1 < targets.len(),
+            };
             match self
-                .on_target(job, target, entry, validator.as_deref(), deadline, tally)
+                .on_target(job, &leg, validator.as_deref(), deadline, tally)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -318,12 +331,12 @@ impl Pipeline {
     async fn on_target(
         &self,
         job: &Job,
-        target: &Target,
-        entry: &ProviderEntry,
+        leg: &Leg<'_>,
         validator: Option<&Validator>,
         deadline: Option<Instant>,
         tally: &mut Tally,
     ) -> Result<Answer, Failure> {
+        let (target, entry) = (leg.target, leg.entry);
         let failure = |error: ErrorInfo| Failure {
             error,
             target: Some(target.clone()),
@@ -345,7 +358,7 @@ impl Pipeline {
                 repairs: &repairs,
             };
             let response = self
-                .call_with_retry(target, entry, request, deadline, tally)
+                .call_with_retry(leg, request, deadline, tally)
                 .await
                 .map_err(|e| failure(ErrorInfo::new(e.code, e.message)))?;
             let Some(validator) = validator else {
@@ -397,12 +410,12 @@ impl Pipeline {
 
     async fn call_with_retry(
         &self,
-        target: &Target,
-        entry: &ProviderEntry,
+        leg: &Leg<'_>,
         mut request: ProviderRequest<'_>,
         deadline: Option<Instant>,
         tally: &mut Tally,
     ) -> Result<ProviderResponse, ProviderError> {
+        let (target, entry) = (leg.target, leg.entry);
         let per_attempt = request.timeout;
         let mut attempts_here = 0u32;
         loop {
@@ -446,6 +459,9 @@ impl Pipeline {
                 elapsed,
                 None,
             );
+            if error.code == ErrorCode::ModelUnavailable && leg.has_fallback {
+                return Err(error);
+            }
             let wait = match error.disposition {
                 Disposition::Retry { after } => {
                     self.retry.backoff(attempts_here, after, fastrand::f64())
