@@ -611,4 +611,60 @@ model = "gpt-4o"
         let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("typo must fail");
         assert!(err.to_string().contains("concurency"), "{err}");
     }
+
+    #[test]
+    fn fallbacks_prices_and_provider_kinds() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[routing]
+default_alias = "smart"
+[routing.aliases.smart]
+provider = "anthropic"
+model = "claude-sonnet-4-5"
+fallbacks = [{{ provider = "openai", model = "gpt-4.1", images = false }}]
+[providers.anthropic]
+kind = "anthropic"
+[providers.openai]
+kind = "openai"
+strict = true
+[[prices]]
+provider = "openai"
+model = "gpt-4.1"
+input_per_mtok = 2.0
+output_per_mtok = 8.0
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(Some(file.path()), env(&[])).expect("load");
+        let targets = config.routing.aliases["smart"].targets();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(
+            (targets[1].model.as_str(), targets[1].images),
+            ("gpt-4.1", false)
+        );
+        assert_eq!(config.prices[0].model, "gpt-4.1");
+        assert_eq!(
+            config.providers["anthropic"].base_url(),
+            "https://api.anthropic.com/v1"
+        );
+        assert_eq!(config.providers["openai"].kind, ProviderKind::Openai);
+    }
+
+    #[test]
+    fn a_fallback_to_an_unknown_provider_names_its_key() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            "[routing.aliases.default]\nprovider = \"fake\"\nmodel = \"m\"\nfallbacks = [{{ provider = \"nope\", model = \"x\" }}]\n"
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("must fail");
+        assert!(
+            err.to_string()
+                .contains("routing.aliases.default.fallbacks[0].provider"),
+            "{err}"
+        );
+    }
 }
