@@ -201,18 +201,7 @@ impl Gemini {
             }
             (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
         };
-        let message = match code {
-            ErrorCode::AuthFailed => format!(
-                "HTTP {}: the provider rejected the credential",
-                raw.status.as_u16()
-            ),
-            _ => format!("HTTP {}: {}", raw.status.as_u16(), self.http.scrub(&text)),
-        };
-        ProviderError {
-            code,
-            disposition,
-            message,
-        }
+        self.http.failure(raw.status, code, disposition, &text)
     }
 }
 

@@ -130,6 +130,33 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// The error for a classified failure answer. A credential failure's text is not copied
+    /// (providers quote parts of keys there); any other text is scrubbed and bounded.
+    pub fn failure(
+        &self,
+        status: StatusCode,
+        code: ErrorCode,
+        disposition: super::Disposition,
+        text: &str,
+    ) -> ProviderError {
+        let message = match code {
+            ErrorCode::AuthFailed => {
+                format!(
+                    "HTTP {}: the provider rejected the credential",
+                    status.as_u16()
+                )
+            }
+            _ => format!("HTTP {}: {}", status.as_u16(), self.scrub(text)),
+        };
+        ProviderError {
+            code,
+            disposition,
+            message,
+        }
+    }
+}
+
 /// A failure to reach the provider or to read its answer.
 pub fn transport_error(error: reqwest::Error) -> ProviderError {
     let code = if error.is_timeout() {

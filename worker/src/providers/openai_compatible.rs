@@ -188,20 +188,7 @@ impl OpenAiCompatible {
             (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
         };
         // A provider's 401 text may quote part of the key; say nothing of it.
-        let message = match code {
-            ErrorCode::AuthFailed => {
-                format!(
-                    "HTTP {}: the provider rejected the credential",
-                    raw.status.as_u16()
-                )
-            }
-            _ => format!("HTTP {}: {}", raw.status.as_u16(), self.http.scrub(&text)),
-        };
-        ProviderError {
-            code,
-            disposition,
-            message,
-        }
+        self.http.failure(raw.status, code, disposition, &text)
     }
 }
 
