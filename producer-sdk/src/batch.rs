@@ -86,6 +86,12 @@ impl BatchStream {
         self.duplicates.load(Ordering::Relaxed)
     }
 
+    /// Stops receiving without deleting the queue: results not yet acknowledged go back to it,
+    /// for this or another producer to collect with [`crate::Client::attach_batch`].
+    pub async fn detach(self) -> Result<(), Error> {
+        close_channel(&self.replies, "batch detached").await
+    }
+
     /// Deletes the batch's reply queue, if it is empty. Call after acknowledging every result.
     pub async fn finish(self) -> Result<(), Error> {
         let options = QueueDeleteOptions {
@@ -95,8 +101,7 @@ impl BatchStream {
         self.replies
             .queue_delete(self.reply_queue.as_str().into(), options)
             .await?;
-        let _ = self.replies.close(200, "batch finished".into()).await;
-        Ok(())
+        close_channel(&self.replies, "batch finished").await
     }
 }
 
@@ -153,6 +158,7 @@ where
         },
         duplicates: duplicates.clone(),
         tx,
+        _replies: replies.clone(),
     };
     tokio::spawn(async move {
         if let Err(error) = driver.run(jobs, published, consumer).await {
@@ -177,6 +183,9 @@ struct Driver {
     options: BatchOptions,
     duplicates: Arc<AtomicU64>,
     tx: mpsc::Sender<Result<BatchItem, Error>>,
+    /// Keeps the reply channel open while the driver consumes from it: a dropped
+    /// [`BatchStream`] must not close it under a running consumer.
+    _replies: Channel,
 }
 
 type Failed = (Error, mpsc::Sender<Result<BatchItem, Error>>);
@@ -250,4 +259,16 @@ async fn confirmed(
     lane: Lane,
 ) -> Result<(), Error> {
     settle(confirm.await?, &job_id, lane)
+}
+
+/// Closes a channel; one that is already closing or closed counts as closed.
+async fn close_channel(channel: &Channel, why: &str) -> Result<(), Error> {
+    match channel.close(200, why.into()).await {
+        Ok(()) => Ok(()),
+        Err(error) if !channel.status().connected() => {
+            tracing::debug!(%error, "the channel was already closing");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
 }

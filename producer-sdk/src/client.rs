@@ -247,9 +247,21 @@ impl Client {
         crate::batch::start(self, batch_id, jobs, published, options).await
     }
 
-    /// Closes the connection.
+    /// Closes the connection. Unacknowledged results go back to their queues.
+    ///
+    /// A channel that is already closing (e.g. a dropped [`BatchStream`]'s) does not make the
+    /// close fail; a broker that does not confirm the close within 10 s does not make it hang.
     pub async fn close(&self) -> Result<(), Error> {
-        Ok(self.connection.close(200, "client closed".into()).await?)
+        let closing = self.connection.close(200, "client closed".into());
+        match tokio::time::timeout(Duration::from_secs(10), closing).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) if matches!(error.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
+                tracing::debug!(%error, "a channel was already closing while the connection closed");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(Error::CloseTimeout),
+        }
     }
 
     fn lock_pending(

@@ -69,6 +69,9 @@ pub enum Error {
     /// The client shut down while a call was waiting.
     #[error("the client closed before the result arrived")]
     Closed,
+    /// The broker did not confirm closing the connection in time.
+    #[error("the broker did not confirm closing the connection")]
+    CloseTimeout,
 }
 
 impl Error {
@@ -83,7 +86,8 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Idle { .. }
             | Error::Amqp(_)
-            | Error::Closed => true,
+            | Error::Closed
+            | Error::CloseTimeout => true,
             Error::Url(_) | Error::InvalidJob { .. } => false,
         }
     }

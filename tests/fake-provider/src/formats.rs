@@ -520,9 +520,33 @@ fn parse_gemini(request: &Value, model: &str) -> Result<Parsed, String> {
                 ));
             }
         }
+        if let Some(format) = formats(schema)
+            .into_iter()
+            .find(|f| *f != "enum" && *f != "date-time")
+        {
+            return Err(format!(
+                "Invalid format \"{format}\" at 'generation_config.response_schema': only enum and date-time are supported"
+            ));
+        }
         parsed.schema = Some(schema.clone());
     }
     Ok(parsed)
+}
+
+/// Every `format` value in a schema.
+fn formats(schema: &Value) -> Vec<&str> {
+    match schema {
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| match (k.as_str(), v) {
+                ("format", Value::String(f)) => vec![f.as_str()],
+                ("properties", Value::Object(props)) => props.values().flat_map(formats).collect(),
+                (_, v) => formats(v),
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(formats).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Whether a schema uses `keyword` anywhere (property *names* are not keywords).

@@ -322,12 +322,9 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
                 }
             }
             "format" => {
-                let kept = matches!(
-                    (merged.get("type").and_then(Value::as_str), value.as_str()),
-                    (Some("string"), Some("date-time"))
-                        | (Some("number"), Some("float" | "double"))
-                        | (Some("integer"), Some("int32" | "int64"))
-                );
+                // The Gemini API accepts only `enum` and `date-time` as formats.
+                let kept = merged.get("type").and_then(Value::as_str) == Some("string")
+                    && value.as_str() == Some("date-time");
                 if kept {
                     out.insert("format".into(), value.clone());
                 } else if let Some(format) = value.as_str() {
