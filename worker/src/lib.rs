@@ -15,6 +15,7 @@ pub mod amqp;
 pub mod config;
 pub mod consumer;
 pub mod http;
+pub mod limits;
 pub mod pipeline;
 pub mod providers;
 pub mod result_store;

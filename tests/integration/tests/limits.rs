@@ -1,0 +1,320 @@
+//! The Redis limiter against the real Redis of this machine, with several clients at once.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail by panicking"
+)]
+
+use quarry_integration::{redis_url, unique, within};
+use quarry_worker::limits::{Bucket, Candidate, Charge, Decision, Limiter, Unit};
+use std::time::Duration;
+
+async fn limiter(prefix: &str) -> Limiter {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let redis = redis::aio::ConnectionManager::new(client)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is not reachable at {} ({e}). Run scripts/test, which starts it.",
+                redis_url()
+            )
+        });
+    Limiter::new(redis, prefix)
+}
+
+async fn cleanup(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn requests(name: &str, limit: u64, window: Duration) -> Charge {
+    Charge {
+        bucket: Bucket::Window {
+            name: name.into(),
+            unit: Unit::Requests,
+            limit,
+            window,
+        },
+        cost: 1,
+    }
+}
+
+fn key(name: &str, charges: Vec<Charge>) -> Candidate {
+    Candidate {
+        name: name.into(),
+        charges,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_limit_holds_exactly_across_parallel_clients() {
+    let prefix = unique("qt-lim");
+    let (limit, window, run) = (
+        20u64,
+        Duration::from_millis(1500),
+        Duration::from_millis(4500),
+    );
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..6 {
+        let limiter = limiter(&prefix).await;
+        tasks.push(tokio::spawn(async move {
+            let mut granted = Vec::new();
+            let mut n = 0;
+            while started.elapsed() < run {
+                n += 1;
+                let candidates = [key("k", vec![requests("rpm", limit, window)])];
+                match limiter
+                    .reserve(&format!("c{client}-{n}"), &[], &candidates)
+                    .await
+                    .unwrap()
+                {
+                    Decision::Granted { at_ms, .. } => granted.push(at_ms),
+                    // Waiting as the limiter says is the scenario under test.
+                    Decision::Wait { wait } => {
+                        tokio::time::sleep(wait.min(run.saturating_sub(started.elapsed()))).await
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            granted
+        }));
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for task in tasks {
+        all.extend(within(30, "a limiter client", task).await.unwrap());
+    }
+    all.sort_unstable();
+    let window_ms = window.as_millis() as u64;
+    for (i, start) in all.iter().enumerate() {
+        let inside = all[i..]
+            .iter()
+            .take_while(|t| **t < start + window_ms)
+            .count() as u64;
+        assert!(
+            inside <= limit,
+            "{inside} grants within {window_ms} ms of {start}"
+        );
+    }
+    let possible = limit * (run.as_millis() as u64 / window_ms);
+    eprintln!(
+        "{} grants of {possible} possible in {run:?} by 6 clients",
+        all.len()
+    );
+    assert!(
+        all.len() as u64 * 100 >= possible * 95,
+        "utilisation: {} of {possible}",
+        all.len()
+    );
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn tokens_are_reconciled_with_refunds_and_debts() {
+    let prefix = unique("qt-lim");
+    let limiter = limiter(&prefix).await;
+    let tokens = |cost| Charge {
+        bucket: Bucket::Window {
+            name: "tpm".into(),
+            unit: Unit::Tokens,
+            limit: 1000,
+            window: Duration::from_secs(60),
+        },
+        cost,
+    };
+    let reserve = |id: &'static str, cost| {
+        let limiter = limiter.clone();
+        async move {
+            limiter
+                .reserve(id, &[], &[key("k", vec![tokens(cost)])])
+                .await
+                .unwrap()
+        }
+    };
+    let Decision::Granted {
+        reservation: first, ..
+    } = reserve("a", 600).await
+    else {
+        panic!("600 of 1000 fits")
+    };
+    assert!(
+        matches!(reserve("b", 500).await, Decision::Wait { .. }),
+        "600 + 500 > 1000"
+    );
+    limiter.finish(&first, Some(200)).await.unwrap(); // refund 400
+    let Decision::Granted {
+        reservation: second,
+        ..
+    } = reserve("c", 700).await
+    else {
+        panic!("200 + 700 fits")
+    };
+    limiter.finish(&second, Some(900)).await.unwrap(); // debt 200: 1100 in the window
+    match reserve("d", 1).await {
+        Decision::Wait { wait } => assert!(wait > Duration::from_secs(50), "{wait:?}"),
+        other => panic!("over the limit after a debt, got {other:?}"),
+    }
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let total: u64 = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{lim}}:tpm:h"))
+        .arg("__total")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(total, 1100, "the window holds the actual usage: 200 + 900");
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn the_least_loaded_key_serves_and_cooling_or_disabled_keys_are_skipped() {
+    let prefix = unique("qt-lim");
+    let limiter = limiter(&prefix).await;
+    let keys: Vec<Candidate> = (0..3)
+        .map(|i| {
+            key(
+                &format!("key{i}"),
+                vec![requests(&format!("key{i}/rpm"), 5, Duration::from_secs(60))],
+            )
+        })
+        .collect();
+    let mut served = [0; 3];
+    for n in 0..15 {
+        match limiter.reserve(&format!("r{n}"), &[], &keys).await.unwrap() {
+            Decision::Granted { candidate, .. } => served[candidate] += 1,
+            other => panic!("15 fit in 3 × 5, got {other:?} at {n}"),
+        }
+    }
+    assert_eq!(served, [5, 5, 5], "spread by load");
+    assert!(matches!(
+        limiter.reserve("r15", &[], &keys).await.unwrap(),
+        Decision::Wait { .. }
+    ));
+
+    let fresh: Vec<Candidate> = (0..3)
+        .map(|i| {
+            key(
+                &format!("fresh{i}"),
+                vec![requests(
+                    &format!("fresh{i}/rpm"),
+                    100,
+                    Duration::from_secs(60),
+                )],
+            )
+        })
+        .collect();
+    limiter
+        .cool_down("fresh0", Duration::from_secs(30))
+        .await
+        .unwrap();
+    limiter
+        .disable("fresh1", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        match limiter
+            .reserve(&format!("f{n}"), &[], &fresh)
+            .await
+            .unwrap()
+        {
+            Decision::Granted { candidate, .. } => {
+                assert_eq!(candidate, 2, "only fresh2 may serve")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    limiter
+        .disable("fresh2", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    match limiter.reserve("f9", &[], &fresh).await.unwrap() {
+        Decision::Wait { wait } => assert!(
+            wait > Duration::from_secs(25),
+            "the cooling key is the way out: {wait:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    limiter
+        .disable("fresh0", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        limiter.reserve("f10", &[], &fresh).await.unwrap(),
+        Decision::Exhausted
+    );
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_crashed_holders_lease_expires_and_budgets_stop_spending() {
+    let prefix = unique("qt-lim");
+    let limiter = limiter(&prefix).await;
+    let lease = Duration::from_millis(300);
+    let conc = vec![Charge {
+        bucket: Bucket::Concurrency {
+            name: "conc".into(),
+            limit: 1,
+            lease,
+        },
+        cost: 1,
+    }];
+    let candidates = [key("k", conc)];
+    let Decision::Granted { reservation, .. } =
+        limiter.reserve("a", &[], &candidates).await.unwrap()
+    else {
+        panic!()
+    };
+    limiter.finish(&reservation, None).await.unwrap();
+    let Decision::Granted { .. } = limiter.reserve("b", &[], &candidates).await.unwrap() else {
+        panic!("released")
+    };
+    // "b" is never finished: its holder crashed. The lease frees itself.
+    let wait = match limiter.reserve("c", &[], &candidates).await.unwrap() {
+        Decision::Wait { wait } => wait,
+        other => panic!("{other:?}"),
+    };
+    assert!(wait <= lease, "{wait:?}");
+    tokio::time::sleep(wait + Duration::from_millis(20)).await; // the scenario: waiting out the lease
+    assert!(matches!(
+        limiter.reserve("c", &[], &candidates).await.unwrap(),
+        Decision::Granted { .. }
+    ));
+
+    // A plugin's daily token budget, shared by every key.
+    let budget = |cost| Charge {
+        bucket: Bucket::Day {
+            name: "plugin-a/day".into(),
+            limit: 100,
+        },
+        cost,
+    };
+    let any_key = [key("k2", vec![])];
+    assert!(matches!(
+        limiter
+            .reserve("d1", &[budget(60)], &any_key)
+            .await
+            .unwrap(),
+        Decision::Granted { .. }
+    ));
+    assert_eq!(
+        limiter
+            .reserve("d2", &[budget(60)], &any_key)
+            .await
+            .unwrap(),
+        Decision::BudgetSpent
+    );
+    cleanup(&prefix).await;
+}

@@ -1,0 +1,299 @@
+//! Fleet-wide limits in Redis: every decision is one atomic Lua call that reads Redis's own
+//! clock, checks every bucket that applies and charges all of them or none.
+//!
+//! - **Window** buckets (requests or tokens per window) are exact sliding logs: a sorted set
+//!   of reservations by time and a hash of their costs, so no window of the configured length
+//!   ever holds more than the limit.
+//! - **Concurrency** buckets hold leases that expire by themselves, so a crashed worker's
+//!   reservation frees itself.
+//! - **Day** buckets count a calendar day (UTC, Redis time) for daily budgets.
+//! - A reservation of tokens is an estimate; [`Limiter::finish`] reconciles it with the real
+//!   usage (refund or debt) and releases concurrency leases.
+//! - A request may name several *candidates* (API keys): the fitting one with the lowest load
+//!   wins; cooling (after a 429) and disabled (after a 401) keys are skipped.
+//!
+//! Keys: `{prefix}:{lim}:<bucket>:<part>`; the `{lim}` hash tag keeps every key of one
+//! decision in one Redis Cluster slot. Scripts: `reserve.v1.lua`, `finish.v1.lua`, called by
+//! SHA (loaded on first use).
+//!
+//! Not wired into the pipeline yet: see the rate-limit issue.
+
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const RESERVE: &str = include_str!("reserve.v1.lua");
+const FINISH: &str = include_str!("finish.v1.lua");
+
+/// What a bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// One per call.
+    Requests,
+    /// Tokens: reserved as an estimate, reconciled afterwards.
+    Tokens,
+}
+
+/// One limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bucket {
+    /// At most `limit` units in any `window`.
+    Window {
+        /// Bucket name, unique per limited thing (e.g. `openai/primary/rpm`).
+        name: String,
+        /// What it counts.
+        unit: Unit,
+        /// Units per window.
+        limit: u64,
+        /// Window length.
+        window: Duration,
+    },
+    /// At most `limit` calls at once; a lease lasts at most `lease`.
+    Concurrency {
+        /// Bucket name.
+        name: String,
+        /// Calls at once.
+        limit: u64,
+        /// Longest a lease is held (a crashed holder's lease expires then).
+        lease: Duration,
+    },
+    /// At most `limit` tokens per UTC day.
+    Day {
+        /// Bucket name.
+        name: String,
+        /// Tokens per day.
+        limit: u64,
+    },
+}
+
+/// A bucket and what this call costs in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The bucket.
+    pub bucket: Bucket,
+    /// Units: 1 for request buckets, the estimate for token buckets (ignored by concurrency).
+    pub cost: u64,
+}
+
+/// One way to serve the call (an API key), with the buckets it charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Stable name (`provider/key`), for the cooling and disabled flags.
+    pub name: String,
+    /// Its buckets.
+    pub charges: Vec<Charge>,
+}
+
+/// The limiter's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead with candidate `candidate`; settle `reservation` afterwards.
+    Granted {
+        /// Index into the candidates.
+        candidate: usize,
+        /// What to settle.
+        reservation: Reservation,
+        /// Redis time of the decision, milliseconds since the epoch.
+        at_ms: u64,
+    },
+    /// Nothing fits now; something may in `wait`.
+    Wait {
+        /// The earliest a retry can succeed.
+        wait: Duration,
+    },
+    /// Every candidate is disabled.
+    Exhausted,
+    /// A daily budget is spent.
+    BudgetSpent,
+}
+
+/// A granted reservation, to pass to [`Limiter::finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    id: String,
+    charged: Vec<Charge>,
+}
+
+/// The Redis-backed limiter; cheap to clone.
+#[derive(Clone)]
+pub struct Limiter {
+    redis: ConnectionManager,
+    prefix: String,
+    reserve: std::sync::Arc<redis::Script>,
+    finish: std::sync::Arc<redis::Script>,
+}
+
+impl Limiter {
+    /// A limiter on `redis`, keys under `prefix`.
+    pub fn new(redis: ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
+            redis,
+            prefix: prefix.into(),
+            reserve: std::sync::Arc::new(redis::Script::new(RESERVE)),
+            finish: std::sync::Arc::new(redis::Script::new(FINISH)),
+        }
+    }
+
+    fn key(&self, name: &str, part: &str) -> String {
+        format!("{}:{{lim}}:{name}:{part}", self.prefix)
+    }
+
+    /// One atomic decision over the shared charges and the candidates.
+    pub async fn reserve(
+        &self,
+        id: &str,
+        shared: &[Charge],
+        candidates: &[Candidate],
+    ) -> redis::RedisResult<Decision> {
+        let mut keys: Vec<String> = Vec::new();
+        let encode = |charge: &Charge, keys: &mut Vec<String>| -> Value {
+            let mut add = |key: String| {
+                keys.push(key);
+                keys.len()
+            };
+            match &charge.bucket {
+                Bucket::Window {
+                    name,
+                    limit,
+                    window,
+                    ..
+                } => json!({
+                    "kind": "window", "z": add(self.key(name, "z")), "h": add(self.key(name, "h")),
+                    "limit": limit, "cost": charge.cost, "window_ms": window.as_millis() as u64,
+                }),
+                Bucket::Concurrency { name, limit, lease } => json!({
+                    "kind": "concurrency", "z": add(self.key(name, "c")), "limit": limit,
+                    "lease_ms": lease.as_millis() as u64,
+                }),
+                Bucket::Day { name, limit } => json!({
+                    "kind": "day", "c": add(self.key(name, "day")), "limit": limit, "cost": charge.cost,
+                }),
+            }
+        };
+        let shared_spec: Vec<Value> = shared.iter().map(|c| encode(c, &mut keys)).collect();
+        let mut candidate_specs = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            keys.push(self.key(&candidate.name, "cool"));
+            let cool = keys.len();
+            keys.push(self.key(&candidate.name, "disabled"));
+            let disabled = keys.len();
+            let buckets: Vec<Value> = candidate
+                .charges
+                .iter()
+                .map(|c| encode(c, &mut keys))
+                .collect();
+            candidate_specs.push(json!({"cool": cool, "disabled": disabled, "buckets": buckets}));
+        }
+        let spec = json!({"shared": shared_spec, "candidates": candidate_specs}).to_string();
+        let mut invocation = self.reserve.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(id).arg(spec);
+        let mut conn = self.redis.clone();
+        let (status, value, now): (u8, i64, u64) = invocation.invoke_async(&mut conn).await?;
+        Ok(match status {
+            1 => {
+                let index = usize::try_from(value - 1).unwrap_or(0);
+                let mut charged = shared.to_vec();
+                if let Some(candidate) = candidates.get(index) {
+                    charged.extend(candidate.charges.iter().cloned());
+                }
+                Decision::Granted {
+                    candidate: index,
+                    reservation: Reservation {
+                        id: id.to_owned(),
+                        charged,
+                    },
+                    at_ms: now,
+                }
+            }
+            2 => Decision::Wait {
+                wait: Duration::from_millis(u64::try_from(value).unwrap_or(1000)),
+            },
+            3 => Decision::Exhausted,
+            _ => Decision::BudgetSpent,
+        })
+    }
+
+    /// Settles a reservation: token buckets move to `actual_tokens` (when known), leases are
+    /// released.
+    pub async fn finish(
+        &self,
+        reservation: &Reservation,
+        actual_tokens: Option<u64>,
+    ) -> redis::RedisResult<()> {
+        let mut keys = Vec::new();
+        let mut spec = Vec::new();
+        for charge in &reservation.charged {
+            let delta = |reserved: u64| match actual_tokens {
+                Some(actual) => {
+                    i64::try_from(actual).unwrap_or(i64::MAX)
+                        - i64::try_from(reserved).unwrap_or(i64::MAX)
+                }
+                None => 0,
+            };
+            match &charge.bucket {
+                Bucket::Window {
+                    name,
+                    unit: Unit::Tokens,
+                    ..
+                } => {
+                    keys.push(self.key(name, "z"));
+                    keys.push(self.key(name, "h"));
+                    spec.push(json!({"kind": "window", "z": keys.len() - 1, "h": keys.len(), "delta": delta(charge.cost)}));
+                }
+                Bucket::Window {
+                    unit: Unit::Requests,
+                    ..
+                } => {}
+                Bucket::Concurrency { name, .. } => {
+                    keys.push(self.key(name, "c"));
+                    spec.push(json!({"kind": "concurrency", "z": keys.len()}));
+                }
+                Bucket::Day { name, .. } => {
+                    keys.push(self.key(name, "day"));
+                    spec.push(json!({"kind": "day", "c": keys.len(), "delta": delta(charge.cost)}));
+                }
+            }
+        }
+        if spec.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.finish.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(&reservation.id)
+            .arg(Value::Array(spec).to_string());
+        let mut conn = self.redis.clone();
+        invocation.invoke_async::<i64>(&mut conn).await.map(drop)
+    }
+
+    /// Cools a candidate down (after a 429) for `period`.
+    pub async fn cool_down(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(self.key(candidate, "cool"))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Takes a candidate out of rotation (after a 401) for `period`.
+    pub async fn disable(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(self.key(candidate, "disabled"))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+    }
+}
