@@ -32,6 +32,10 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Prices of models, for `cost_usd`.
     pub prices: Vec<Price>,
+    /// Per-plugin quotas, by plugin (AMQP user) name.
+    pub plugins: BTreeMap<String, PluginQuota>,
+    /// How the limiter waits.
+    pub limits: LimiterConfig,
 }
 
 impl Default for Config {
@@ -47,6 +51,8 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             providers,
             prices: Vec::new(),
+            plugins: BTreeMap::new(),
+            limits: LimiterConfig::default(),
         }
     }
 }
@@ -307,6 +313,152 @@ pub struct ProviderConfig {
     pub default_max_tokens: u32,
     /// Extra HTTP headers sent with every request.
     pub headers: BTreeMap<String, String>,
+    /// The key pool. Empty: one key named `default`, from `api_key` / `api_key_file`.
+    pub keys: Vec<KeyConfig>,
+    /// Limits of every key of this provider (a key's own values override them).
+    pub limits: Limits,
+    /// Limits of every key for one model (in addition to the key's own).
+    pub model_limits: Vec<ModelLimits>,
+}
+
+/// `[[providers.NAME.keys]]`: one credential of the pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name in logs and metrics (never the secret).
+    pub name: String,
+    /// The secret itself (prefer `api_key_env` or `api_key_file`).
+    pub api_key: Option<SecretString>,
+    /// Environment variable holding the secret.
+    pub api_key_env: Option<String>,
+    /// File holding the secret.
+    pub api_key_file: Option<PathBuf>,
+    /// Requests in any 60 s, for this key (default: the provider's `limits`).
+    pub requests_per_minute: Option<u64>,
+    /// Tokens in any 60 s, for this key.
+    pub tokens_per_minute: Option<u64>,
+    /// Calls at once, for this key.
+    pub concurrent: Option<u64>,
+}
+
+impl KeyConfig {
+    /// This key's own limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            concurrent: self.concurrent,
+        }
+    }
+}
+
+/// Requests, tokens and concurrent calls; unset means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Requests in any 60 s.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (input + output) in any 60 s.
+    pub tokens_per_minute: Option<u64>,
+    /// Calls at once.
+    pub concurrent: Option<u64>,
+}
+
+impl Limits {
+    /// `self`, with unset values taken from `fallback`.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute.or(fallback.requests_per_minute),
+            tokens_per_minute: self.tokens_per_minute.or(fallback.tokens_per_minute),
+            concurrent: self.concurrent.or(fallback.concurrent),
+        }
+    }
+
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.tokens_per_minute.is_some()
+            || self.concurrent.is_some()
+    }
+}
+
+/// `[[providers.NAME.model_limits]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    /// The provider's model id.
+    pub model: String,
+    /// Requests in any 60 s, per key.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens in any 60 s, per key.
+    pub tokens_per_minute: Option<u64>,
+    /// Calls at once, per key.
+    pub concurrent: Option<u64>,
+}
+
+impl ModelLimits {
+    /// As [`Limits`].
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            concurrent: self.concurrent,
+        }
+    }
+}
+
+/// `[plugins.NAME]`: quotas of one plugin (its AMQP user), across the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginQuota {
+    /// Requests in any 60 s.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens in any 60 s.
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens per UTC day; past it jobs end `BUDGET_EXCEEDED`.
+    pub daily_tokens: Option<u64>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimiterConfig {
+    /// A job waits inside the worker for a limit at most this long per wait; longer waits end
+    /// the job `RATE_LIMITED` (retryable).
+    pub max_inline_wait_ms: u64,
+    /// How long a key the provider rejected (401/403) stays out of rotation, seconds.
+    pub disable_key_secs: u64,
+    /// Output tokens reserved for a job without `max_tokens`.
+    pub default_output_tokens: u64,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        Self {
+            max_inline_wait_ms: 5_000,
+            disable_key_secs: 3_600,
+            default_output_tokens: 1_024,
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The key pool: the configured keys, or one `default` key from `api_key`.
+    pub fn key_pool(&self) -> Vec<(String, Option<SecretString>, Limits)> {
+        if self.keys.is_empty() {
+            return vec![("default".to_owned(), self.api_key.clone(), self.limits)];
+        }
+        self.keys
+            .iter()
+            .map(|k| {
+                (
+                    k.name.clone(),
+                    k.api_key.clone(),
+                    k.limits().or(self.limits),
+                )
+            })
+            .collect()
+    }
 }
 
 impl Default for ProviderConfig {
@@ -322,6 +474,9 @@ impl Default for ProviderConfig {
             anthropic_version: "2023-06-01".to_owned(),
             default_max_tokens: 4096,
             headers: BTreeMap::new(),
+            keys: Vec::new(),
+            limits: Limits::default(),
+            model_limits: Vec::new(),
         }
     }
 }
@@ -424,6 +579,27 @@ impl Config {
                     })?;
                 provider.api_key = Some(SecretString::from(text.trim().to_owned()));
             }
+            for (i, key) in provider.keys.iter_mut().enumerate() {
+                if key.api_key.is_some() {
+                    continue;
+                }
+                if let Some(var) = &key.api_key_env {
+                    let value = std::env::var(var).map_err(|_| ConfigError::Invalid {
+                        key: format!("providers.{name}.keys[{i}].api_key_env"),
+                        reason: format!("environment variable `{var}` is not set"),
+                    })?;
+                    key.api_key = Some(SecretString::from(value));
+                } else if let Some(path) = &key.api_key_file {
+                    let text = std::fs::read_to_string(path).map_err(|source| {
+                        ConfigError::SecretFile {
+                            key: format!("providers.{name}.keys[{i}].api_key_file"),
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    key.api_key = Some(SecretString::from(text.trim().to_owned()));
+                }
+            }
         }
         Ok(())
     }
@@ -486,6 +662,28 @@ impl Config {
                     &format!("providers.{name}.timeout_ms"),
                     "must be at least 1".into(),
                 ));
+            }
+        }
+        for (name, provider) in &self.providers {
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, (key_name, secret, _)) in provider.key_pool().iter().enumerate() {
+                if key_name.is_empty() || !seen.insert(key_name.clone()) {
+                    return Err(invalid(
+                        &format!("providers.{name}.keys[{i}].name"),
+                        "key names must be unique and not empty".into(),
+                    ));
+                }
+                if let Some(secret) = secret
+                    && reqwest::header::HeaderValue::from_str(secrecy::ExposeSecret::expose_secret(
+                        secret,
+                    ))
+                    .is_err()
+                {
+                    return Err(invalid(
+                        &format!("providers.{name}.keys[{i}]"),
+                        "the API key is not a valid HTTP header value".into(),
+                    ));
+                }
             }
         }
         for (i, price) in self.prices.iter().enumerate() {

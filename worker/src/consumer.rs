@@ -24,6 +24,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// How long a job whose limits could not be checked waits before going back to its queue.
+const LIMITER_DOWN_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest error detail copied from a decoding error.
 const MAX_DETAIL: usize = 500;
 
@@ -62,7 +65,9 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
     let settled = match outcome {
         Ok(Ok(())) => delivery.ack(BasicAckOptions::default()).await,
         Ok(Err(error)) => {
-            tracing::error!(%error, "could not answer the job; requeueing it");
+            if !matches!(error, PublishError::Requeue) {
+                tracing::error!(%error, "could not answer the job; requeueing it");
+            }
             if matches!(error, PublishError::Amqp(_)) {
                 shared.fatal.cancel();
             }
@@ -157,6 +162,12 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
         }
         let job_id = job.id.clone();
         let execution = shared.pipeline.execute(job, plugin, started).await;
+        if execution.retry_later {
+            // Never spend without a limit check: back to the queue, after a pause so that a
+            // Redis outage does not turn into a hot loop of redeliveries.
+            tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
+            return Err(PublishError::Requeue);
+        }
         let body = encode(&execution.result);
         let (stored, replied) = tokio::join!(
             shared.store.put(plugin, &job_id, &body),

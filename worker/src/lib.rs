@@ -69,6 +69,8 @@ impl Worker {
         .await
         .context("connecting to Redis timed out")?
         .context("connecting to Redis")?;
+        let limiter = limits::Limiter::new(redis.clone(), config.redis.prefix.clone());
+        let pipeline = pipeline.with_limiter(limiter);
         let store = result_store::ResultStore::new(
             redis,
             config.redis.prefix.clone(),

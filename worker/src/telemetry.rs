@@ -38,6 +38,20 @@ pub const REDIS_ERRORS_TOTAL: &str = "quarry_redis_errors_total";
 pub const REPAIRS_TOTAL: &str = "quarry_repairs_total";
 /// Targets abandoned for the next one because the model was unavailable.
 pub const FALLBACKS_TOTAL: &str = "quarry_fallbacks_total";
+/// Limiter decisions, by provider and decision (`granted`, `rejected`, `exhausted`,
+/// `budget`, `unavailable`).
+pub const LIMITER_DECISIONS_TOTAL: &str = "quarry_limiter_decisions_total";
+/// Time spent waiting for a limit inside the worker, by provider.
+pub const LIMITER_WAIT: &str = "quarry_limiter_wait_seconds";
+/// Tokens reserved before calls (estimates), by provider.
+pub const TOKENS_RESERVED_TOTAL: &str = "quarry_limiter_reserved_tokens_total";
+/// Tokens the reservations turned out to use, by provider.
+pub const TOKENS_ACTUAL_TOTAL: &str = "quarry_limiter_actual_tokens_total";
+/// Keys cooled down after a 429, by provider and key name.
+pub const KEY_COOLDOWNS_TOTAL: &str = "quarry_key_cooldowns_total";
+/// Keys taken out of rotation after the provider rejected them (alert on it), by provider,
+/// key name and code.
+pub const KEY_DISABLED_TOTAL: &str = "quarry_key_disabled_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
 pub const COST: &str = "quarry_job_cost_usd";
 
@@ -133,6 +147,36 @@ fn describe() {
     describe_histogram!(
         COST,
         "Cost of each job in US dollars, by plugin, provider and model."
+    );
+    describe_counter!(
+        LIMITER_DECISIONS_TOTAL,
+        Unit::Count,
+        "Limiter decisions by provider and decision."
+    );
+    describe_histogram!(
+        LIMITER_WAIT,
+        Unit::Seconds,
+        "Time waiting for a limit inside the worker."
+    );
+    describe_counter!(
+        TOKENS_RESERVED_TOTAL,
+        Unit::Count,
+        "Tokens reserved before calls (estimates)."
+    );
+    describe_counter!(
+        TOKENS_ACTUAL_TOTAL,
+        Unit::Count,
+        "Tokens the reserved calls used."
+    );
+    describe_counter!(
+        KEY_COOLDOWNS_TOTAL,
+        Unit::Count,
+        "Keys cooled down after a 429."
+    );
+    describe_counter!(
+        KEY_DISABLED_TOTAL,
+        Unit::Count,
+        "Keys taken out of rotation after the provider rejected them."
     );
     describe_counter!(
         REDIS_ERRORS_TOTAL,
@@ -231,4 +275,50 @@ pub fn cost(plugin: &str, provider: &str, model: &str, usd: f64) {
     };
     histogram!(COST, "plugin" => plugin.to_owned(), "provider" => provider.to_owned(), "model" => model.to_owned())
         .record(usd);
+}
+
+/// A limiter decision.
+pub fn limiter_decision(provider: &str, decision: &'static str) {
+    counter!(LIMITER_DECISIONS_TOTAL, "provider" => provider.to_owned(), "decision" => decision)
+        .increment(1);
+}
+
+/// A wait inside the worker for a limit.
+pub fn limiter_wait(provider: &str, wait: Duration) {
+    histogram!(LIMITER_WAIT, "provider" => provider.to_owned()).record(wait.as_secs_f64());
+}
+
+/// Tokens reserved for an attempt.
+pub fn tokens_reserved(provider: &str, tokens: u64) {
+    counter!(TOKENS_RESERVED_TOTAL, "provider" => provider.to_owned()).increment(tokens);
+}
+
+/// Tokens an attempt used, against its reservation.
+pub fn tokens_actual(provider: &str, tokens: u64, reserved: u64) {
+    counter!(TOKENS_ACTUAL_TOTAL, "provider" => provider.to_owned()).increment(tokens);
+    if tokens > reserved {
+        tracing::debug!(
+            tokens,
+            reserved,
+            "an attempt used more tokens than reserved; the difference is a debt"
+        );
+    }
+}
+
+/// A key was cooled down after a 429.
+pub fn key_cooled(provider: &str, key: &str) {
+    counter!(KEY_COOLDOWNS_TOTAL, "provider" => provider.to_owned(), "key" => key.to_owned())
+        .increment(1);
+}
+
+/// A key was taken out of rotation.
+pub fn key_disabled(provider: &str, key: &str, code: quarry_schemas::ErrorCode) {
+    tracing::error!(
+        provider,
+        key,
+        code = code.as_str(),
+        "the provider rejected a key; it leaves rotation"
+    );
+    counter!(KEY_DISABLED_TOTAL, "provider" => provider.to_owned(), "key" => key.to_owned(), "code" => code.as_str())
+        .increment(1);
 }

@@ -47,7 +47,11 @@ async fn fake() -> FakeProvider {
     quarry_fake_provider::spawn(config).await.unwrap()
 }
 
-fn request<'a>(input: &'a [InputPart], schema: Option<&'a Value>) -> ProviderRequest<'a> {
+fn request<'a>(
+    input: &'a [InputPart],
+    schema: Option<&'a Value>,
+    key: &'a SecretString,
+) -> ProviderRequest<'a> {
     ProviderRequest {
         model: "fake-large",
         instructions: Some("Extract the expense record."),
@@ -57,6 +61,7 @@ fn request<'a>(input: &'a [InputPart], schema: Option<&'a Value>) -> ProviderReq
         temperature: Some(0.0),
         stop: None,
         timeout: Duration::from_secs(10),
+        api_key: Some(key),
         repairs: &[],
     }
 }
@@ -185,6 +190,7 @@ fn assert_wire_shape(kind: ProviderKind, sent: &Recorded, json_mode: bool, image
 }
 
 async fn structured_text_and_images(kind: ProviderKind) {
+    let key = SecretString::from(KEY.to_owned());
     let fake = fake().await;
     let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
     let schema = receipt_schema();
@@ -193,7 +199,7 @@ async fn structured_text_and_images(kind: ProviderKind) {
     // Structured, text only.
     let input = text("Cafe Luna\n2 x espresso 2.80\nTOTAL 5.60 EUR");
     let response = provider
-        .call(&request(&input, Some(&schema)))
+        .call(&request(&input, Some(&schema), &key))
         .await
         .expect("answer");
     let value: Value = serde_json::from_str(&response.text).expect("JSON answer");
@@ -214,7 +220,7 @@ async fn structured_text_and_images(kind: ProviderKind) {
         }));
     }
     let response = provider
-        .call(&request(&input, Some(&schema)))
+        .call(&request(&input, Some(&schema), &key))
         .await
         .expect("answer");
     assert!(validator.is_valid(&serde_json::from_str::<Value>(&response.text).unwrap()));
@@ -227,7 +233,10 @@ async fn structured_text_and_images(kind: ProviderKind) {
 
     // No schema: text.
     let input = text("Summarise: the meeting went well");
-    let response = provider.call(&request(&input, None)).await.expect("answer");
+    let response = provider
+        .call(&request(&input, None, &key))
+        .await
+        .expect("answer");
     assert!(
         response.text.starts_with("Extracted:"),
         "{kind:?}: {}",
@@ -238,6 +247,7 @@ async fn structured_text_and_images(kind: ProviderKind) {
 }
 
 async fn faults_map_to_codes_and_dispositions(kind: ProviderKind) {
+    let key = SecretString::from(KEY.to_owned());
     let fake = fake().await;
     let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
     let schema = receipt_schema();
@@ -264,7 +274,7 @@ async fn faults_map_to_codes_and_dispositions(kind: ProviderKind) {
     for (fault, code, disposition) in cases {
         let input = text(&format!("receipt [[fake:{fault}]]"));
         let error = provider
-            .call(&request(&input, Some(&schema)))
+            .call(&request(&input, Some(&schema), &key))
             .await
             .expect_err(fault);
         assert_eq!(
@@ -280,12 +290,10 @@ async fn faults_map_to_codes_and_dispositions(kind: ProviderKind) {
         );
     }
     // A wrong key is rejected by the fake and classified as such.
-    let mut bad_key = provider_config(kind, &fake);
-    bad_key.api_key = Some(SecretString::from("sk-wrong".to_owned()));
-    let provider = providers::build("p", &bad_key).unwrap();
+    let wrong = SecretString::from("sk-wrong".to_owned());
     let input = text("receipt");
     let error = provider
-        .call(&request(&input, Some(&schema)))
+        .call(&request(&input, Some(&schema), &wrong))
         .await
         .expect_err("401");
     assert_eq!(
@@ -295,10 +303,11 @@ async fn faults_map_to_codes_and_dispositions(kind: ProviderKind) {
 }
 
 async fn timeout_is_honoured(kind: ProviderKind) {
+    let key = SecretString::from(KEY.to_owned());
     let fake = fake().await;
     let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
     let input = text("receipt [[fake:timeout]]");
-    let mut req = request(&input, None);
+    let mut req = request(&input, None, &key);
     req.timeout = Duration::from_millis(300);
     let began = Instant::now();
     let error = provider.call(&req).await.expect_err("timeout");

@@ -36,6 +36,10 @@ pub enum PublishError {
     /// The channel or connection failed.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
+    /// Not a publishing failure: the job must go back to its queue unanswered (its limits
+    /// could not be checked).
+    #[error("the job goes back to its queue")]
+    Requeue,
 }
 
 /// A message to dead-letter, with why.

@@ -14,15 +14,18 @@
 //! Decoding and publishing belong to the consumer ([`crate::consumer`]); this module knows
 //! nothing of AMQP, so it is tested without a broker (`tests.rs`).
 
+mod admission;
 mod cost;
 
 use crate::config::{Config, Route, Target};
+use crate::limits::Limiter;
 use crate::providers::{
     self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
 use crate::retry::RetryPolicy;
 use crate::schema_cache::{InvalidSchema, SchemaCache, Violation, violations};
 use crate::telemetry;
+use admission::{Admission, Keys, Refused};
 use cost::{CostTally, PriceTable};
 use jsonschema::Validator;
 use quarry_schemas::result::{ContentType, ResultVersion};
@@ -42,6 +45,7 @@ const MAX_QUOTED_ANSWER: usize = 2000;
 struct ProviderEntry {
     provider: Box<dyn Provider>,
     timeout: Duration,
+    keys: Keys,
 }
 
 /// Limits on a job's images.
@@ -61,6 +65,7 @@ pub struct Pipeline {
     repair_attempts: u32,
     images: ImageLimits,
     prices: PriceTable,
+    admission: Admission,
 }
 
 /// A finished job: its result and the time spent waiting on providers.
@@ -70,6 +75,9 @@ pub struct Execution {
     pub result: JobResult,
     /// Time inside provider calls (for the overhead histogram).
     pub provider_time: Duration,
+    /// The limits could not be checked (Redis unavailable): nothing was spent, and the job
+    /// must go back to its queue instead of getting this result.
+    pub retry_later: bool,
 }
 
 /// Why a job failed before or instead of producing an answer.
@@ -94,6 +102,7 @@ struct Tally {
     usage: Usage,
     cost: CostTally,
     provider_time: Duration,
+    limiter_down: bool,
 }
 
 /// One target of the route, as the attempt loop sees it.
@@ -102,6 +111,8 @@ struct Leg<'t> {
     entry: &'t ProviderEntry,
     /// Another target follows: an unavailable model is left at once instead of retried.
     has_fallback: bool,
+    /// The publishing plugin, for its quotas.
+    plugin: &'t str,
 }
 
 struct Answer {
@@ -130,7 +141,17 @@ impl Pipeline {
     ) -> Self {
         let providers = providers
             .into_iter()
-            .map(|(name, (provider, timeout))| (name, ProviderEntry { provider, timeout }))
+            .map(|(name, (provider, timeout))| {
+                let keys = Keys::from_config(&name, config.providers.get(&name));
+                (
+                    name,
+                    ProviderEntry {
+                        provider,
+                        timeout,
+                        keys,
+                    },
+                )
+            })
             .collect();
         Self {
             providers,
@@ -149,14 +170,21 @@ impl Pipeline {
                 max_bytes: config.worker.max_image_bytes,
             },
             prices: PriceTable::new(&config.prices),
+            admission: Admission::new(config, None),
         }
+    }
+
+    /// Enforces limits, quotas and the key pool through `limiter` (Redis).
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.admission.set_limiter(limiter);
+        self
     }
 
     /// Runs a job to its result. Never fails: every failure is a result with an error.
     /// `plugin` (the publishing AMQP user) labels the cost metric.
     pub async fn execute(&self, job: Job, plugin: &str, started: Instant) -> Execution {
         let mut tally = Tally::default();
-        let outcome = self.run_stages(&job, &mut tally).await;
+        let outcome = self.run_stages(&job, plugin, &mut tally).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut result = JobResult {
             version: ResultVersion::V1,
@@ -203,10 +231,16 @@ impl Pipeline {
         Execution {
             result,
             provider_time: tally.provider_time,
+            retry_later: tally.limiter_down,
         }
     }
 
-    async fn run_stages(&self, job: &Job, tally: &mut Tally) -> Result<Answer, Failure> {
+    async fn run_stages(
+        &self,
+        job: &Job,
+        plugin: &str,
+        tally: &mut Tally,
+    ) -> Result<Answer, Failure> {
         // 1. contract
         job.check()
             .map_err(|e| ErrorInfo::new(ErrorCode::InvalidRequest, e.to_string()))?;
@@ -253,6 +287,7 @@ impl Pipeline {
                 target,
                 entry,
                 has_fallback: i + 1 < targets.len(),
+                plugin,
             };
             match self
                 .on_target(job, &leg, validator.as_deref(), deadline, tally)
@@ -355,6 +390,7 @@ impl Pipeline {
                 temperature: job.temperature,
                 stop: job.stop.as_deref(),
                 timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
+                api_key: None,
                 repairs: &repairs,
             };
             let response = self
@@ -418,6 +454,7 @@ impl Pipeline {
         let (target, entry) = (leg.target, leg.entry);
         let per_attempt = request.timeout;
         let mut attempts_here = 0u32;
+        let mut rotations = 0usize;
         loop {
             let left = remaining(deadline);
             if left == Some(Duration::ZERO) {
@@ -427,6 +464,33 @@ impl Pipeline {
                 ));
             }
             request.timeout = left.map_or(per_attempt, |l| l.min(per_attempt));
+            let admitted = match self
+                .admission
+                .admit(
+                    &target.provider,
+                    &entry.keys,
+                    leg.plugin,
+                    &request,
+                    deadline,
+                )
+                .await
+            {
+                Ok(admitted) => admitted,
+                Err(Refused::Job(error)) => return Err(error),
+                Err(Refused::Unavailable) => {
+                    tally.limiter_down = true;
+                    return Err(ProviderError::retry(
+                        ErrorCode::Internal,
+                        None,
+                        "the limiter is unavailable; the job returns to its queue",
+                    ));
+                }
+            };
+            request.api_key = entry
+                .keys
+                .keys
+                .get(admitted.key)
+                .and_then(|k| k.secret.as_ref());
             tally.attempts += 1;
             attempts_here += 1;
             let began = Instant::now();
@@ -435,6 +499,9 @@ impl Pipeline {
             tally.provider_time += elapsed;
             let error = match outcome {
                 Ok(response) => {
+                    self.admission
+                        .settle(&target.provider, &admitted, response.usage.total_tokens)
+                        .await;
                     telemetry::provider_attempt(
                         &target.provider,
                         &target.model,
@@ -452,6 +519,10 @@ impl Pipeline {
                 }
                 Err(error) => error,
             };
+            self.admission.settle(&target.provider, &admitted, 0).await;
+            self.admission
+                .after_failure(&target.provider, &entry.keys, &admitted, &error)
+                .await;
             telemetry::provider_attempt(
                 &target.provider,
                 &target.model,
@@ -462,11 +533,19 @@ impl Pipeline {
             if error.code == ErrorCode::ModelUnavailable && leg.has_fallback {
                 return Err(error);
             }
+            // Another key may serve at once: the rejected one is out of rotation now.
+            if error.disposition == Disposition::RotateKey
+                && entry.keys.keys.len() > 1
+                && rotations < entry.keys.keys.len()
+            {
+                rotations += 1;
+                attempts_here -= 1;
+                continue;
+            }
             let wait = match error.disposition {
                 Disposition::Retry { after } => {
                     self.retry.backoff(attempts_here, after, fastrand::f64())
                 }
-                // One key per provider for now: a rejected key cannot be rotated away from.
                 Disposition::RotateKey | Disposition::Permanent => return Err(error),
             };
             if !self

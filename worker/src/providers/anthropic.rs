@@ -7,7 +7,7 @@
 //! (the job's, else `default_max_tokens`). Overload (529) counts as `MODEL_UNAVAILABLE`, so an
 //! alias falls back to its next target.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, malformed};
+use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
 use super::{
     BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
 };
@@ -15,6 +15,7 @@ use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -108,10 +109,10 @@ impl Anthropic {
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
-            .post_json(&self.url, body, request.timeout)
+            .post_json(&self.url, body, request.timeout, request.api_key)
             .await?;
         if !raw.status.is_success() {
-            return Err(self.classify(&raw));
+            return Err(self.classify(&raw, request.api_key));
         }
         let answer: MessagesResponse =
             serde_json::from_slice(&raw.body).map_err(|e| malformed("messages response", e))?;
@@ -161,7 +162,7 @@ impl Anthropic {
     }
 
     /// Every HTTP failure maps to a code and a disposition here, and only here.
-    fn classify(&self, raw: &RawResponse) -> ProviderError {
+    fn classify(&self, raw: &RawResponse, key: Option<&SecretString>) -> ProviderError {
         let detail = serde_json::from_slice::<ErrorEnvelope>(&raw.body)
             .ok()
             .map(|e| e.error);
@@ -201,7 +202,7 @@ impl Anthropic {
             }
             (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
         };
-        self.http.failure(raw.status, code, disposition, &text)
+        failure(raw.status, code, disposition, &text, key)
     }
 }
 

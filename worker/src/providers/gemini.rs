@@ -9,7 +9,7 @@
 //! Instructions go in `systemInstruction`; images as `inlineData`; repairs as `model` + `user`
 //! turns. Rate-limit errors carry `RetryInfo.retryDelay`.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, malformed};
+use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
 use super::{
     BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
 };
@@ -17,6 +17,7 @@ use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -111,9 +112,12 @@ impl Gemini {
         let body = serde_json::to_vec(&self.body(request, schema))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let url = format!("{}/models/{}:generateContent", self.base_url, request.model);
-        let raw = self.http.post_json(&url, body, request.timeout).await?;
+        let raw = self
+            .http
+            .post_json(&url, body, request.timeout, request.api_key)
+            .await?;
         if !raw.status.is_success() {
-            return Err(self.classify(&raw));
+            return Err(self.classify(&raw, request.api_key));
         }
         let answer: GenerateResponse = serde_json::from_slice(&raw.body)
             .map_err(|e| malformed("generateContent response", e))?;
@@ -155,7 +159,7 @@ impl Gemini {
     }
 
     /// Every HTTP failure maps to a code and a disposition here, and only here.
-    fn classify(&self, raw: &RawResponse) -> ProviderError {
+    fn classify(&self, raw: &RawResponse, key: Option<&SecretString>) -> ProviderError {
         let error: Option<Value> = serde_json::from_slice::<Value>(&raw.body)
             .ok()
             .and_then(|v| v.get("error").cloned());
@@ -201,7 +205,7 @@ impl Gemini {
             }
             (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
         };
-        self.http.failure(raw.status, code, disposition, &text)
+        failure(raw.status, code, disposition, &text, key)
     }
 }
 

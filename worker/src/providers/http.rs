@@ -22,10 +22,9 @@ pub enum Auth {
     Header(&'static str),
 }
 
-/// A provider's HTTP client and credential.
+/// A provider's HTTP client. The credential comes with each request (keys rotate).
 pub struct HttpClient {
     client: reqwest::Client,
-    api_key: Option<SecretString>,
     auth: Auth,
 }
 
@@ -61,11 +60,6 @@ impl HttpClient {
             value.set_sensitive(true);
             headers.insert(key, value);
         }
-        if let Some(key) = &config.api_key
-            && HeaderValue::from_str(key.expose_secret()).is_err()
-        {
-            return Err(error("api_key is not a valid HTTP header value".into()));
-        }
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
@@ -73,19 +67,16 @@ impl HttpClient {
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()
             .map_err(|e| error(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            client,
-            api_key: config.api_key.clone(),
-            auth,
-        })
+        Ok(Self { client, auth })
     }
 
-    /// POSTs a JSON body and reads the whole answer, within `timeout`.
+    /// POSTs a JSON body with `key` and reads the whole answer, within `timeout`.
     pub async fn post_json(
         &self,
         url: &str,
         body: Vec<u8>,
         timeout: Duration,
+        key: Option<&SecretString>,
     ) -> Result<RawResponse, ProviderError> {
         let mut request = self
             .client
@@ -93,7 +84,7 @@ impl HttpClient {
             .timeout(timeout)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(key) = &self.api_key {
+        if let Some(key) = key {
             let (name, text) = match self.auth {
                 Auth::Bearer => (AUTHORIZATION, format!("Bearer {}", key.expose_secret())),
                 Auth::Header(name) => (
@@ -101,11 +92,14 @@ impl HttpClient {
                     key.expose_secret().to_owned(),
                 ),
             };
-            // Checked at build time: the key is a valid header value.
-            if let Ok(mut value) = HeaderValue::from_str(&text) {
-                value.set_sensitive(true);
-                request = request.header(name, value);
-            }
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                ProviderError::permanent(
+                    ErrorCode::AuthFailed,
+                    "the API key is not a valid HTTP header value",
+                )
+            })?;
+            value.set_sensitive(true);
+            request = request.header(name, value);
         }
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
@@ -117,43 +111,39 @@ impl HttpClient {
             body,
         })
     }
+}
 
-    /// Removes the key from provider-supplied text, should a provider echo it, and bounds it.
-    pub fn scrub(&self, text: &str) -> String {
-        let text = truncate(text, MAX_ERROR_TEXT);
-        match &self.api_key {
-            Some(key) if !key.expose_secret().is_empty() => {
-                text.replace(key.expose_secret(), "[redacted]")
-            }
-            _ => text.to_owned(),
+/// Removes the key from provider-supplied text, should a provider echo it, and bounds it.
+pub fn scrub(text: &str, key: Option<&SecretString>) -> String {
+    let text = truncate(text, MAX_ERROR_TEXT);
+    match key {
+        Some(key) if !key.expose_secret().is_empty() => {
+            text.replace(key.expose_secret(), "[redacted]")
         }
+        _ => text.to_owned(),
     }
 }
 
-impl HttpClient {
-    /// The error for a classified failure answer. A credential failure's text is not copied
-    /// (providers quote parts of keys there); any other text is scrubbed and bounded.
-    pub fn failure(
-        &self,
-        status: StatusCode,
-        code: ErrorCode,
-        disposition: super::Disposition,
-        text: &str,
-    ) -> ProviderError {
-        let message = match code {
-            ErrorCode::AuthFailed => {
-                format!(
-                    "HTTP {}: the provider rejected the credential",
-                    status.as_u16()
-                )
-            }
-            _ => format!("HTTP {}: {}", status.as_u16(), self.scrub(text)),
-        };
-        ProviderError {
-            code,
-            disposition,
-            message,
-        }
+/// The error for a classified failure answer. A credential failure's text is not copied
+/// (providers quote parts of keys there); any other text is scrubbed and bounded.
+pub fn failure(
+    status: StatusCode,
+    code: ErrorCode,
+    disposition: super::Disposition,
+    text: &str,
+    key: Option<&SecretString>,
+) -> ProviderError {
+    let message = match code {
+        ErrorCode::AuthFailed => format!(
+            "HTTP {}: the provider rejected the credential",
+            status.as_u16()
+        ),
+        _ => format!("HTTP {}: {}", status.as_u16(), scrub(text, key)),
+    };
+    ProviderError {
+        code,
+        disposition,
+        message,
     }
 }
 

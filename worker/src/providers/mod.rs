@@ -24,6 +24,7 @@ use crate::config::{ProviderConfig, ProviderKind};
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
+use secrecy::SecretString;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct ProviderRequest<'a> {
     pub stop: Option<&'a [String]>,
     /// Timeout of this attempt.
     pub timeout: Duration,
+    /// The credential for this attempt (the key pool picks it).
+    pub api_key: Option<&'a SecretString>,
     /// Earlier answers of this job that were rejected, oldest first: each becomes an
     /// assistant turn followed by a user turn asking for a corrected answer.
     pub repairs: &'a [Repair],

@@ -7,7 +7,7 @@
 //! "json_object"}` with the schema appended to the system message. Images travel as
 //! `image_url` parts with `data:` URLs; repairs as assistant + user turns.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, malformed};
+use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed, scrub};
 use super::{
     BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
 };
@@ -15,6 +15,7 @@ use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -131,10 +132,10 @@ impl OpenAiCompatible {
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
-            .post_json(&self.url, body, request.timeout)
+            .post_json(&self.url, body, request.timeout, request.api_key)
             .await?;
         if !raw.status.is_success() {
-            return Err(self.classify(&raw));
+            return Err(self.classify(&raw, request.api_key));
         }
         let answer: ChatResponse =
             serde_json::from_slice(&raw.body).map_err(|e| malformed("chat completion", e))?;
@@ -144,7 +145,7 @@ impl OpenAiCompatible {
         if let Some(refusal) = choice.message.refusal {
             return Err(ProviderError::permanent(
                 ErrorCode::OutputInvalid,
-                format!("the model refused: {}", self.http.scrub(&refusal)),
+                format!("the model refused: {}", scrub(&refusal, request.api_key)),
             ));
         }
         if choice.finish_reason.as_deref() == Some("content_filter") {
@@ -161,7 +162,7 @@ impl OpenAiCompatible {
     }
 
     /// Every HTTP failure maps to a code and a disposition here, and only here.
-    pub(crate) fn classify(&self, raw: &RawResponse) -> ProviderError {
+    pub(crate) fn classify(&self, raw: &RawResponse, key: Option<&SecretString>) -> ProviderError {
         let detail = serde_json::from_slice::<ErrorEnvelope>(&raw.body)
             .ok()
             .map(|e| e.error);
@@ -188,7 +189,7 @@ impl OpenAiCompatible {
             (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
         };
         // A provider's 401 text may quote part of the key; say nothing of it.
-        self.http.failure(raw.status, code, disposition, &text)
+        failure(raw.status, code, disposition, &text, key)
     }
 }
 
@@ -433,6 +434,7 @@ mod tests {
             temperature: None,
             stop: None,
             timeout: Duration::from_secs(1),
+            api_key: None,
             repairs,
         }
     }
@@ -514,6 +516,7 @@ mod tests {
     #[test]
     fn statuses_map_to_codes_and_dispositions() {
         let p = provider(true, Some("sk-secret-canary"));
+        let canary = SecretString::from("sk-secret-canary".to_owned());
         let three = Some(Duration::from_secs(3));
         let cases = [
             (400, ErrorCode::InvalidRequest, Disposition::Permanent),
@@ -552,7 +555,7 @@ mod tests {
                     .to_vec()
                     .into(),
             };
-            let e = p.classify(&raw);
+            let e = p.classify(&raw, Some(&canary));
             assert_eq!(
                 (e.code, e.disposition),
                 (code, disposition),
@@ -571,7 +574,7 @@ mod tests {
                 .to_vec()
                 .into(),
         };
-        let e = p.classify(&raw);
+        let e = p.classify(&raw, Some(&canary));
         assert_eq!(
             (e.code, e.disposition),
             (ErrorCode::CredentialsExhausted, Disposition::RotateKey)

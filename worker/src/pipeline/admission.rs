@@ -1,0 +1,354 @@
+//! Admission of one provider attempt: which key serves it, and whether the limits let it go
+//! now. With a limiter (Redis), every attempt is one atomic reservation over the plugin's
+//! quotas and the key pool's limits; afterwards the reservation is settled with the real
+//! token usage, a 429 cools the key down and a 401/403 takes it out of rotation.
+//!
+//! Without limits to keep (one key, no limits, no quota) no Redis call is made.
+
+use crate::config::{Config, LimiterConfig, Limits, PluginQuota, ProviderConfig};
+use crate::limits::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Unit};
+use crate::providers::{Disposition, ProviderError, ProviderRequest};
+use crate::telemetry;
+use quarry_schemas::{ErrorCode, InputPart};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// A concurrency lease outlives the attempt's timeout by this much.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// One key of a provider's pool.
+pub(super) struct KeyEntry {
+    /// Configured name (a bounded label).
+    pub label: String,
+    /// Limiter candidate name: `provider/key`.
+    candidate: String,
+    /// The secret.
+    pub secret: Option<SecretString>,
+    limits: Limits,
+}
+
+/// A provider's key pool and per-model limits.
+pub(super) struct Keys {
+    pub keys: Vec<KeyEntry>,
+    model_limits: BTreeMap<String, Limits>,
+}
+
+impl Keys {
+    pub(super) fn from_config(provider: &str, config: Option<&ProviderConfig>) -> Self {
+        let Some(config) = config else {
+            let key = KeyEntry {
+                label: "default".into(),
+                candidate: format!("{provider}/default"),
+                secret: None,
+                limits: Limits::default(),
+            };
+            return Self {
+                keys: vec![key],
+                model_limits: BTreeMap::new(),
+            };
+        };
+        let keys = config
+            .key_pool()
+            .into_iter()
+            .map(|(label, secret, limits)| KeyEntry {
+                candidate: format!("{provider}/{label}"),
+                label,
+                secret,
+                limits,
+            })
+            .collect();
+        let model_limits = config
+            .model_limits
+            .iter()
+            .map(|m| (m.model.clone(), m.limits()))
+            .collect();
+        Self { keys, model_limits }
+    }
+
+    fn limited(&self) -> bool {
+        self.keys.len() > 1
+            || self.keys.iter().any(|k| k.limits.any())
+            || self.model_limits.values().any(Limits::any)
+    }
+}
+
+/// A granted attempt.
+pub(super) struct Admitted {
+    /// Index of the key in the pool.
+    pub key: usize,
+    reservation: Option<Reservation>,
+    reserved_tokens: u64,
+}
+
+/// Why an attempt may not go.
+pub(super) enum Refused {
+    /// The job ends (or waits in its queue) with this error.
+    Job(ProviderError),
+    /// Redis did not answer: the limits cannot be checked, so nothing is spent.
+    Unavailable,
+}
+
+/// Limits, quotas and the key pool.
+pub(super) struct Admission {
+    limiter: Option<Limiter>,
+    plugins: BTreeMap<String, PluginQuota>,
+    config: LimiterConfig,
+}
+
+impl Admission {
+    pub(super) fn new(config: &Config, limiter: Option<Limiter>) -> Self {
+        Self {
+            limiter,
+            plugins: config.plugins.clone(),
+            config: config.limits.clone(),
+        }
+    }
+
+    pub(super) fn set_limiter(&mut self, limiter: Limiter) {
+        self.limiter = Some(limiter);
+    }
+
+    /// Picks a key and reserves the limits for one attempt, waiting inside the worker for at
+    /// most `limits.max_inline_wait_ms` at a time and never past the deadline.
+    pub(super) async fn admit(
+        &self,
+        provider: &str,
+        keys: &Keys,
+        plugin: &str,
+        request: &ProviderRequest<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Admitted, Refused> {
+        let quota = self.plugins.get(plugin).copied().unwrap_or_default();
+        let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota)) else {
+            return Ok(Admitted {
+                key: 0,
+                reservation: None,
+                reserved_tokens: 0,
+            });
+        };
+        let estimate = estimate_tokens(request, self.config.default_output_tokens);
+        let lease = request.timeout + LEASE_MARGIN;
+        let model_limits = keys
+            .model_limits
+            .get(request.model)
+            .copied()
+            .unwrap_or_default();
+        let candidates: Vec<Candidate> = keys
+            .keys
+            .iter()
+            .map(|key| {
+                let mut charges = charges_for(&key.candidate, key.limits, estimate, lease);
+                charges.extend(charges_for(
+                    &format!("{}/{}", key.candidate, request.model),
+                    model_limits,
+                    estimate,
+                    lease,
+                ));
+                Candidate {
+                    name: key.candidate.clone(),
+                    charges,
+                }
+            })
+            .collect();
+        let shared = plugin_charges(plugin, &quota, estimate);
+        let max_wait = Duration::from_millis(self.config.max_inline_wait_ms);
+        loop {
+            let id = format!("{:016x}", fastrand::u64(..));
+            let decision = match limiter.reserve(&id, &shared, &candidates).await {
+                Ok(decision) => decision,
+                Err(error) => {
+                    telemetry::limiter_decision(provider, "unavailable");
+                    tracing::warn!(%error, "the limiter (Redis) is unavailable; the job goes back to its queue");
+                    return Err(Refused::Unavailable);
+                }
+            };
+            match decision {
+                Decision::Granted {
+                    candidate,
+                    reservation,
+                    ..
+                } => {
+                    telemetry::limiter_decision(provider, "granted");
+                    telemetry::tokens_reserved(provider, estimate);
+                    return Ok(Admitted {
+                        key: candidate,
+                        reservation: Some(reservation),
+                        reserved_tokens: estimate,
+                    });
+                }
+                Decision::Wait { wait } => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if wait > max_wait || left.is_some_and(|l| wait >= l) {
+                        telemetry::limiter_decision(provider, "rejected");
+                        return Err(Refused::Job(ProviderError::retry(
+                            ErrorCode::RateLimited,
+                            Some(wait),
+                            format!(
+                                "the limits of `{provider}` are full for the next {} ms",
+                                wait.as_millis()
+                            ),
+                        )));
+                    }
+                    telemetry::limiter_wait(provider, wait);
+                    tokio::time::sleep(wait).await;
+                }
+                Decision::Exhausted => {
+                    telemetry::limiter_decision(provider, "exhausted");
+                    return Err(Refused::Job(ProviderError::permanent(
+                        ErrorCode::CredentialsExhausted,
+                        format!("every key of `{provider}` is disabled"),
+                    )));
+                }
+                Decision::BudgetSpent => {
+                    telemetry::limiter_decision(provider, "budget");
+                    return Err(Refused::Job(ProviderError::permanent(
+                        ErrorCode::BudgetExceeded,
+                        format!("plugin `{plugin}` has spent its daily token budget"),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Settles an attempt: tokens reconciled with `actual_tokens`, leases released.
+    pub(super) async fn settle(&self, provider: &str, admitted: &Admitted, actual_tokens: u64) {
+        let (Some(limiter), Some(reservation)) = (&self.limiter, &admitted.reservation) else {
+            return;
+        };
+        telemetry::tokens_actual(provider, actual_tokens, admitted.reserved_tokens);
+        if let Err(error) = limiter.finish(reservation, Some(actual_tokens)).await {
+            // The reservation expires by itself; only the reconciliation is lost.
+            telemetry::redis_error("limiter_finish", &error);
+        }
+    }
+
+    /// Acts on a failed attempt: a 429 cools the key down, a rejected key leaves rotation.
+    pub(super) async fn after_failure(
+        &self,
+        provider: &str,
+        keys: &Keys,
+        admitted: &Admitted,
+        error: &ProviderError,
+    ) {
+        let (Some(limiter), Some(key)) = (&self.limiter, keys.keys.get(admitted.key)) else {
+            return;
+        };
+        let outcome = match (error.code, error.disposition) {
+            (ErrorCode::RateLimited, Disposition::Retry { after }) => {
+                let period = after.unwrap_or(Duration::from_secs(1));
+                telemetry::key_cooled(provider, &key.label);
+                limiter.cool_down(&key.candidate, period).await
+            }
+            (_, Disposition::RotateKey) => {
+                telemetry::key_disabled(provider, &key.label, error.code);
+                limiter
+                    .disable(
+                        &key.candidate,
+                        Duration::from_secs(self.config.disable_key_secs),
+                    )
+                    .await
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = outcome {
+            telemetry::redis_error("limiter_key_state", &error);
+        }
+    }
+}
+
+fn quota_set(quota: &PluginQuota) -> bool {
+    quota.requests_per_minute.is_some()
+        || quota.tokens_per_minute.is_some()
+        || quota.daily_tokens.is_some()
+}
+
+fn charges_for(name: &str, limits: Limits, estimate: u64, lease: Duration) -> Vec<Charge> {
+    let mut out = Vec::new();
+    if let Some(limit) = limits.requests_per_minute {
+        out.push(Charge {
+            bucket: Bucket::Window {
+                name: format!("{name}/rpm"),
+                unit: Unit::Requests,
+                limit,
+                window: MINUTE,
+            },
+            cost: 1,
+        });
+    }
+    if let Some(limit) = limits.tokens_per_minute {
+        out.push(Charge {
+            bucket: Bucket::Window {
+                name: format!("{name}/tpm"),
+                unit: Unit::Tokens,
+                limit,
+                window: MINUTE,
+            },
+            cost: estimate.min(limit),
+        });
+    }
+    if let Some(limit) = limits.concurrent {
+        out.push(Charge {
+            bucket: Bucket::Concurrency {
+                name: format!("{name}/concurrent"),
+                limit,
+                lease,
+            },
+            cost: 1,
+        });
+    }
+    out
+}
+
+fn plugin_charges(plugin: &str, quota: &PluginQuota, estimate: u64) -> Vec<Charge> {
+    let name = format!(
+        "plugin/{}",
+        if plugin.is_empty() {
+            "anonymous"
+        } else {
+            plugin
+        }
+    );
+    let mut out = charges_for(
+        &name,
+        Limits {
+            requests_per_minute: quota.requests_per_minute,
+            tokens_per_minute: quota.tokens_per_minute,
+            concurrent: None,
+        },
+        estimate,
+        Duration::ZERO,
+    );
+    if let Some(limit) = quota.daily_tokens {
+        out.push(Charge {
+            bucket: Bucket::Day {
+                name: format!("{name}/day"),
+                limit,
+            },
+            cost: estimate,
+        });
+    }
+    out
+}
+
+/// Tokens an attempt may use: its prompt (≈ 4 characters a token, 85 an image) plus its
+/// output bound.
+pub(super) fn estimate_tokens(request: &ProviderRequest<'_>, default_output: u64) -> u64 {
+    let mut chars = request.instructions.map_or(0, str::len);
+    let mut images = 0u64;
+    for part in request.input {
+        match part {
+            InputPart::Text { text } => chars += text.len(),
+            InputPart::Image(_) => images += 1,
+        }
+    }
+    chars += request.json_schema.map_or(0, |(_, s)| s.to_string().len());
+    chars += request
+        .repairs
+        .iter()
+        .map(|r| r.answer.len() + r.problem.len())
+        .sum::<usize>();
+    let output = request.max_tokens.map_or(default_output, u64::from);
+    (chars as u64).div_ceil(4) + 85 * images + output
+}
