@@ -318,3 +318,205 @@ async fn a_crashed_holders_lease_expires_and_budgets_stop_spending() {
     );
     cleanup(&prefix).await;
 }
+
+// ---- the limiter inside the fleet ----
+
+use quarry_fake_provider::FakeConfig;
+use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics};
+use quarry_producer::{
+    BatchOptions, ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id,
+};
+use quarry_worker::config::{KeyConfig, Limits, PluginQuota};
+use secrecy::SecretString;
+
+fn text_jobs(n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let mut job = Job::new(
+                new_job_id(),
+                vec![InputPart::Text {
+                    text: format!("note {i}"),
+                }],
+            );
+            job.custom_id = Some(format!("n{i}"));
+            job.max_tokens = Some(50);
+            job
+        })
+        .collect()
+}
+
+async fn run_all(fleet: &Fleet, jobs: Vec<Job>) -> Vec<JobResult> {
+    let client = fleet.client().await;
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 100,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let mut stream = client
+        .run_batch(&new_job_id(), jobs, options)
+        .await
+        .unwrap();
+    let mut results = Vec::new();
+    within(120, "every result", async {
+        while let Some(item) = stream.next().await {
+            let item = item.unwrap();
+            results.push(item.result.clone());
+            item.ack().await.unwrap();
+        }
+    })
+    .await;
+    stream.finish().await.unwrap();
+    client.close().await.unwrap();
+    results
+}
+
+fn key_config(name: &str, secret: &str) -> KeyConfig {
+    KeyConfig {
+        name: name.into(),
+        api_key: Some(SecretString::from(secret.to_owned())),
+        api_key_env: None,
+        api_key_file: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        concurrent: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_limit_holds_across_two_workers() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    config.limits.max_inline_wait_ms = 0;
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.limits = Limits {
+            requests_per_minute: Some(20),
+            ..Limits::default()
+        };
+    }
+    let a = fleet.spawn_task_worker(config.clone()).await;
+    let b = fleet.spawn_task_worker(config).await;
+    let results = run_all(&fleet, text_jobs(50)).await;
+    let ok = results.iter().filter(|r| r.status == Status::Ok).count();
+    let limited: Vec<&JobResult> = results.iter().filter(|r| r.status != Status::Ok).collect();
+    assert_eq!(
+        ok, 20,
+        "exactly the limit is served in the window, fleet-wide"
+    );
+    assert_eq!(limited.len(), 30);
+    for result in limited {
+        let error = result.error.as_ref().unwrap();
+        assert_eq!(error.code, ErrorCode::RateLimited);
+        assert!(error.retryable);
+        assert_eq!(result.attempts, 0, "no provider call without a reservation");
+    }
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        20,
+        "the provider saw exactly the limit"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_key_leaves_rotation_and_the_others_serve() {
+    let fleet = Fleet::start(FakeConfig {
+        api_key: Some("sk-good".into()),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.keys = vec![
+            key_config("revoked", "sk-revoked"),
+            key_config("good", "sk-good"),
+        ];
+    }
+    let worker = fleet.spawn_task_worker(config).await;
+    let results = run_all(&fleet, text_jobs(40)).await;
+    assert!(
+        results.iter().all(|r| r.status == Status::Ok),
+        "{:?}",
+        results.iter().find(|r| r.status != Status::Ok)
+    );
+    let scrape = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    let disabled = counter_sum(&scrape, "quarry_key_disabled_total", &[("key", "revoked")]);
+    assert!(disabled >= 1.0, "the revoked key was taken out of rotation");
+    let rejected = fleet.fake.stats.snapshot().rejected;
+    assert!(
+        rejected <= 40,
+        "after the first 401s the revoked key is not used: {rejected} rejections"
+    );
+    assert!(
+        !http_get(worker.http, "/metrics")
+            .await
+            .1
+            .contains("sk-revoked"),
+        "no secret in metrics"
+    );
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_rejected_ends_credentials_exhausted() {
+    let fleet = Fleet::start(FakeConfig {
+        api_key: Some("sk-good".into()),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.keys = vec![key_config("old1", "sk-old1"), key_config("old2", "sk-old2")];
+    }
+    let worker = fleet.spawn_task_worker(config).await;
+    let results = run_all(&fleet, text_jobs(10)).await;
+    for result in &results {
+        let code = result.error.as_ref().unwrap().code;
+        assert!(
+            matches!(
+                code,
+                ErrorCode::AuthFailed | ErrorCode::CredentialsExhausted
+            ),
+            "{code}"
+        );
+    }
+    assert!(
+        results
+            .iter()
+            .any(|r| r.error.as_ref().unwrap().code == ErrorCode::CredentialsExhausted)
+    );
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_daily_budget_ends_jobs_budget_exceeded() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    // Each job reserves about 53 tokens (a few characters and max_tokens 50).
+    config.plugins.insert(
+        "guest".into(),
+        PluginQuota {
+            daily_tokens: Some(500),
+            ..PluginQuota::default()
+        },
+    );
+    let worker = fleet.spawn_task_worker(config).await;
+    let results = run_all(&fleet, text_jobs(30)).await;
+    let ok = results.iter().filter(|r| r.status == Status::Ok).count();
+    let over: Vec<&JobResult> = results.iter().filter(|r| r.status != Status::Ok).collect();
+    assert!(ok > 0 && ok < 30, "some served, then the budget ends: {ok}");
+    assert!(
+        over.iter()
+            .all(|r| r.error.as_ref().unwrap().code == ErrorCode::BudgetExceeded)
+    );
+    let served_tokens: u64 = results.iter().map(|r| r.usage.total_tokens).sum();
+    assert!(
+        served_tokens <= 500 + 60,
+        "the budget holds after reconciliation: {served_tokens}"
+    );
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
