@@ -170,7 +170,9 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
         }
         let body = encode(&execution.result);
         let (stored, replied) = tokio::join!(
-            shared.store.put(plugin, &job_id, &body),
+            shared
+                .store
+                .put(plugin, &job_id, &body, execution.settlement.as_ref()),
             shared.publisher.reply(reply_to, correlation_id, &body)
         );
         if let Err(error) = stored {

@@ -52,6 +52,8 @@ pub const KEY_COOLDOWNS_TOTAL: &str = "quarry_key_cooldowns_total";
 /// Keys taken out of rotation after the provider rejected them (alert on it), by provider,
 /// key name and code.
 pub const KEY_DISABLED_TOTAL: &str = "quarry_key_disabled_total";
+/// Redis round trips, by operation (a pipeline is one).
+pub const REDIS_ROUND_TRIPS_TOTAL: &str = "quarry_redis_round_trips_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
 pub const COST: &str = "quarry_job_cost_usd";
 
@@ -321,4 +323,9 @@ pub fn key_disabled(provider: &str, key: &str, code: quarry_schemas::ErrorCode) 
     );
     counter!(KEY_DISABLED_TOTAL, "provider" => provider.to_owned(), "key" => key.to_owned(), "code" => code.as_str())
         .increment(1);
+}
+
+/// One Redis round trip.
+pub fn redis_round_trip(operation: &'static str) {
+    counter!(REDIS_ROUND_TRIPS_TOTAL, "operation" => operation).increment(1);
 }

@@ -520,3 +520,50 @@ async fn a_plugins_daily_budget_ends_jobs_budget_exceeded() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_happy_path_costs_two_redis_round_trips_per_job() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.limits = Limits {
+            requests_per_minute: Some(10_000),
+            tokens_per_minute: Some(10_000_000),
+            concurrent: Some(500),
+        };
+        fake.keys = vec![key_config("a", "sk-a"), key_config("b", "sk-b")];
+    }
+    config.plugins.insert(
+        "guest".into(),
+        PluginQuota {
+            requests_per_minute: Some(10_000),
+            tokens_per_minute: Some(10_000_000),
+            daily_tokens: Some(100_000_000),
+        },
+    );
+    let worker = fleet.spawn_task_worker(config).await;
+    let before = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    let jobs = 200;
+    let results = run_all(&fleet, text_jobs(jobs)).await;
+    assert!(results.iter().all(|r| r.status == Status::Ok));
+    let after = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    // Metrics are process-wide and tests share the process: count this worker's operations
+    // by difference, and only those of the job path.
+    let trips = |s: &prometheus_parse::Scrape| {
+        [
+            "limiter_reserve",
+            "limiter_finish",
+            "store_result",
+            "replay_lookup",
+            "limiter_key_state",
+        ]
+        .iter()
+        .map(|op| counter_sum(s, "quarry_redis_round_trips_total", &[("operation", op)]))
+        .sum::<f64>()
+    };
+    let per_job = (trips(&after) - trips(&before)) / jobs as f64;
+    eprintln!("Redis round trips per job with limits, quotas and two keys: {per_job:.2}");
+    assert!(per_job <= 2.0, "{per_job} round trips per job");
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}

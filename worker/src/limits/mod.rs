@@ -185,6 +185,7 @@ impl Limiter {
             candidate_specs.push(json!({"cool": cool, "disabled": disabled, "buckets": buckets}));
         }
         let spec = json!({"shared": shared_spec, "candidates": candidate_specs}).to_string();
+        crate::telemetry::redis_round_trip("limiter_reserve");
         let mut invocation = self.reserve.prepare_invoke();
         for key in &keys {
             invocation.key(key);
@@ -223,6 +224,42 @@ impl Limiter {
         reservation: &Reservation,
         actual_tokens: Option<u64>,
     ) -> redis::RedisResult<()> {
+        let Some((keys, spec)) = self.finish_args(reservation, actual_tokens) else {
+            return Ok(());
+        };
+        let mut invocation = self.finish.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(&reservation.id).arg(spec);
+        let mut conn = self.redis.clone();
+        crate::telemetry::redis_round_trip("limiter_finish");
+        invocation.invoke_async::<i64>(&mut conn).await.map(drop)
+    }
+
+    /// The settlement as one `EVALSHA` command, to pipeline with other work (the result
+    /// store's write): `None` when there is nothing to settle. If Redis lost the script
+    /// (`NOSCRIPT`), fall back to [`Limiter::finish`].
+    pub fn finish_command(
+        &self,
+        reservation: &Reservation,
+        actual_tokens: Option<u64>,
+    ) -> Option<redis::Cmd> {
+        let (keys, spec) = self.finish_args(reservation, actual_tokens)?;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.finish.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(&reservation.id)
+            .arg(spec);
+        Some(cmd)
+    }
+
+    fn finish_args(
+        &self,
+        reservation: &Reservation,
+        actual_tokens: Option<u64>,
+    ) -> Option<(Vec<String>, String)> {
         let mut keys = Vec::new();
         let mut spec = Vec::new();
         for charge in &reservation.charged {
@@ -257,23 +294,13 @@ impl Limiter {
                 }
             }
         }
-        if spec.is_empty() {
-            return Ok(());
-        }
-        let mut invocation = self.finish.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation
-            .arg(&reservation.id)
-            .arg(Value::Array(spec).to_string());
-        let mut conn = self.redis.clone();
-        invocation.invoke_async::<i64>(&mut conn).await.map(drop)
+        (!spec.is_empty()).then(|| (keys, Value::Array(spec).to_string()))
     }
 
     /// Cools a candidate down (after a 429) for `period`.
     pub async fn cool_down(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
+        crate::telemetry::redis_round_trip("limiter_key_state");
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(candidate, "cool"))
@@ -287,6 +314,7 @@ impl Limiter {
     /// Takes a candidate out of rotation (after a 401) for `period`.
     pub async fn disable(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
+        crate::telemetry::redis_round_trip("limiter_key_state");
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(candidate, "disabled"))
@@ -294,6 +322,47 @@ impl Limiter {
             .arg("PX")
             .arg(ms)
             .query_async(&mut conn)
+            .await
+    }
+}
+
+/// A reservation to settle once the job's result is stored: pipelined with that write, so a
+/// job on the happy path costs two Redis round trips (reserve, then settle + store).
+pub struct Settlement {
+    limiter: Limiter,
+    reservation: Reservation,
+    actual_tokens: u64,
+}
+
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement")
+            .field("reservation", &self.reservation)
+            .field("actual_tokens", &self.actual_tokens)
+            .finish()
+    }
+}
+
+impl Settlement {
+    /// A settlement of `reservation` with the real usage.
+    pub fn new(limiter: Limiter, reservation: Reservation, actual_tokens: u64) -> Self {
+        Self {
+            limiter,
+            reservation,
+            actual_tokens,
+        }
+    }
+
+    /// The command to pipeline, if any.
+    pub fn command(&self) -> Option<redis::Cmd> {
+        self.limiter
+            .finish_command(&self.reservation, Some(self.actual_tokens))
+    }
+
+    /// Settles on its own round trip.
+    pub async fn run(&self) -> redis::RedisResult<()> {
+        self.limiter
+            .finish(&self.reservation, Some(self.actual_tokens))
             .await
     }
 }

@@ -6,7 +6,7 @@
 //! Without limits to keep (one key, no limits, no quota) no Redis call is made.
 
 use crate::config::{Config, LimiterConfig, Limits, PluginQuota, ProviderConfig};
-use crate::limits::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Unit};
+use crate::limits::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Settlement, Unit};
 use crate::providers::{Disposition, ProviderError, ProviderRequest};
 use crate::telemetry;
 use quarry_schemas::{ErrorCode, InputPart};
@@ -212,7 +212,22 @@ impl Admission {
         }
     }
 
-    /// Settles an attempt: tokens reconciled with `actual_tokens`, leases released.
+    /// The settlement of a successful attempt, deferred so that it travels with the result
+    /// store's write (one round trip for both).
+    pub(super) fn defer(
+        &self,
+        provider: &str,
+        admitted: Admitted,
+        actual_tokens: u64,
+    ) -> Option<Settlement> {
+        let (Some(limiter), Some(reservation)) = (&self.limiter, admitted.reservation) else {
+            return None;
+        };
+        telemetry::tokens_actual(provider, actual_tokens, admitted.reserved_tokens);
+        Some(Settlement::new(limiter.clone(), reservation, actual_tokens))
+    }
+
+    /// Settles an attempt now: tokens reconciled with `actual_tokens`, leases released.
     pub(super) async fn settle(&self, provider: &str, admitted: &Admitted, actual_tokens: u64) {
         let (Some(limiter), Some(reservation)) = (&self.limiter, &admitted.reservation) else {
             return;

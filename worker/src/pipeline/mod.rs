@@ -18,7 +18,7 @@ mod admission;
 mod cost;
 
 use crate::config::{Config, Route, Target};
-use crate::limits::Limiter;
+use crate::limits::{Limiter, Settlement};
 use crate::providers::{
     self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
@@ -78,6 +78,8 @@ pub struct Execution {
     /// The limits could not be checked (Redis unavailable): nothing was spent, and the job
     /// must go back to its queue instead of getting this result.
     pub retry_later: bool,
+    /// The limiter reservation to settle together with storing the result.
+    pub settlement: Option<Settlement>,
 }
 
 /// Why a job failed before or instead of producing an answer.
@@ -103,6 +105,8 @@ struct Tally {
     cost: CostTally,
     provider_time: Duration,
     limiter_down: bool,
+    /// The last successful attempt's reservation, settled with the result's write.
+    settlement: Option<Settlement>,
 }
 
 /// One target of the route, as the attempt loop sees it.
@@ -185,6 +189,13 @@ impl Pipeline {
     pub async fn execute(&self, job: Job, plugin: &str, started: Instant) -> Execution {
         let mut tally = Tally::default();
         let outcome = self.run_stages(&job, plugin, &mut tally).await;
+        // A failed job's last settlement cannot wait for the result's write.
+        if outcome.is_err()
+            && let Some(settlement) = tally.settlement.take()
+            && let Err(error) = settlement.run().await
+        {
+            telemetry::redis_error("limiter_finish", &error);
+        }
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut result = JobResult {
             version: ResultVersion::V1,
@@ -232,6 +243,7 @@ impl Pipeline {
             result,
             provider_time: tally.provider_time,
             retry_later: tally.limiter_down,
+            settlement: tally.settlement,
         }
     }
 
@@ -464,6 +476,12 @@ impl Pipeline {
                 ));
             }
             request.timeout = left.map_or(per_attempt, |l| l.min(per_attempt));
+            // An earlier success (answer then rejected: a repair follows) settles now.
+            if let Some(previous) = tally.settlement.take()
+                && let Err(error) = previous.run().await
+            {
+                telemetry::redis_error("limiter_finish", &error);
+            }
             let admitted = match self
                 .admission
                 .admit(
@@ -499,9 +517,11 @@ impl Pipeline {
             tally.provider_time += elapsed;
             let error = match outcome {
                 Ok(response) => {
-                    self.admission
-                        .settle(&target.provider, &admitted, response.usage.total_tokens)
-                        .await;
+                    tally.settlement = self.admission.defer(
+                        &target.provider,
+                        admitted,
+                        response.usage.total_tokens,
+                    );
                     telemetry::provider_attempt(
                         &target.provider,
                         &target.model,
