@@ -430,6 +430,10 @@ pub struct LimiterConfig {
     pub disable_key_secs: u64,
     /// Output tokens reserved for a job without `max_tokens`.
     pub default_output_tokens: u64,
+    /// Per-minute windows last this much longer than 60 s, so that a request reserved at a
+    /// window's edge does not reach the provider inside its own window (network and
+    /// scheduling delay).
+    pub window_margin_ms: u64,
 }
 
 impl Default for LimiterConfig {
@@ -438,6 +442,7 @@ impl Default for LimiterConfig {
             max_inline_wait_ms: 5_000,
             disable_key_secs: 3_600,
             default_output_tokens: 1_024,
+            window_margin_ms: 250,
         }
     }
 }

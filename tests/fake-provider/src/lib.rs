@@ -51,6 +51,9 @@ pub struct FakeConfig {
     pub profile: Profile,
     /// How long a `timeout` fault holds the request (default 5 minutes).
     pub hang: Option<Duration>,
+    /// The provider's own limit: requests per API key in any 60 s. Past it: 429 with the
+    /// Retry-After the real APIs send.
+    pub key_rpm: Option<u64>,
 }
 
 /// Counters of what the server received.
@@ -64,6 +67,9 @@ pub struct Stats {
     peak_in_progress: AtomicU64,
     recorded: Mutex<VecDeque<Recorded>>,
     sightings: Mutex<HashMap<u64, u32>>,
+    /// Per API key: when each accepted request arrived.
+    arrivals: Mutex<HashMap<String, Vec<std::time::Instant>>>,
+    limited: AtomicU64,
 }
 
 /// A snapshot of [`Stats`].
@@ -77,6 +83,8 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     /// Faults injected.
     pub faults: u64,
+    /// 429s sent because a key passed `key_rpm`.
+    pub rate_limited: u64,
     /// Most requests ever being served at the same moment: how much a client keeps in flight.
     pub peak_in_progress: u64,
 }
@@ -100,8 +108,34 @@ impl Stats {
             completions: self.completions.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             faults: self.faults.load(Ordering::Relaxed),
+            rate_limited: self.limited.load(Ordering::Relaxed),
             peak_in_progress: self.peak_in_progress.load(Ordering::Relaxed),
         }
+    }
+
+    /// When each request accepted under `key_rpm` arrived, by API key (in order).
+    pub fn arrivals(&self) -> HashMap<String, Vec<std::time::Instant>> {
+        self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Admits a request of `key` under `rpm` (sliding 60 s), or says how long until it could.
+    fn admit(&self, key: &str, rpm: u64) -> Result<(), Duration> {
+        let Ok(mut arrivals) = self.arrivals.lock() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let times = arrivals.entry(key.to_owned()).or_default();
+        let recent = times
+            .iter()
+            .rev()
+            .take_while(|t| now.duration_since(**t) < Duration::from_secs(60))
+            .count();
+        if (recent as u64) < rpm {
+            times.push(now);
+            return Ok(());
+        }
+        let oldest_in_window = times[times.len() - recent];
+        Err(Duration::from_secs(60).saturating_sub(now.duration_since(oldest_in_window)))
     }
 
     /// The last requests received, oldest first.
@@ -303,6 +337,18 @@ async fn gemini(
     .await
 }
 
+/// The API key a request presents, in whichever header its format uses.
+fn presented_key(headers: &HeaderMap, query_key: Option<&str>) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("x-goog-api-key"))
+        .or(query_key)
+        .unwrap_or("")
+        .to_owned()
+}
+
 fn reply(status: StatusCode, headers: HeaderMap, body: Value) -> Response {
     (status, headers, Json(body)).into_response()
 }
@@ -339,6 +385,18 @@ async fn handle(
         stats.rejected.fetch_add(1, Ordering::Relaxed);
         let (status, headers, body) = format.unauthorised();
         return reply(status, headers, body);
+    }
+    if let Some(rpm) = state.config.key_rpm {
+        let key = presented_key(headers, query_key);
+        if let Err(wait) = stats.admit(&key, rpm) {
+            stats.limited.fetch_add(1, Ordering::Relaxed);
+            let (status, mut headers, body) = format.error(Fault::RateLimit);
+            if let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+            {
+                headers.insert("retry-after", value);
+            }
+            return reply(status, headers, body);
+        }
     }
     let parsed = match request.as_ref().map(|r| format.parse(r, path_model)) {
         Some(Ok(parsed)) => parsed,

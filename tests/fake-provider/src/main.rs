@@ -30,6 +30,9 @@ struct Args {
     /// How long a `timeout` fault holds a request, milliseconds.
     #[arg(long, env = "FAKE_PROVIDER_HANG_MS", default_value_t = 300_000)]
     hang_ms: u64,
+    /// The provider's own limit: requests per API key in any 60 s (429 past it).
+    #[arg(long, env = "FAKE_PROVIDER_KEY_RPM")]
+    key_rpm: Option<u64>,
 }
 
 #[tokio::main]
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         api_key: args.api_key,
         profile: args.faults,
         hang: Some(Duration::from_millis(args.hang_ms)),
+        key_rpm: args.key_rpm,
     };
     let server = serve(listener, config, Arc::new(Stats::default()));
     tokio::select! {

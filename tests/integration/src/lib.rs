@@ -189,9 +189,15 @@ impl Fleet {
 
     /// Starts a `quarry-worker` process and waits for its "worker started" log line.
     pub async fn spawn_process_worker(&self) -> ProcessWorker {
+        self.spawn_process_worker_with("").await
+    }
+
+    /// Like [`Fleet::spawn_process_worker`], with `extra` TOML appended to the fleet's
+    /// worker configuration (more tables, e.g. `[[providers.fake.keys]]`).
+    pub async fn spawn_process_worker_with(&self, extra: &str) -> ProcessWorker {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("worker.toml");
-        std::fs::write(&path, self.worker_toml()).expect("write config");
+        std::fs::write(&path, format!("{}\n{extra}", self.worker_toml())).expect("write config");
         let mut child = Command::new(binary("quarry-worker"))
             .arg("--config")
             .arg(&path)
@@ -365,12 +371,15 @@ pub fn binary(name: &str) -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = profile_dir.join(name);
+    // A test runs from target/<profile>/deps/, a program (quarry-bench) from target/<profile>/.
+    let dir = exe.parent().expect("exe dir");
+    let path = [
+        dir.join(name),
+        dir.parent().map(|d| d.join(name)).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| dir.join(name));
     assert!(
         path.exists(),
         "{} does not exist: run `cargo build --bins` first (scripts/test does), or set {variable}",

@@ -16,7 +16,6 @@
 //! decision in one Redis Cluster slot. Scripts: `reserve.v1.lua`, `finish.v1.lua`, called by
 //! SHA (loaded on first use).
 //!
-//! Not wired into the pipeline yet: see the rate-limit issue.
 
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};

@@ -130,6 +130,9 @@ impl Admission {
         };
         let estimate = estimate_tokens(request, self.config.default_output_tokens);
         let lease = request.timeout + LEASE_MARGIN;
+        // A little longer than the provider's minute: a request reserved at the window's edge
+        // reaches the provider a few milliseconds later.
+        let window = MINUTE + Duration::from_millis(self.config.window_margin_ms);
         let model_limits = keys
             .model_limits
             .get(request.model)
@@ -139,12 +142,13 @@ impl Admission {
             .keys
             .iter()
             .map(|key| {
-                let mut charges = charges_for(&key.candidate, key.limits, estimate, lease);
+                let mut charges = charges_for(&key.candidate, key.limits, estimate, lease, window);
                 charges.extend(charges_for(
                     &format!("{}/{}", key.candidate, request.model),
                     model_limits,
                     estimate,
                     lease,
+                    window,
                 ));
                 Candidate {
                     name: key.candidate.clone(),
@@ -152,7 +156,7 @@ impl Admission {
                 }
             })
             .collect();
-        let shared = plugin_charges(plugin, &quota, estimate);
+        let shared = plugin_charges(plugin, &quota, estimate, window);
         let max_wait = Duration::from_millis(self.config.max_inline_wait_ms);
         loop {
             let id = format!("{:016x}", fastrand::u64(..));
@@ -279,7 +283,13 @@ fn quota_set(quota: &PluginQuota) -> bool {
         || quota.daily_tokens.is_some()
 }
 
-fn charges_for(name: &str, limits: Limits, estimate: u64, lease: Duration) -> Vec<Charge> {
+fn charges_for(
+    name: &str,
+    limits: Limits,
+    estimate: u64,
+    lease: Duration,
+    window: Duration,
+) -> Vec<Charge> {
     let mut out = Vec::new();
     if let Some(limit) = limits.requests_per_minute {
         out.push(Charge {
@@ -287,7 +297,7 @@ fn charges_for(name: &str, limits: Limits, estimate: u64, lease: Duration) -> Ve
                 name: format!("{name}/rpm"),
                 unit: Unit::Requests,
                 limit,
-                window: MINUTE,
+                window,
             },
             cost: 1,
         });
@@ -298,7 +308,7 @@ fn charges_for(name: &str, limits: Limits, estimate: u64, lease: Duration) -> Ve
                 name: format!("{name}/tpm"),
                 unit: Unit::Tokens,
                 limit,
-                window: MINUTE,
+                window,
             },
             cost: estimate.min(limit),
         });
@@ -316,7 +326,12 @@ fn charges_for(name: &str, limits: Limits, estimate: u64, lease: Duration) -> Ve
     out
 }
 
-fn plugin_charges(plugin: &str, quota: &PluginQuota, estimate: u64) -> Vec<Charge> {
+fn plugin_charges(
+    plugin: &str,
+    quota: &PluginQuota,
+    estimate: u64,
+    window: Duration,
+) -> Vec<Charge> {
     let name = format!(
         "plugin/{}",
         if plugin.is_empty() {
@@ -334,6 +349,7 @@ fn plugin_charges(plugin: &str, quota: &PluginQuota, estimate: u64) -> Vec<Charg
         },
         estimate,
         Duration::ZERO,
+        window,
     );
     if let Some(limit) = quota.daily_tokens {
         out.push(Charge {
