@@ -40,12 +40,13 @@ ensure_rust() {
 }
 
 ensure_redis() {
+  # The binary is needed even when a Redis already runs: a test starts a private one.
+  if ! command -v redis-server >/dev/null; then
+    apt_install redis-server || die "redis-server is not installed. Run as root: apt-get update && apt-get install -y redis-server"
+  fi
   if port_open "$REDIS_HOST" "$REDIS_PORT"; then
     say "Redis: running on $REDIS_HOST:$REDIS_PORT"
     return
-  fi
-  if ! command -v redis-server >/dev/null; then
-    apt_install redis-server || die "Redis is not running and not installed. Run as root: apt-get update && apt-get install -y redis-server"
   fi
   say "Redis: starting"
   mkdir -p /tmp/quarry-redis

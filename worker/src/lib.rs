@@ -62,9 +62,16 @@ impl Worker {
 
         let redis_client =
             redis::Client::open(config.redis.url.expose_secret()).context("redis.url")?;
+        // Bounded everything: a Redis that hangs or is gone fails a command within seconds,
+        // and reconnection is retried at most every second.
+        let redis_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
         let redis = tokio::time::timeout(
             Duration::from_secs(10),
-            redis::aio::ConnectionManager::new(redis_client),
+            redis::aio::ConnectionManager::new_with_config(redis_client, redis_config),
         )
         .await
         .context("connecting to Redis timed out")?

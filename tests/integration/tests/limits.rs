@@ -567,3 +567,123 @@ async fn the_happy_path_costs_two_redis_round_trips_per_job() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+/// A private Redis on its own port, so that this test can stop and restart it without
+/// disturbing the other tests.
+struct PrivateRedis {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    async fn start(port: u16) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        within(20, "the private Redis to accept connections", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("Ready to accept connections") {
+                    break;
+                }
+            }
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, port }
+    }
+
+    async fn stop(mut self) -> u16 {
+        self.child.kill().await.unwrap();
+        self.port
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let redis = PrivateRedis::start(port).await;
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    config.redis.url = SecretString::from(format!("redis://127.0.0.1:{port}"));
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.limits = Limits {
+            requests_per_minute: Some(1000),
+            ..Limits::default()
+        };
+    }
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = std::sync::Arc::new(fleet.client().await);
+    let options = quarry_producer::CallOptions {
+        lane: Lane::Interactive,
+        timeout: Duration::from_secs(60),
+    };
+
+    let first = client
+        .extract(text_jobs(1).remove(0), options)
+        .await
+        .unwrap();
+    assert_eq!(first.status, Status::Ok);
+    assert_eq!(fleet.fake.stats.snapshot().requests, 1);
+
+    // Redis goes away. A job arrives: its limits cannot be checked, so it is not sent.
+    let port = redis.stop().await;
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.extract(text_jobs(1).remove(0), options).await })
+    };
+    within(30, "the worker to meet the unavailable limiter", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let scrape = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+            if counter_sum(
+                &scrape,
+                "quarry_limiter_decisions_total",
+                &[("decision", "unavailable")],
+            ) >= 2.0
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        1,
+        "nothing was spent without a limit check"
+    );
+    assert_eq!(
+        http_get(worker.http, "/readyz").await.0,
+        503,
+        "not ready without Redis"
+    );
+
+    // Redis comes back: the job, requeued meanwhile, goes through.
+    let _redis = PrivateRedis::start(port).await;
+    let second = within(60, "the waiting job", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.status, Status::Ok, "{:?}", second.error);
+    assert_eq!(fleet.fake.stats.snapshot().requests, 2);
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
