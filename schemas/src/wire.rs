@@ -20,6 +20,12 @@ pub const HEADER_DEAD_QUEUE: &str = "x-quarry-dead-queue";
 /// Header on a dead-lettered message: the AMQP `user_id` (plugin) that published it.
 pub const HEADER_DEAD_USER: &str = "x-quarry-dead-user";
 
+/// Header on a job a worker deferred through a delay queue: the plugin that published it
+/// (trusted only when the message's `user_id` is the worker's own).
+pub const HEADER_PLUGIN: &str = "x-quarry-plugin";
+/// Header on a deferred job: how many times it was deferred.
+pub const HEADER_DEFERRALS: &str = "x-quarry-deferrals";
+
 /// `content_type` property of jobs and results.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// `type` property of a job message.
@@ -120,6 +126,11 @@ impl Topology {
     /// The queue that keeps dead letters for inspection.
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.namespace)
+    }
+
+    /// A lane's delay queue of `secs` seconds: messages wait there, then return to the lane.
+    pub fn delay_queue(&self, lane: Lane, secs: u64) -> String {
+        format!("{}.delay.{}.{}s", self.namespace, lane.as_str(), secs)
     }
 
     /// The durable reply queue of a batch.

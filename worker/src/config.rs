@@ -434,6 +434,12 @@ pub struct LimiterConfig {
     /// window's edge does not reach the provider inside its own window (network and
     /// scheduling delay).
     pub window_margin_ms: u64,
+    /// Delay queues, in seconds: a job whose limits are full for longer than
+    /// `max_inline_wait_ms` waits in the shortest delay queue at least as long as the wait
+    /// (or the longest), without holding a delivery, then comes back to its lane.
+    pub delay_steps_secs: Vec<u64>,
+    /// Deferrals of one job before it ends `RATE_LIMITED`.
+    pub max_deferrals: u32,
 }
 
 impl Default for LimiterConfig {
@@ -443,6 +449,8 @@ impl Default for LimiterConfig {
             disable_key_secs: 3_600,
             default_output_tokens: 1_024,
             window_margin_ms: 250,
+            delay_steps_secs: vec![5, 30, 120, 600],
+            max_deferrals: 30,
         }
     }
 }
@@ -620,6 +628,12 @@ impl Config {
         }
         if self.worker.max_attempts == 0 {
             return Err(invalid("worker.max_attempts", "must be at least 1".into()));
+        }
+        if self.limits.delay_steps_secs.is_empty() || self.limits.delay_steps_secs.contains(&0) {
+            return Err(invalid(
+                "limits.delay_steps_secs",
+                "must list delays of at least 1 second".into(),
+            ));
         }
         if self.amqp.lanes.is_empty() {
             return Err(invalid("amqp.lanes", "must name at least one lane".into()));

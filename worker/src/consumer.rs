@@ -10,6 +10,7 @@
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
 //! | publishing fails (nack, channel gone)          | the job is nacked and requeued                 |
 
+use crate::amqp::publisher::{header_text, header_u32};
 use crate::amqp::{DeadLetter, PublishError, Publisher};
 use crate::pipeline::Pipeline;
 use crate::result_store::ResultStore;
@@ -18,6 +19,7 @@ use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use quarry_schemas::wire::Lane;
+use quarry_schemas::wire::{HEADER_DEFERRALS, HEADER_PLUGIN, Topology};
 use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -43,6 +45,34 @@ pub struct Shared {
     /// Cancelled when the publishing channel fails: every later job would fail the same way,
     /// so the worker stops (and its supervisor restarts it) instead of spinning on requeues.
     pub fatal: CancellationToken,
+    /// Where long limit waits go.
+    pub deferral: Deferral,
+}
+
+/// Delay queues for jobs whose limits are full for long.
+pub struct Deferral {
+    /// Queue names.
+    pub topology: Topology,
+    /// Delay queue lengths, seconds, ascending.
+    pub steps_secs: Vec<u64>,
+    /// Deferrals of one job before it ends `RATE_LIMITED`.
+    pub max: u32,
+    /// The worker's own AMQP user: a job carrying it as `user_id` was deferred by a worker,
+    /// so its plugin header is trusted.
+    pub worker_user: Option<String>,
+}
+
+impl Deferral {
+    /// The delay queue for a wait: the shortest at least as long, else the longest.
+    fn step_for(&self, wait: std::time::Duration) -> u64 {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        self.steps_secs
+            .iter()
+            .copied()
+            .find(|s| *s >= secs)
+            .or_else(|| self.steps_secs.last().copied())
+            .unwrap_or(1)
+    }
 }
 
 impl Shared {
@@ -142,7 +172,17 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
         dead_letter(shared, "missing_reply_to", &detail, queue, delivery).await?;
         return Ok(());
     };
-    let plugin = properties.user_id().as_ref().map_or("", |u| u.as_str());
+    let user = properties.user_id().as_ref().map(|u| u.as_str());
+    // A job a worker deferred carries the worker's user; its plugin travels in a header.
+    let deferred_by_worker = user.is_some() && user == shared.deferral.worker_user.as_deref();
+    let (plugin_owned, deferrals) = match header_text(properties.headers(), HEADER_PLUGIN) {
+        Some(plugin) if deferred_by_worker => (
+            plugin,
+            header_u32(properties.headers(), HEADER_DEFERRALS).unwrap_or(0),
+        ),
+        _ => (user.unwrap_or("").to_owned(), 0),
+    };
+    let plugin = plugin_owned.as_str();
     let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str());
 
     async move {
@@ -167,6 +207,30 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             // Redis outage does not turn into a hot loop of redeliveries.
             tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
             return Err(PublishError::Requeue);
+        }
+        let mut execution = execution;
+        if let Some(wait) = execution.defer {
+            if deferrals < shared.deferral.max {
+                let step = shared.deferral.step_for(wait);
+                let queue = shared.deferral.topology.delay_queue(lane, step);
+                let worker_user = shared.deferral.worker_user.as_deref();
+                shared
+                    .publisher
+                    .defer(
+                        &queue,
+                        &delivery.data,
+                        properties,
+                        plugin,
+                        deferrals + 1,
+                        worker_user,
+                    )
+                    .await?;
+                telemetry::deferred(lane, step);
+                return Ok(());
+            }
+            if let Some(error) = execution.result.error.as_mut() {
+                error.message = format!("{} (after {deferrals} deferrals)", error.message);
+            }
         }
         let body = encode(&execution.result);
         let (stored, replied) = tokio::join!(

@@ -91,7 +91,12 @@ impl Worker {
             .await
             .context("connecting to RabbitMQ")?;
         let setup = connection.create_channel().await?;
-        amqp::topology::declare(&setup, &topology, config.amqp.delivery_limit)
+        amqp::topology::declare(
+            &setup,
+            &topology,
+            config.amqp.delivery_limit,
+            &config.limits.delay_steps_secs,
+        )
             .await
             .context("declaring the topology (do all workers of this namespace agree on amqp.delivery_limit?)")?;
         let _ = setup.close(200, "topology declared".into()).await;
@@ -108,6 +113,23 @@ impl Worker {
             store: store.clone(),
             lane_queues: Lane::ALL.map(|lane| (lane, topology.lane_queue(lane))),
             fatal: tokio_util::sync::CancellationToken::new(),
+            deferral: consumer::Deferral {
+                topology: topology.clone(),
+                steps_secs: {
+                    let mut steps = config.limits.delay_steps_secs.clone();
+                    steps.sort_unstable();
+                    steps
+                },
+                max: config.limits.max_deferrals,
+                worker_user: config
+                    .amqp
+                    .url
+                    .expose_secret()
+                    .parse::<lapin::uri::AMQPUri>()
+                    .ok()
+                    .map(|uri| uri.authority.userinfo.username)
+                    .filter(|u| !u.is_empty()),
+            },
         });
 
         let mut consumers = Vec::new();

@@ -52,6 +52,8 @@ pub const KEY_COOLDOWNS_TOTAL: &str = "quarry_key_cooldowns_total";
 /// Keys taken out of rotation after the provider rejected them (alert on it), by provider,
 /// key name and code.
 pub const KEY_DISABLED_TOTAL: &str = "quarry_key_disabled_total";
+/// Jobs sent to a delay queue because their limits were full for long, by lane and delay.
+pub const DEFERRED_TOTAL: &str = "quarry_jobs_deferred_total";
 /// Redis round trips, by operation (a pipeline is one).
 pub const REDIS_ROUND_TRIPS_TOTAL: &str = "quarry_redis_round_trips_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
@@ -328,4 +330,15 @@ pub fn key_disabled(provider: &str, key: &str, code: quarry_schemas::ErrorCode) 
 /// One Redis round trip.
 pub fn redis_round_trip(operation: &'static str) {
     counter!(REDIS_ROUND_TRIPS_TOTAL, "operation" => operation).increment(1);
+}
+
+/// A job went to a delay queue.
+pub fn deferred(lane: Lane, delay_secs: u64) {
+    let delay = match delay_secs {
+        0..=9 => "under_10s",
+        10..=59 => "under_1m",
+        60..=599 => "under_10m",
+        _ => "10m_or_more",
+    };
+    counter!(DEFERRED_TOTAL, "lane" => lane.as_str(), "delay" => delay).increment(1);
 }

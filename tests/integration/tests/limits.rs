@@ -687,3 +687,53 @@ async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_goes_through_the_delay_queue_not_a_held_delivery() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    config.limits.max_inline_wait_ms = 0;
+    config.limits.delay_steps_secs = vec![1];
+    config.limits.max_deferrals = 3;
+    config.plugins.insert(
+        "guest".into(),
+        PluginQuota {
+            requests_per_minute: Some(2),
+            ..PluginQuota::default()
+        },
+    );
+    let worker = fleet.spawn_task_worker(config).await;
+    let started = std::time::Instant::now();
+    let results = run_all(&fleet, text_jobs(3)).await;
+    let ok = results.iter().filter(|r| r.status == Status::Ok).count();
+    assert_eq!(ok, 2, "the quota serves two");
+    let limited = results.iter().find(|r| r.status != Status::Ok).unwrap();
+    let error = limited.error.as_ref().unwrap();
+    assert_eq!(error.code, ErrorCode::RateLimited);
+    assert!(
+        error.message.contains("after 3 deferrals"),
+        "{}",
+        error.message
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "three 1 s stays in the delay queue"
+    );
+    let scrape = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    assert_eq!(
+        counter_sum(&scrape, "quarry_jobs_deferred_total", &[("lane", "batch")]),
+        3.0
+    );
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        2,
+        "the deferred job never reached the provider"
+    );
+    worker.stop().await.unwrap();
+    let topology = fleet.topology();
+    let delay_queues: Vec<String> = [Lane::Interactive, Lane::Batch]
+        .iter()
+        .map(|&l| topology.delay_queue(l, 1))
+        .collect();
+    fleet.teardown(&delay_queues).await;
+}

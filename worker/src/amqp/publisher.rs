@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
-    MESSAGE_TYPE_RESULT, Topology,
+    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_RESULT, Topology,
 };
 
 /// Persistent delivery mode.
@@ -180,6 +180,76 @@ impl Publisher {
             }
             Confirmation::Nack(_) => Err(PublishError::Nacked),
         }
+    }
+}
+
+impl Publisher {
+    /// Republishes a job to a delay queue (persistent, mandatory, confirmed), recording the
+    /// plugin and the deferral count in headers. The worker's own `user_id` goes on it, so the
+    /// plugin header can be trusted when the job comes back.
+    pub async fn defer(
+        &self,
+        queue: &str,
+        body: &[u8],
+        original: &BasicProperties,
+        plugin: &str,
+        deferrals: u32,
+        worker_user: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let mut headers = original.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(HEADER_PLUGIN),
+            AMQPValue::LongString(LongString::from(plugin)),
+        );
+        headers.insert(
+            ShortString::from(HEADER_DEFERRALS),
+            AMQPValue::LongUInt(deferrals),
+        );
+        let mut properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_delivery_mode(PERSISTENT);
+        if let Some(v) = original.content_type() {
+            properties = properties.with_content_type(v.clone());
+        }
+        if let Some(v) = original.correlation_id() {
+            properties = properties.with_correlation_id(v.clone());
+        }
+        if let Some(v) = original.reply_to() {
+            properties = properties.with_reply_to(v.clone());
+        }
+        if let Some(v) = original.message_id() {
+            properties = properties.with_message_id(v.clone());
+        }
+        if let Some(v) = original.kind() {
+            properties = properties.with_type(v.clone());
+        }
+        if let Some(user) = worker_user {
+            properties = properties.with_user_id(user.into());
+        }
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish("".into(), queue.into(), options, body, properties)
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => Err(PublishError::Nacked),
+        }
+    }
+}
+
+/// Reads a header as a number.
+pub fn header_u32(headers: &Option<FieldTable>, name: &str) -> Option<u32> {
+    match headers.as_ref()?.inner().get(name)? {
+        AMQPValue::LongUInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+        _ => None,
     }
 }
 

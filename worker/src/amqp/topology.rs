@@ -3,6 +3,7 @@
 //! ```text
 //! {ns}.jobs (direct) --lane--> {ns}.jobs.{lane}  quorum, x-delivery-limit, DLX {ns}.dead
 //! {ns}.dead (fanout) --------> {ns}.dead         quorum
+//! {ns}.delay.{lane}.{secs}s     classic, x-message-ttl, dead-letters back to {ns}.jobs/{lane}
 //! ```
 //! Declaring an existing queue with other arguments fails with PRECONDITION_FAILED: all
 //! workers of one namespace must agree on `amqp.delivery_limit`.
@@ -17,6 +18,7 @@ pub async fn declare(
     channel: &Channel,
     topology: &Topology,
     delivery_limit: u32,
+    delay_steps_secs: &[u64],
 ) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -78,6 +80,32 @@ pub async fn declare(
                 FieldTable::default(),
             )
             .await?;
+    }
+    for lane in Lane::ALL {
+        for &secs in delay_steps_secs {
+            let mut args = FieldTable::default();
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString(LongString::from("classic")),
+            );
+            args.insert(
+                ShortString::from("x-message-ttl"),
+                AMQPValue::LongLongInt(
+                    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+                ),
+            );
+            args.insert(
+                ShortString::from("x-dead-letter-exchange"),
+                AMQPValue::LongString(LongString::from(topology.jobs_exchange())),
+            );
+            args.insert(
+                ShortString::from("x-dead-letter-routing-key"),
+                AMQPValue::LongString(LongString::from(lane.as_str())),
+            );
+            channel
+                .queue_declare(topology.delay_queue(lane, secs).into(), queue_options, args)
+                .await?;
+        }
     }
     Ok(())
 }

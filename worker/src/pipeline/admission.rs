@@ -88,6 +88,10 @@ pub(super) enum Refused {
     Job(ProviderError),
     /// Redis did not answer: the limits cannot be checked, so nothing is spent.
     Unavailable,
+    /// The limits are full for longer than the worker waits inline, and the job's deadline
+    /// allows waiting: it should wait in a delay queue. Carries the error to report if it
+    /// cannot.
+    Defer(Duration, ProviderError),
 }
 
 /// Limits, quotas and the key pool.
@@ -186,14 +190,18 @@ impl Admission {
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     if wait > max_wait || left.is_some_and(|l| wait >= l) {
                         telemetry::limiter_decision(provider, "rejected");
-                        return Err(Refused::Job(ProviderError::retry(
+                        let error = ProviderError::retry(
                             ErrorCode::RateLimited,
                             Some(wait),
                             format!(
                                 "the limits of `{provider}` are full for the next {} ms",
                                 wait.as_millis()
                             ),
-                        )));
+                        );
+                        if left.is_some_and(|l| wait >= l) {
+                            return Err(Refused::Job(error));
+                        }
+                        return Err(Refused::Defer(wait, error));
                     }
                     telemetry::limiter_wait(provider, wait);
                     tokio::time::sleep(wait).await;

@@ -80,6 +80,9 @@ pub struct Execution {
     pub retry_later: bool,
     /// The limiter reservation to settle together with storing the result.
     pub settlement: Option<Settlement>,
+    /// The job should wait this long in a delay queue rather than get this result
+    /// (`RATE_LIMITED`, which it gets when it cannot be deferred any more).
+    pub defer: Option<Duration>,
 }
 
 /// Why a job failed before or instead of producing an answer.
@@ -107,6 +110,8 @@ struct Tally {
     limiter_down: bool,
     /// The last successful attempt's reservation, settled with the result's write.
     settlement: Option<Settlement>,
+    /// The limits asked for a wait too long to hold the delivery.
+    defer: Option<Duration>,
 }
 
 /// One target of the route, as the attempt loop sees it.
@@ -244,6 +249,7 @@ impl Pipeline {
             provider_time: tally.provider_time,
             retry_later: tally.limiter_down,
             settlement: tally.settlement,
+            defer: tally.defer,
         }
     }
 
@@ -495,6 +501,13 @@ impl Pipeline {
             {
                 Ok(admitted) => admitted,
                 Err(Refused::Job(error)) => return Err(error),
+                Err(Refused::Defer(wait, error)) => {
+                    // Only a job that spent nothing yet is worth re-running later.
+                    if tally.attempts == 0 {
+                        tally.defer = Some(wait);
+                    }
+                    return Err(error);
+                }
                 Err(Refused::Unavailable) => {
                     tally.limiter_down = true;
                     return Err(ProviderError::retry(
