@@ -335,6 +335,12 @@ base_url = "{fake}"
         let topology = self.topology();
         let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
         queues.push(topology.dead_queue());
+        // The workers' delay queues: the default steps, and the 1 s step tests use.
+        for lane in Lane::ALL {
+            for secs in [1, 5, 30, 120, 600] {
+                queues.push(topology.delay_queue(lane, secs));
+            }
+        }
         queues.extend(extra_queues.iter().cloned());
         for queue in queues {
             let _ = channel

@@ -387,6 +387,7 @@ async fn a_requests_limit_holds_across_two_workers() {
     let fleet = Fleet::start(FakeConfig::default()).await;
     let mut config = fleet.worker_config();
     config.limits.max_inline_wait_ms = 0;
+    config.limits.max_deferrals = 0;
     if let Some(fake) = config.providers.get_mut("fake") {
         fake.limits = Limits {
             requests_per_minute: Some(20),
