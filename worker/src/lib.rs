@@ -200,6 +200,16 @@ impl Worker {
             consumer.map(move |delivery| (lane, delivery))
         });
         let mut deliveries = futures::stream::select_all(streams);
+        let reporter = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    shared.pipeline.report_keys().await;
+                }
+            })
+        };
         let mut upkeep = tokio::time::interval(Duration::from_secs(5));
         tokio::pin!(shutdown);
 
@@ -225,6 +235,7 @@ impl Worker {
             }
         };
 
+        reporter.abort();
         health.consuming.store(false, Ordering::Relaxed);
         tracing::info!(
             in_flight = tracker.len(),

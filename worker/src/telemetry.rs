@@ -54,6 +54,11 @@ pub const KEY_COOLDOWNS_TOTAL: &str = "quarry_key_cooldowns_total";
 pub const KEY_DISABLED_TOTAL: &str = "quarry_key_disabled_total";
 /// Jobs sent to a delay queue because their limits were full for long, by lane and delay.
 pub const DEFERRED_TOTAL: &str = "quarry_jobs_deferred_total";
+/// Each key's state: 1 for its current state (`available`, `cooling`, `disabled`), 0 for the
+/// others, by provider and key name.
+pub const KEY_STATE: &str = "quarry_key_state";
+/// What is left of a key's per-minute limits now, by provider, key name and unit.
+pub const KEY_REMAINING: &str = "quarry_key_remaining";
 /// Redis round trips, by operation (a pipeline is one).
 pub const REDIS_ROUND_TRIPS_TOTAL: &str = "quarry_redis_round_trips_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
@@ -341,4 +346,26 @@ pub fn deferred(lane: Lane, delay_secs: u64) {
         _ => "10m_or_more",
     };
     counter!(DEFERRED_TOTAL, "lane" => lane.as_str(), "delay" => delay).increment(1);
+}
+
+/// A key's state and what is left of its per-minute limits.
+pub fn key_state(
+    provider: &str,
+    key: &str,
+    state: &'static str,
+    requests_left: Option<u64>,
+    tokens_left: Option<u64>,
+) {
+    for s in ["available", "cooling", "disabled"] {
+        gauge!(KEY_STATE, "provider" => provider.to_owned(), "key" => key.to_owned(), "state" => s)
+            .set(if s == state { 1.0 } else { 0.0 });
+    }
+    if let Some(left) = requests_left {
+        gauge!(KEY_REMAINING, "provider" => provider.to_owned(), "key" => key.to_owned(), "unit" => "requests_per_minute")
+            .set(left as f64);
+    }
+    if let Some(left) = tokens_left {
+        gauge!(KEY_REMAINING, "provider" => provider.to_owned(), "key" => key.to_owned(), "unit" => "tokens_per_minute")
+            .set(left as f64);
+    }
 }

@@ -456,6 +456,28 @@ async fn a_rejected_key_leaves_rotation_and_the_others_serve() {
             .contains("sk-revoked"),
         "no secret in metrics"
     );
+    // The key-state gauges catch up within a reporting period (5 s).
+    within(20, "the revoked key to show as disabled", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let scrape = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+            let disabled = counter_sum(
+                &scrape,
+                "quarry_key_state",
+                &[("key", "revoked"), ("state", "disabled")],
+            );
+            let good = counter_sum(
+                &scrape,
+                "quarry_key_state",
+                &[("key", "good"), ("state", "available")],
+            );
+            if disabled == 1.0 && good == 1.0 {
+                break;
+            }
+        }
+    })
+    .await;
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 const RESERVE: &str = include_str!("reserve.v1.lua");
 const FINISH: &str = include_str!("finish.v1.lua");
+const STATUS: &str = include_str!("status.v1.lua");
 
 /// What a bucket counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,18 @@ pub struct Limiter {
     prefix: String,
     reserve: std::sync::Arc<redis::Script>,
     finish: std::sync::Arc<redis::Script>,
+    status: std::sync::Arc<redis::Script>,
+}
+
+/// A candidate's state, for gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateStatus {
+    /// Cooling down for this long (zero: not cooling).
+    pub cooling: Duration,
+    /// Out of rotation.
+    pub disabled: bool,
+    /// Units used in the current window of each window bucket, in the order given.
+    pub used: Vec<u64>,
 }
 
 impl Limiter {
@@ -130,6 +143,7 @@ impl Limiter {
             prefix: prefix.into(),
             reserve: std::sync::Arc::new(redis::Script::new(RESERVE)),
             finish: std::sync::Arc::new(redis::Script::new(FINISH)),
+            status: std::sync::Arc::new(redis::Script::new(STATUS)),
         }
     }
 
@@ -294,6 +308,46 @@ impl Limiter {
             }
         }
         (!spec.is_empty()).then(|| (keys, Value::Array(spec).to_string()))
+    }
+
+    /// The state of candidates: cooling, disabled, and the use of their window buckets
+    /// (`(name, window)` pairs, per candidate).
+    pub async fn status(
+        &self,
+        candidates: &[(String, Vec<(String, Duration)>)],
+    ) -> redis::RedisResult<Vec<CandidateStatus>> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut spec = Vec::new();
+        for (name, windows) in candidates {
+            keys.push(self.key(name, "cool"));
+            let cool = keys.len();
+            keys.push(self.key(name, "disabled"));
+            let disabled = keys.len();
+            let windows: Vec<Value> = windows
+                .iter()
+                .map(|(bucket, window)| {
+                    keys.push(self.key(bucket, "z"));
+                    keys.push(self.key(bucket, "h"));
+                    json!({"z": keys.len() - 1, "h": keys.len(), "window_ms": window.as_millis() as u64})
+                })
+                .collect();
+            spec.push(json!({"cool": cool, "disabled": disabled, "windows": windows}));
+        }
+        let mut invocation = self.status.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(Value::Array(spec).to_string());
+        let mut conn = self.redis.clone();
+        let rows: Vec<Vec<i64>> = invocation.invoke_async(&mut conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| CandidateStatus {
+                cooling: Duration::from_millis(row.first().copied().unwrap_or(0).max(0) as u64),
+                disabled: row.get(1).copied().unwrap_or(0) == 1,
+                used: row.iter().skip(2).map(|v| (*v).max(0) as u64).collect(),
+            })
+            .collect())
     }
 
     /// Cools a candidate down (after a 429) for `period`.

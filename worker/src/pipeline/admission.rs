@@ -251,6 +251,53 @@ impl Admission {
         }
     }
 
+    /// Publishes each key's state (available, cooling, disabled) and what is left of its
+    /// per-minute limits as gauges.
+    pub(super) async fn report(&self, provider: &str, keys: &Keys) {
+        let Some(limiter) = &self.limiter else { return };
+        if !keys.limited() {
+            return;
+        }
+        let window = MINUTE + Duration::from_millis(self.config.window_margin_ms);
+        let request: Vec<(String, Vec<(String, Duration)>)> = keys
+            .keys
+            .iter()
+            .map(|k| {
+                let windows = vec![
+                    (format!("{}/rpm", k.candidate), window),
+                    (format!("{}/tpm", k.candidate), window),
+                ];
+                (k.candidate.clone(), windows)
+            })
+            .collect();
+        match limiter.status(&request).await {
+            Ok(states) => {
+                for (key, state) in keys.keys.iter().zip(states) {
+                    let now = if state.disabled {
+                        "disabled"
+                    } else if !state.cooling.is_zero() {
+                        "cooling"
+                    } else {
+                        "available"
+                    };
+                    let used = |i: usize| state.used.get(i).copied().unwrap_or(0);
+                    telemetry::key_state(
+                        provider,
+                        &key.label,
+                        now,
+                        key.limits
+                            .requests_per_minute
+                            .map(|l| l.saturating_sub(used(0))),
+                        key.limits
+                            .tokens_per_minute
+                            .map(|l| l.saturating_sub(used(1))),
+                    );
+                }
+            }
+            Err(error) => telemetry::redis_error("limiter_status", &error),
+        }
+    }
+
     /// Acts on a failed attempt: a 429 cools the key down, a rejected key leaves rotation.
     pub(super) async fn after_failure(
         &self,

@@ -189,6 +189,13 @@ impl Pipeline {
         self
     }
 
+    /// Refreshes the key-state and remaining-limit gauges of every provider's keys.
+    pub async fn report_keys(&self) {
+        for (name, entry) in &self.providers {
+            self.admission.report(name, &entry.keys).await;
+        }
+    }
+
     /// Runs a job to its result. Never fails: every failure is a result with an error.
     /// `plugin` (the publishing AMQP user) labels the cost metric.
     pub async fn execute(&self, job: Job, plugin: &str, started: Instant) -> Execution {
