@@ -141,24 +141,7 @@ impl Publisher {
         if let Some(user) = original.user_id() {
             headers.insert(ShortString::from(HEADER_DEAD_USER), text(user.as_str()));
         }
-        let mut properties = BasicProperties::default()
-            .with_headers(headers)
-            .with_delivery_mode(PERSISTENT);
-        if let Some(v) = original.content_type() {
-            properties = properties.with_content_type(v.clone());
-        }
-        if let Some(v) = original.correlation_id() {
-            properties = properties.with_correlation_id(v.clone());
-        }
-        if let Some(v) = original.reply_to() {
-            properties = properties.with_reply_to(v.clone());
-        }
-        if let Some(v) = original.message_id() {
-            properties = properties.with_message_id(v.clone());
-        }
-        if let Some(v) = original.kind() {
-            properties = properties.with_type(v.clone());
-        }
+        let mut properties = republished(original, headers);
         if let Some(v) = original.timestamp() {
             properties = properties.with_timestamp(*v);
         }
@@ -205,24 +188,7 @@ impl Publisher {
             ShortString::from(HEADER_DEFERRALS),
             AMQPValue::LongUInt(deferrals),
         );
-        let mut properties = BasicProperties::default()
-            .with_headers(headers)
-            .with_delivery_mode(PERSISTENT);
-        if let Some(v) = original.content_type() {
-            properties = properties.with_content_type(v.clone());
-        }
-        if let Some(v) = original.correlation_id() {
-            properties = properties.with_correlation_id(v.clone());
-        }
-        if let Some(v) = original.reply_to() {
-            properties = properties.with_reply_to(v.clone());
-        }
-        if let Some(v) = original.message_id() {
-            properties = properties.with_message_id(v.clone());
-        }
-        if let Some(v) = original.kind() {
-            properties = properties.with_type(v.clone());
-        }
+        let mut properties = republished(original, headers);
         if let Some(user) = worker_user {
             properties = properties.with_user_id(user.into());
         }
@@ -240,6 +206,31 @@ impl Publisher {
             Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => Err(PublishError::Nacked),
         }
     }
+}
+
+/// Fresh, persistent properties for a message republished by the worker: the original's
+/// identification and reply address, and `headers`; never its `user_id` (the broker refuses
+/// one that is not the publishing connection's user).
+fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        properties = properties.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    properties
 }
 
 /// Reads a header as a number.
