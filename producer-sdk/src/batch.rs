@@ -7,7 +7,7 @@
 //! producer loses nothing. A job's result is handed over once even if the fleet delivers it
 //! twice (at-least-once delivery); the extra copy is acknowledged and counted.
 
-use crate::publish::{send, settle};
+use crate::publish::{connection_lost, publish_confirmed};
 use crate::{Client, Error};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -57,8 +57,13 @@ pub struct BatchItem {
 impl BatchItem {
     /// Removes the result from the batch's reply queue.
     pub async fn ack(self) -> Result<(), Error> {
-        self.delivery.ack(BasicAckOptions::default()).await?;
-        Ok(())
+        match self.delivery.ack(BasicAckOptions::default()).await {
+            Ok(_) => Ok(()),
+            // The connection was lost after the hand-over: the broker delivers the result
+            // again and this stream drops that copy as a duplicate.
+            Err(error) if connection_lost(&error) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
@@ -122,7 +127,13 @@ where
     replies
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    let reply_queue = topology.batch_reply_queue(batch_id);
+    let reply_queue = topology.batch_reply_queue(
+        client
+            .user_id
+            .as_deref()
+            .unwrap_or(crate::client::ANONYMOUS),
+        batch_id,
+    );
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-queue-type"),
@@ -214,18 +225,24 @@ impl Driver {
                 () = std::future::ready(()), if can_publish => {
                     let Some(mut job) = next_job.take() else { continue };
                     job.batch_id = Some(self.batch_id.clone());
-                    let confirm = send(&self.publish, &self.exchange, lane, &job, &self.reply_queue, self.user_id.as_deref())
-                        .await
-                        .map_err(fail)?;
-                    let job_id = job.id;
-                    pending.insert(job_id.clone());
-                    confirms.push(confirmed(confirm, job_id, lane));
+                    job.check().map_err(|source| fail(Error::InvalidJob { job_id: job.id.clone(), source }))?;
+                    pending.insert(job.id.clone());
+                    let (channel, exchange, reply_queue, user_id) = (self.publish.clone(), self.exchange.clone(), self.reply_queue.clone(), self.user_id.clone());
+                    confirms.push(async move {
+                        publish_confirmed(&channel, &exchange, lane, &job, &reply_queue, user_id.as_deref()).await
+                    });
                     next_job = jobs.next();
                 }
                 next = tokio::time::timeout(idle, consumer.next()) => {
                     let delivery = match next {
                         Err(_) => return Err(fail(Error::Idle { idle, pending: pending.len() })),
                         Ok(None) => return Err(fail(Error::Closed)),
+                        Ok(Some(Err(e))) if connection_lost(&e) => {
+                            // Recovery replays the consumer; unacknowledged results come again
+                            // and are handed over once.
+                            tracing::warn!(error = %e, queue = %self.reply_queue, "batch consumer lost its connection; recovering");
+                            continue;
+                        }
                         Ok(Some(Err(e))) => return Err(fail(Error::Amqp(e))),
                         Ok(Some(Ok(delivery))) => delivery,
                     };
@@ -251,14 +268,6 @@ impl Driver {
         }
         Ok(())
     }
-}
-
-async fn confirmed(
-    confirm: lapin::PublisherConfirm,
-    job_id: String,
-    lane: Lane,
-) -> Result<(), Error> {
-    settle(confirm.await?, &job_id, lane)
 }
 
 /// Closes a channel; one that is already closing or closed counts as closed.

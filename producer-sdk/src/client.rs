@@ -1,6 +1,6 @@
 //! The connection, single calls, and the reply router for them.
 
-use crate::publish::{send, settle};
+use crate::publish::{connection_lost, publish_confirmed};
 use crate::{BatchOptions, BatchStream, Error};
 use futures::StreamExt;
 use lapin::options::{
@@ -53,6 +53,11 @@ impl Default for CallOptions {
     }
 }
 
+/// Reconnection tries after a lost connection (about five minutes at 5 s apart).
+const RECOVERY_TRIES: usize = 60;
+/// The user part of reply-queue names when the URL names no user.
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>;
 
 /// A producer's connection to the fleet. Cheap to share behind an `Arc`; every method takes
@@ -78,8 +83,17 @@ impl Client {
         let uri: AMQPUri = url.parse().map_err(|e: String| Error::Url(e))?;
         // The broker checks `user_id` against the login: it is the plugin's identity.
         let user_id = Some(uri.authority.userinfo.username.clone()).filter(|u| !u.is_empty());
-        let properties =
-            ConnectionProperties::default().with_connection_name(options.connection_name.into());
+        // Auto-recovery: after a lost connection lapin reconnects (up to 5 s between tries,
+        // for about five minutes) and replays channels, confirm mode, queues and consumers.
+        let properties = ConnectionProperties::default()
+            .with_connection_name(options.connection_name.into())
+            .enable_auto_recover()
+            .configure_backoff(|b| {
+                b.with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .with_max_times(RECOVERY_TRIES)
+            });
         let connection = Connection::connect_uri(uri, properties)
             .await
             .map_err(Error::Connect)?;
@@ -119,10 +133,18 @@ impl Client {
             auto_delete: true,
             ..QueueDeclareOptions::default()
         };
+        // A name of our own (not server-named), so that recovery declares the same queue again.
+        let reply_queue = topology.private_reply_queue(
+            user_id.as_deref().unwrap_or(ANONYMOUS),
+            &uuid::Uuid::now_v7().simple().to_string(),
+        );
         let queue = replies
-            .queue_declare("".into(), exclusive, FieldTable::default())
+            .queue_declare(
+                reply_queue.as_str().into(),
+                exclusive,
+                FieldTable::default(),
+            )
             .await?;
-        let reply_queue = queue.name().as_str().to_owned();
         let consumer = replies
             .basic_consume(
                 queue.name().clone(),
@@ -167,7 +189,7 @@ impl Client {
         options: CallOptions,
         rx: oneshot::Receiver<JobResult>,
     ) -> Result<JobResult, Error> {
-        let confirm = send(
+        publish_confirmed(
             &self.channel,
             &self.topology.jobs_exchange(),
             options.lane,
@@ -176,7 +198,6 @@ impl Client {
             self.user_id.as_deref(),
         )
         .await?;
-        settle(confirm.await?, &job.id, options.lane)?;
         match tokio::time::timeout(options.timeout, rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Closed),
@@ -190,7 +211,7 @@ impl Client {
     /// Publishes one job without waiting for its result; the result goes to `reply_to`.
     /// Returns once the broker confirmed the job.
     pub async fn publish(&self, job: &Job, lane: Lane, reply_to: &str) -> Result<(), Error> {
-        let confirm = send(
+        publish_confirmed(
             &self.channel,
             &self.topology.jobs_exchange(),
             lane,
@@ -198,8 +219,7 @@ impl Client {
             reply_to,
             self.user_id.as_deref(),
         )
-        .await?;
-        settle(confirm.await?, &job.id, lane)
+        .await
     }
 
     /// Runs a batch: publishes `jobs` with at most `options.max_in_flight` outstanding and
@@ -274,7 +294,18 @@ impl Client {
 }
 
 async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
-    while let Some(Ok(delivery)) = consumer.next().await {
+    while let Some(next) = consumer.next().await {
+        let delivery = match next {
+            Ok(delivery) => delivery,
+            Err(error) if connection_lost(&error) => {
+                tracing::warn!(%error, "reply consumer lost its connection; recovering");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reply consumer stopped");
+                break;
+            }
+        };
         match serde_json::from_slice::<JobResult>(&delivery.data) {
             Ok(result) => {
                 let waiter = pending
@@ -296,7 +327,9 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
         }
         if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, "could not ack a reply");
-            break;
+            if !connection_lost(&error) {
+                break;
+            }
         }
     }
 }

@@ -69,3 +69,35 @@ pub(crate) fn settle(confirmation: Confirmation, job_id: &str, lane: Lane) -> Re
         }),
     }
 }
+
+/// Whether `error` is a lost connection that auto-recovery is repairing (as opposed to the
+/// broker refusing what was asked, which would fail the same way again).
+pub(crate) fn connection_lost(error: &lapin::Error) -> bool {
+    error.can_be_recovered() && !error.is_amqp_soft_error()
+}
+
+/// Publishes one job and waits for its confirm. A publish cut off by a lost connection is
+/// made again once the connection is recovered (the job id makes a second copy harmless:
+/// workers run a job id once); when recovery gives up, the error is returned.
+pub(crate) async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    lane: Lane,
+    job: &Job,
+    reply_to: &str,
+    user_id: Option<&str>,
+) -> Result<(), Error> {
+    loop {
+        let attempt = async {
+            let confirm = send(channel, exchange, lane, job, reply_to, user_id).await?;
+            settle(confirm.await?, &job.id, lane)
+        };
+        match attempt.await {
+            Err(Error::Amqp(error)) if connection_lost(&error) => {
+                tracing::warn!(%error, job_id = %job.id, "connection lost while publishing; publishing again once it is back");
+                channel.wait_for_recovery(error).await?;
+            }
+            other => return other,
+        }
+    }
+}

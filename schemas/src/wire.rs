@@ -133,9 +133,15 @@ impl Topology {
         format!("{}.delay.{}.{}s", self.namespace, lane.as_str(), secs)
     }
 
-    /// The durable reply queue of a batch.
-    pub fn batch_reply_queue(&self, batch_id: &str) -> String {
-        format!("{}.replies.{}", self.namespace, batch_id)
+    /// The durable reply queue of a batch of `user` (the publishing AMQP user): the user is
+    /// in the name so that broker permissions can give each plugin only its own queues.
+    pub fn batch_reply_queue(&self, user: &str, batch_id: &str) -> String {
+        format!("{}.replies.{user}.{batch_id}", self.namespace)
+    }
+
+    /// The private (exclusive) reply queue of one client connection of `user`.
+    pub fn private_reply_queue(&self, user: &str, connection_id: &str) -> String {
+        format!("{}.replies.{user}.rpc-{connection_id}", self.namespace)
     }
 }
 

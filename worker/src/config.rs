@@ -69,6 +69,10 @@ pub struct AmqpConfig {
     pub lanes: Vec<Lane>,
     /// Deliveries of one job before the broker dead-letters it (quorum `x-delivery-limit`).
     pub delivery_limit: u32,
+    /// At start, keep trying to reach the broker this long before giving up, seconds. Once
+    /// connected, a lost connection is recovered without limit (consumers resume by
+    /// themselves) while `/readyz` answers 503.
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for AmqpConfig {
@@ -78,6 +82,7 @@ impl Default for AmqpConfig {
             namespace: quarry_schemas::wire::DEFAULT_NAMESPACE.to_owned(),
             lanes: Lane::ALL.to_vec(),
             delivery_limit: 5,
+            connect_timeout_secs: 60,
         }
     }
 }
@@ -118,6 +123,9 @@ pub struct WorkerConfig {
     pub retry_max_ms: u64,
     /// On shutdown, how long in-flight jobs may take to finish, seconds.
     pub shutdown_grace_secs: u64,
+    /// Lifetime of a job's claim in Redis, seconds. The holder extends it every third of this
+    /// while it works; a crashed worker's jobs can start elsewhere once it lapses.
+    pub claim_ttl_secs: u64,
     /// Repair requests after an answer that is not JSON or breaks the schema (0 = none).
     pub repair_attempts: u32,
     /// Largest image a job may carry, in decoded bytes.
@@ -134,6 +142,7 @@ impl Default for WorkerConfig {
             retry_base_ms: 200,
             retry_max_ms: 10_000,
             shutdown_grace_secs: 30,
+            claim_ttl_secs: 15,
             repair_attempts: 2,
             max_image_bytes: 20 * 1024 * 1024,
             max_images: 16,

@@ -5,15 +5,17 @@
 //! |------------------------------------------------|------------------------------------------------|
 //! | not a `job.v1` (bad JSON, wrong types, ...)    | dead-lettered `undecodable`; if it has `reply_to` and `correlation_id`, also an `INVALID_REQUEST` result |
 //! | a job without `reply_to`                       | dead-lettered `missing_reply_to`                |
-//! | a redelivered job whose result is stored       | the stored result is published again           |
-//! | any other job                                  | the pipeline's result is stored and published  |
+//! | a job whose result is stored (a redelivery)    | the stored result is published again           |
+//! | a job another delivery holds the claim of      | it waits in a delay queue, then is checked again |
+//! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
 //! | publishing fails (nack, channel gone)          | the job is nacked and requeued                 |
+//! | the connection is lost (being recovered)       | nothing: the broker redelivers the job, which answers from the store |
 
 use crate::amqp::publisher::{header_text, header_u32};
 use crate::amqp::{DeadLetter, PublishError, Publisher};
 use crate::pipeline::Pipeline;
-use crate::result_store::ResultStore;
+use crate::result_store::{Claim, ClaimGuard, ResultStore};
 use crate::telemetry;
 use futures::FutureExt;
 use lapin::message::Delivery;
@@ -63,6 +65,11 @@ pub struct Deferral {
 }
 
 impl Deferral {
+    /// The shortest delay queue.
+    fn shortest(&self) -> u64 {
+        self.steps_secs.first().copied().unwrap_or(1)
+    }
+
     /// The delay queue for a wait: the shortest at least as long, else the longest.
     fn step_for(&self, wait: std::time::Duration) -> u64 {
         let secs = wait.as_secs_f64().ceil() as u64;
@@ -94,6 +101,16 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
         .await;
     let settled = match outcome {
         Ok(Ok(())) => delivery.ack(BasicAckOptions::default()).await,
+        Ok(Err(PublishError::Amqp(error))) if connection_lost(&error) => {
+            // The connection is being recovered: this delivery is void and the broker gives
+            // the job out again (its result, if any, is in the store).
+            tracing::warn!(%error, "connection lost while answering a job; it will be redelivered");
+            if delivery.acker.usable() {
+                requeue(&delivery).await
+            } else {
+                Ok(false)
+            }
+        }
         Ok(Err(error)) => {
             if !matches!(error, PublishError::Requeue) {
                 tracing::error!(%error, "could not answer the job; requeueing it");
@@ -114,6 +131,13 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
         tracing::warn!(%error, "could not settle a delivery");
     }
     telemetry::in_flight(-1.0);
+}
+
+/// The connection failed (and is being recovered), as opposed to the broker refusing what
+/// this worker did (a channel error such as a missing exchange, which would repeat for every
+/// job and stops the worker).
+fn connection_lost(error: &lapin::Error) -> bool {
+    error.can_be_recovered() && !error.is_amqp_soft_error()
 }
 
 async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
@@ -186,25 +210,63 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
     let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str());
 
     async move {
-        if delivery.redelivered {
-            match shared.store.get(plugin, &job.id).await {
-                Ok(Some(stored)) => {
+        // The idempotency record: a finished job is answered from the store, one in flight
+        // elsewhere waits in a delay queue, any other is claimed for this delivery.
+        let guard = match shared.store.claim(plugin, &job.id).await {
+            Ok(Claim::Stored(stored)) => {
+                if delivery.acker.usable() {
                     shared
                         .publisher
                         .reply(reply_to, correlation_id, &stored)
                         .await?;
-                    telemetry::replayed();
-                    return Ok(());
                 }
-                Ok(None) => {}
-                Err(error) => telemetry::redis_error("get", &error),
+                telemetry::replayed();
+                return Ok(());
             }
-        }
+            Ok(Claim::Held(left)) => {
+                // The holder is usually seconds from done, so the shortest delay; a crashed
+                // holder's claim lapses within `claim_ttl_secs`. Not a deferral for limits:
+                // the count stays as it was.
+                tracing::debug!(
+                    claim_left_ms = left.as_millis() as u64,
+                    "job in flight elsewhere"
+                );
+                let step = shared.deferral.shortest();
+                let queue = shared.deferral.topology.delay_queue(lane, step);
+                let worker_user = shared.deferral.worker_user.as_deref();
+                shared
+                    .publisher
+                    .defer(
+                        &queue,
+                        &delivery.data,
+                        properties,
+                        plugin,
+                        deferrals,
+                        worker_user,
+                    )
+                    .await?;
+                telemetry::claim_conflict(lane);
+                return Ok(());
+            }
+            Ok(Claim::Claimed(guard)) => Some(guard),
+            Err(error) => {
+                telemetry::redis_error("claim", &error);
+                None
+            }
+        };
+        let release = |guard: Option<ClaimGuard>| async move {
+            if let Some(guard) = guard
+                && let Err(error) = shared.store.release(guard).await
+            {
+                telemetry::redis_error("release_claim", &error);
+            }
+        };
         let job_id = job.id.clone();
         let execution = shared.pipeline.execute(job, plugin, started).await;
         if execution.retry_later {
             // Never spend without a limit check: back to the queue, after a pause so that a
             // Redis outage does not turn into a hot loop of redeliveries.
+            release(guard).await;
             tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
             return Err(PublishError::Requeue);
         }
@@ -214,6 +276,7 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 let step = shared.deferral.step_for(wait);
                 let queue = shared.deferral.topology.delay_queue(lane, step);
                 let worker_user = shared.deferral.worker_user.as_deref();
+                release(guard).await;
                 shared
                     .publisher
                     .defer(
@@ -233,16 +296,23 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             }
         }
         let body = encode(&execution.result);
-        let (stored, replied) = tokio::join!(
-            shared
-                .store
-                .put(plugin, &job_id, &body, execution.settlement.as_ref()),
-            shared.publisher.reply(reply_to, correlation_id, &body)
-        );
-        if let Err(error) = stored {
-            telemetry::redis_error("put", &error);
+        let stored = shared
+            .store
+            .put(plugin, &job_id, &body, execution.settlement.as_ref())
+            .await;
+        drop(guard);
+        if let Err(error) = &stored {
+            telemetry::redis_error("put", error);
         }
-        replied?;
+        // The connection failed while the job ran: the broker redelivers it and the
+        // redelivery answers from the store, so this copy stays silent (no duplicate result).
+        if !delivery.acker.usable() && stored.is_ok() {
+            return Ok(());
+        }
+        shared
+            .publisher
+            .reply(reply_to, correlation_id, &body)
+            .await?;
         let outcome = execution
             .result
             .error

@@ -82,14 +82,11 @@ impl Worker {
             redis,
             config.redis.prefix.clone(),
             Duration::from_secs(config.redis.result_ttl_secs),
+            Duration::from_secs(config.worker.claim_ttl_secs),
         );
         store.ping().await.context("Redis PING")?;
 
-        let properties =
-            ConnectionProperties::default().with_connection_name("quarry-worker".into());
-        let connection = Connection::connect(config.amqp.url.expose_secret(), properties)
-            .await
-            .context("connecting to RabbitMQ")?;
+        let connection = connect(&config).await?;
         let setup = connection.create_channel().await?;
         amqp::topology::declare(
             &setup,
@@ -210,6 +207,18 @@ impl Worker {
                 }
             })
         };
+        let extender = {
+            let store = shared.store.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(store.claim_lifetime() / 3);
+                loop {
+                    every.tick().await;
+                    if let Err(error) = store.extend_claims().await {
+                        telemetry::redis_error("extend_claims", &error);
+                    }
+                }
+            })
+        };
         let mut upkeep = tokio::time::interval(Duration::from_secs(5));
         tokio::pin!(shutdown);
 
@@ -229,6 +238,10 @@ impl Worker {
                             drop(permit);
                         });
                     }
+                    Some((_, Err(error))) if error.can_be_recovered() => {
+                        // The connection is being recovered; the consumers resume by themselves.
+                        tracing::warn!(%error, "broker connection lost; recovering");
+                    }
                     Some((_, Err(error))) => break Err(anyhow::Error::new(error).context("consuming from RabbitMQ")),
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumers")),
                 },
@@ -236,6 +249,7 @@ impl Worker {
         };
 
         reporter.abort();
+        // Claims keep being extended until the jobs in flight end (their guards drop).
         health.consuming.store(false, Ordering::Relaxed);
         tracing::info!(
             in_flight = tracker.len(),
@@ -256,8 +270,43 @@ impl Worker {
                 "grace period over; unfinished jobs go back to the queue"
             );
         }
+        extender.abort();
         let _ = connection.close(200, "worker shutting down".into()).await;
         ended
+    }
+}
+
+/// Connects to the broker with automatic recovery: after a lost connection lapin reconnects
+/// (backing off up to 5 s between tries, without limit) and replays channels, QoS, confirm
+/// mode and consumers. The first connection is retried for `amqp.connect_timeout_secs`.
+async fn connect(config: &Config) -> anyhow::Result<Connection> {
+    let started = std::time::Instant::now();
+    let limit = Duration::from_secs(config.amqp.connect_timeout_secs);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let properties = ConnectionProperties::default()
+            .with_connection_name("quarry-worker".into())
+            .enable_auto_recover()
+            .configure_backoff(|b| {
+                b.with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times()
+            });
+        match Connection::connect(config.amqp.url.expose_secret(), properties).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) if started.elapsed() + delay < limit => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "connecting to RabbitMQ (gave up after {} s, amqp.connect_timeout_secs)",
+                    started.elapsed().as_secs()
+                )));
+            }
+        }
     }
 }
 

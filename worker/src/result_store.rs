@@ -1,48 +1,198 @@
-//! Finished results in Redis, so a redelivered job republishes its result instead of paying
-//! for the provider call again.
+//! The idempotency record of each job in Redis: a *claim* while a worker runs it, then its
+//! *result*, so that a redelivered job is neither started twice nor paid for twice.
 //!
-//! The worker writes the result bytes (with a TTL) before publishing them, and reads them
-//! only for deliveries the broker marks `redelivered`: the happy path costs one round trip.
-//! Keys: `{prefix}:{<plugin>/<job id>}:result`; the braces are a Redis Cluster hash tag.
-//! Redis errors are logged and counted, never fatal for the job: the delivery guarantee
-//! (at least once) does not depend on this store, only the saving of a duplicate call does.
+//! Every delivery makes one round trip (`claim.v1.lua`): the stored result if there is one
+//! (the worker republishes it), else a claim with a short lifetime that the holder keeps
+//! extending while it works (another worker that gets the same job meanwhile defers it), else
+//! the claim's time left. Finishing stores the result and drops the claim in one round trip,
+//! together with the settlement of the job's last limiter reservation.
+//!
+//! Keys: `{prefix}:{<plugin>/<job id>}:result` and `…:claim`; the braces are a Redis Cluster
+//! hash tag, so both live in one slot. A crashed worker's claims expire after
+//! `worker.claim_ttl_secs`.
+//!
+//! When Redis is unreachable the worker runs the job without a claim (fail open): the
+//! at-least-once guarantee does not depend on this store, only the saving of a duplicate
+//! provider call by a job redelivered during the same outage does.
 
 use crate::limits::Settlement;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Result cache on a shared multiplexed connection.
+const CLAIM: &str = include_str!("claim.v1.lua");
+
+/// What the idempotency record said about a delivery.
+pub enum Claim {
+    /// The job finished before: its result bytes.
+    Stored(Vec<u8>),
+    /// This delivery holds the job now; dropping the guard stops extending the claim.
+    Claimed(ClaimGuard),
+    /// Another delivery of the job is in flight; its claim lasts this much longer at most.
+    Held(Duration),
+}
+
+/// Results and claims on a shared multiplexed connection.
 #[derive(Clone)]
 pub struct ResultStore {
     redis: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    claims: Arc<Claims>,
+    script: Arc<redis::Script>,
+}
+
+/// Claims this worker holds, extended together by [`ResultStore::extend_claims`].
+struct Claims {
+    owner: String,
+    next: AtomicU64,
+    lifetime: Duration,
+    held: Mutex<HashSet<String>>,
+}
+
+/// A held claim. Dropping it (the job ended, or its task was dropped) stops its extension, so
+/// a claim never outlives its holder by more than its lifetime.
+pub struct ClaimGuard {
+    claims: Arc<Claims>,
+    key: String,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.claims
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl ResultStore {
-    /// A store on `redis` under `prefix`.
-    pub fn new(redis: ConnectionManager, prefix: impl Into<String>, ttl: Duration) -> Self {
+    /// A store on `redis` under `prefix`: results kept for `ttl`, claims lasting `claim_lifetime`
+    /// unless extended.
+    pub fn new(
+        redis: ConnectionManager,
+        prefix: impl Into<String>,
+        ttl: Duration,
+        claim_lifetime: Duration,
+    ) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
         Self {
             redis,
             prefix: prefix.into(),
             ttl,
+            claims: Arc::new(Claims {
+                owner: format!("{}-{started}", std::process::id()),
+                next: AtomicU64::new(0),
+                lifetime: claim_lifetime.max(Duration::from_secs(1)),
+                held: Mutex::new(HashSet::new()),
+            }),
+            script: Arc::new(redis::Script::new(CLAIM)),
         }
     }
 
-    fn key(&self, plugin: &str, job_id: &str) -> String {
-        format!("{}:{{{}/{}}}:result", self.prefix, plugin, job_id)
+    fn key(&self, plugin: &str, job_id: &str, kind: &str) -> String {
+        format!("{}:{{{}/{}}}:{kind}", self.prefix, plugin, job_id)
+    }
+
+    /// How long a claim lasts without extension.
+    pub fn claim_lifetime(&self) -> Duration {
+        self.claims.lifetime
+    }
+
+    /// The idempotency check of one delivery: its stored result, a new claim, or the time
+    /// left on another delivery's claim.
+    pub async fn claim(&self, plugin: &str, job_id: &str) -> redis::RedisResult<Claim> {
+        let mut conn = self.redis.clone();
+        let claim_key = self.key(plugin, job_id, "claim");
+        let owner = format!(
+            "{}-{}",
+            self.claims.owner,
+            self.claims.next.fetch_add(1, Ordering::Relaxed)
+        );
+        crate::telemetry::redis_round_trip("claim");
+        let reply: Vec<Vec<u8>> = self
+            .script
+            .key(self.key(plugin, job_id, "result"))
+            .key(&claim_key)
+            .arg(owner)
+            .arg(u64::try_from(self.claims.lifetime.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await?;
+        let mut reply = reply.into_iter();
+        match (reply.next().as_deref(), reply.next()) {
+            (Some(b"stored"), Some(result)) => Ok(Claim::Stored(result)),
+            (Some(b"claimed"), None) => {
+                self.claims
+                    .held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(claim_key.clone());
+                Ok(Claim::Claimed(ClaimGuard {
+                    claims: self.claims.clone(),
+                    key: claim_key,
+                }))
+            }
+            (Some(b"held"), Some(ms)) => {
+                let ms = std::str::from_utf8(&ms)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0);
+                Ok(Claim::Held(Duration::from_millis(
+                    u64::try_from(ms).unwrap_or(0),
+                )))
+            }
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected reply from claim.v1",
+            ))),
+        }
+    }
+
+    /// Drops a claim without a result (the job goes back to a queue).
+    pub async fn release(&self, guard: ClaimGuard) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        crate::telemetry::redis_round_trip("release_claim");
+        conn.del::<_, ()>(&guard.key).await
+    }
+
+    /// Extends every claim this worker holds. Called every third of the claim lifetime.
+    pub async fn extend_claims(&self) -> redis::RedisResult<()> {
+        let keys: Vec<String> = self
+            .claims
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let lifetime = i64::try_from(self.claims.lifetime.as_millis()).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.pexpire(key, lifetime).ignore();
+        }
+        let mut conn = self.redis.clone();
+        crate::telemetry::redis_round_trip("extend_claims");
+        pipe.query_async::<()>(&mut conn).await
     }
 
     /// The stored result of a job, if any.
     pub async fn get(&self, plugin: &str, job_id: &str) -> redis::RedisResult<Option<Vec<u8>>> {
         let mut conn = self.redis.clone();
         crate::telemetry::redis_round_trip("replay_lookup");
-        conn.get(self.key(plugin, job_id)).await
+        conn.get(self.key(plugin, job_id, "result")).await
     }
 
-    /// Stores a job's result bytes, and settles its last limiter reservation in the same
-    /// round trip (a pipeline).
+    /// Stores a job's result bytes and drops its claim, and settles its last limiter
+    /// reservation, in one round trip (a pipeline).
     pub async fn put(
         &self,
         plugin: &str,
@@ -56,8 +206,11 @@ impl ResultStore {
         if let Some(cmd) = &settle {
             pipe.add_command(cmd.clone()).ignore();
         }
-        pipe.set_ex(self.key(plugin, job_id), result, self.ttl.as_secs().max(1))
-            .ignore();
+        let result_key = self.key(plugin, job_id, "result");
+        let claim_key = self.key(plugin, job_id, "claim");
+        let ttl = self.ttl.as_secs().max(1);
+        pipe.set_ex(&result_key, result, ttl).ignore();
+        pipe.del(&claim_key).ignore();
         crate::telemetry::redis_round_trip("store_result");
         match pipe.query_async::<()>(&mut conn).await {
             Err(error)
@@ -69,7 +222,12 @@ impl ResultStore {
                     settlement.run().await?;
                 }
                 crate::telemetry::redis_round_trip("store_result");
-                conn.set_ex(self.key(plugin, job_id), result, self.ttl.as_secs().max(1))
+                redis::pipe()
+                    .set_ex(&result_key, result, ttl)
+                    .ignore()
+                    .del(&claim_key)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
                     .await
             }
             other => other,

@@ -61,6 +61,8 @@ pub const KEY_STATE: &str = "quarry_key_state";
 pub const KEY_REMAINING: &str = "quarry_key_remaining";
 /// Redis round trips, by operation (a pipeline is one).
 pub const REDIS_ROUND_TRIPS_TOTAL: &str = "quarry_redis_round_trips_total";
+/// Deliveries of a job that another delivery was already running (deferred, not started).
+pub const CLAIM_CONFLICTS_TOTAL: &str = "quarry_claim_conflicts_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
 pub const COST: &str = "quarry_job_cost_usd";
 
@@ -118,6 +120,11 @@ fn describe() {
         "The worker's own time per job: job time minus provider time."
     );
     describe_gauge!(IN_FLIGHT, Unit::Count, "Jobs being processed now.");
+    describe_counter!(
+        CLAIM_CONFLICTS_TOTAL,
+        Unit::Count,
+        "Deliveries of a job already running elsewhere, deferred instead of started, by lane."
+    );
     describe_counter!(
         PROVIDER_REQUESTS_TOTAL,
         Unit::Count,
@@ -255,6 +262,12 @@ pub fn dead_lettered(reason: &'static str, detail: &str) {
 pub fn replayed() {
     tracing::info!("redelivered job answered from the result store");
     counter!(REPLAYS_TOTAL).increment(1);
+}
+
+/// A job came while another delivery of it held its claim: it went to a delay queue.
+pub fn claim_conflict(lane: Lane) {
+    tracing::info!("job in flight elsewhere; deferred until its claim ends");
+    counter!(CLAIM_CONFLICTS_TOTAL, "lane" => lane.as_str()).increment(1);
 }
 
 /// A result-store operation failed.

@@ -66,7 +66,12 @@ pub struct Stats {
     in_progress: AtomicU64,
     peak_in_progress: AtomicU64,
     recorded: Mutex<VecDeque<Recorded>>,
-    sightings: Mutex<HashMap<u64, u32>>,
+    /// Per request body: times seen, and whether the last answer was a fault the client
+    /// retries (429, 5xx, 401, a hang).
+    sightings: Mutex<HashMap<u64, (u32, bool)>>,
+    /// Requests repeating a body whose last answer was a success or an output fault: a job
+    /// paid for twice (a retry after a transport fault is not counted).
+    unexplained_repeats: AtomicU64,
     /// Per API key: when each accepted request arrived.
     arrivals: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     limited: AtomicU64,
@@ -87,6 +92,8 @@ pub struct StatsSnapshot {
     pub rate_limited: u64,
     /// Most requests ever being served at the same moment: how much a client keeps in flight.
     pub peak_in_progress: u64,
+    /// Repeats of a request body whose last answer was not a retried fault: paid twice.
+    pub unexplained_repeats: u64,
 }
 
 /// One received request.
@@ -110,6 +117,7 @@ impl Stats {
             faults: self.faults.load(Ordering::Relaxed),
             rate_limited: self.limited.load(Ordering::Relaxed),
             peak_in_progress: self.peak_in_progress.load(Ordering::Relaxed),
+            unexplained_repeats: self.unexplained_repeats.load(Ordering::Relaxed),
         }
     }
 
@@ -163,9 +171,35 @@ impl Stats {
         if seen.len() > 1_000_000 {
             seen.clear();
         }
-        let n = seen.entry(hash).or_insert(0);
-        *n += 1;
-        *n
+        let entry = seen.entry(hash).or_insert((0, false));
+        if entry.0 > 0 && !entry.1 {
+            self.unexplained_repeats.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.0 += 1;
+        entry.0
+    }
+
+    /// Records whether a repeat of this body would be a client retry (`true`: its answer is a
+    /// fault the client retries, or still pending) or a second payment (`false`: answered).
+    fn answered(&self, hash: u64, retried_fault: bool) {
+        if let Ok(mut seen) = self.sightings.lock()
+            && let Some(entry) = seen.get_mut(&hash)
+        {
+            entry.1 = retried_fault;
+        }
+    }
+
+    /// Distinct request bodies, and the most times one was received.
+    pub fn call_profile(&self) -> (u64, u32) {
+        self.sightings
+            .lock()
+            .map(|seen| {
+                (
+                    seen.len() as u64,
+                    seen.values().map(|(n, _)| *n).max().unwrap_or(0),
+                )
+            })
+            .unwrap_or((0, 0))
     }
 }
 
@@ -429,7 +463,9 @@ async fn handle(
     if fault.is_some() {
         stats.faults.fetch_add(1, Ordering::Relaxed);
     }
-
+    // Until the answer is complete, a repeat of this body is a client retry (it gave up
+    // waiting: the handler is dropped with the connection and the mark stays).
+    stats.answered(hash, true);
     let jitter_ms = state.config.jitter.as_millis() as u64;
     let delay = state.config.latency
         + Duration::from_millis(if jitter_ms > 0 {
@@ -453,6 +489,7 @@ async fn handle(
     }
     let answer = compose(&parsed, fault, &mut rng);
     stats.completions.fetch_add(1, Ordering::Relaxed);
+    stats.answered(hash, false);
     let body = format.answer(&parsed, &answer, hash, fault == Some(Fault::Refusal));
     reply(StatusCode::OK, HeaderMap::new(), body)
 }

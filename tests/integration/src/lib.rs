@@ -91,6 +91,19 @@ pub struct ProcessWorker {
 }
 
 impl ProcessWorker {
+    /// SIGTERM, then waits up to `secs` for the process to exit; returns its exit status.
+    pub async fn terminate(&mut self, secs: u64) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the worker is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        within(secs, "the terminated worker to exit", self.child.wait())
+            .await
+            .expect("wait")
+    }
+
     /// SIGKILL: no cleanup, no graceful anything.
     pub async fn kill_9(&mut self) {
         self.child.start_kill().expect("kill -9 the worker");

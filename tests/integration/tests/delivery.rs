@@ -1,0 +1,219 @@
+//! Delivery guarantees against the real RabbitMQ and Redis: the idempotency claim and
+//! graceful shutdown. Broker and Redis restarts are in the chaos suite (`quarry-chaos`), which
+//! cannot share the services with tests running in parallel.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail by panicking"
+)]
+
+use futures::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use quarry_fake_provider::FakeConfig;
+use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics, unique, within};
+use quarry_producer::{BatchOptions, InputPart, Job, JobResult, Lane, Status, new_job_id};
+use quarry_worker::amqp::publisher::header_text;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn text_job(n: usize) -> Job {
+    let mut job = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: format!("note {n}: call the customer back on Tuesday"),
+        }],
+    );
+    job.custom_id = Some(format!("job-{n:05}"));
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_delivered_twice_at_once_is_paid_for_once() {
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(1500),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    config.limits.delay_steps_secs = vec![1];
+    let worker = fleet.spawn_task_worker(config).await;
+    let topology = fleet.topology();
+    let replies = fleet.reply_queue().await;
+    let channel = fleet.channel().await;
+    channel.confirm_select(Default::default()).await.unwrap();
+
+    // The same job twice, back to back, as a producer retrying an unconfirmed publish would.
+    let job = text_job(1);
+    let body = serde_json::to_vec(&job).unwrap();
+    for copy in 0..2 {
+        let properties = BasicProperties::default()
+            .with_message_id(job.id.as_str().into())
+            .with_user_id("guest".into())
+            .with_reply_to(replies.as_str().into())
+            .with_correlation_id(format!("copy-{copy}").as_str().into());
+        let confirm = channel
+            .basic_publish(
+                topology.jobs_exchange().as_str().into(),
+                "batch".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    // Both copies are answered, with the same result; the provider was called once.
+    let answers = fleet.take(&replies, 2, 60).await;
+    let results: Vec<JobResult> = answers
+        .iter()
+        .map(|d| serde_json::from_slice(&d.data).unwrap())
+        .collect();
+    assert!(results.iter().all(|r| r.status == Status::Ok));
+    assert_eq!(results[0], results[1], "the second copy replays the first");
+    assert_eq!(fleet.fake.stats.snapshot().requests, 1);
+    let metrics = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    assert!(counter_sum(&metrics, "quarry_claim_conflicts_total", &[]) >= 1.0);
+    assert!(counter_sum(&metrics, "quarry_result_replays_total", &[]) >= 1.0);
+    worker.stop().await.unwrap();
+    fleet.teardown(&[replies]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_jobs_in_flight_and_exits_zero() {
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(1500),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut first = fleet.spawn_process_worker().await;
+    let client = fleet.client().await;
+    let jobs = 600;
+    let batch_id = unique("sigterm");
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: jobs,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let mut stream = client
+        .run_batch(
+            &batch_id,
+            (0..jobs).map(text_job).collect::<Vec<_>>(),
+            options,
+        )
+        .await
+        .unwrap();
+
+    // Wait until the worker has provider calls in flight, then ask it to stop.
+    within(30, "provider calls in flight", async {
+        let mut results = Vec::new();
+        loop {
+            if fleet.fake.stats.snapshot().requests >= 100 {
+                break;
+            }
+            // Results arriving meanwhile are kept, not lost.
+            tokio::select! {
+                item = stream.next() => results.push(item.expect("stream open").expect("item")),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        assert!(
+            results.is_empty(),
+            "no call finishes within its 1.5 s latency"
+        );
+    })
+    .await;
+    let in_flight_at_term = fleet.fake.stats.snapshot().requests;
+    let status = first.terminate(40).await;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    // Every call in flight at SIGTERM was answered before the exit; the rest waits for the
+    // next worker, which runs each remaining job once.
+    let second = fleet.spawn_process_worker().await;
+    let mut by_custom_id: HashMap<String, JobResult> = HashMap::new();
+    within(90, "every result", async {
+        while by_custom_id.len() < jobs {
+            let item = stream.next().await.expect("stream open").expect("item");
+            let custom_id = item.result.custom_id.clone().unwrap();
+            assert!(
+                by_custom_id
+                    .insert(custom_id.clone(), item.result.clone())
+                    .is_none(),
+                "{custom_id} delivered twice"
+            );
+            item.ack().await.unwrap();
+        }
+    })
+    .await;
+    assert!(by_custom_id.values().all(|r| r.status == Status::Ok));
+    let calls = fleet.fake.stats.snapshot().requests;
+    eprintln!("{in_flight_at_term} calls in flight at SIGTERM; {calls} calls for {jobs} jobs");
+    assert_eq!(calls, jobs as u64, "no job was paid for twice");
+    stream.finish().await.unwrap();
+    drop(second);
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_delivery_limit_a_job_is_dead_lettered_with_the_reason() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    // A worker declares the topology (delivery limit 2) and is stopped: the test plays a
+    // worker that crashes on this job every time.
+    let mut config = fleet.worker_config();
+    config.amqp.delivery_limit = 2;
+    fleet.spawn_task_worker(config).await.stop().await.unwrap();
+    let topology = fleet.topology();
+    let channel = fleet.channel().await;
+    channel.confirm_select(Default::default()).await.unwrap();
+    let job = text_job(7);
+    channel
+        .basic_publish(
+            topology.jobs_exchange().as_str().into(),
+            "batch".into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&job).unwrap(),
+            BasicProperties::default().with_message_id(job.id.as_str().into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let crashing = fleet.channel().await;
+    let mut consumer = crashing
+        .basic_consume(
+            topology.lane_queue(Lane::Batch).as_str().into(),
+            unique("crash").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let dead_queue = topology.dead_queue();
+    let dead = fleet.take(&dead_queue, 1, 60);
+    let crash_loop = async {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let dead = tokio::select! {
+        dead = dead => dead,
+        () = crash_loop => panic!("the consumer ended"),
+    };
+    let reason = header_text(dead[0].properties.headers(), "x-first-death-reason");
+    assert_eq!(reason.as_deref(), Some("delivery_limit"));
+    let _ = crashing.close(200, "done".into()).await;
+    let _ = dead[0].ack(BasicAckOptions::default()).await;
+    fleet.teardown(&[]).await;
+}
