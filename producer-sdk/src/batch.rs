@@ -225,7 +225,6 @@ impl Driver {
                 () = std::future::ready(()), if can_publish => {
                     let Some(mut job) = next_job.take() else { continue };
                     job.batch_id = Some(self.batch_id.clone());
-                    job.check().map_err(|source| fail(Error::InvalidJob { job_id: job.id.clone(), source }))?;
                     pending.insert(job.id.clone());
                     let (channel, exchange, reply_queue, user_id) = (self.publish.clone(), self.exchange.clone(), self.reply_queue.clone(), self.user_id.clone());
                     confirms.push(async move {

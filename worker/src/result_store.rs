@@ -184,13 +184,6 @@ impl ResultStore {
         pipe.query_async::<()>(&mut conn).await
     }
 
-    /// The stored result of a job, if any.
-    pub async fn get(&self, plugin: &str, job_id: &str) -> redis::RedisResult<Option<Vec<u8>>> {
-        let mut conn = self.redis.clone();
-        crate::telemetry::redis_round_trip("replay_lookup");
-        conn.get(self.key(plugin, job_id, "result")).await
-    }
-
     /// Stores a job's result bytes and drops its claim, and settles its last limiter
     /// reservation, in one round trip (a pipeline).
     pub async fn put(

@@ -34,7 +34,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -251,23 +251,18 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     .unwrap();
     let fleet = Supervisor::start(cli.workers, config, dir.clone()).await;
 
-    // The workers declare the topology as they start; the producer waits for it.
-    let connect_started = Instant::now();
-    let client = loop {
-        let options = ClientOptions {
+    // The producer needs the topology the workers declare as they start: declare it here
+    // first, with the workers' arguments (declaring is idempotent).
+    declare_topology(&namespace).await;
+    let client = Client::connect_with(
+        &amqp_url(),
+        ClientOptions {
             namespace: namespace.clone(),
             connection_name: "quarry-chaos".into(),
-        };
-        match Client::connect_with(&amqp_url(), options).await {
-            Ok(client) => break client,
-            Err(quarry_producer::Error::TopologyMissing { .. })
-                if connect_started.elapsed() < Duration::from_secs(60) =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the producer cannot connect: {error}"),
-        }
-    };
+        },
+    )
+    .await
+    .expect("producer connects");
     let batch_id = new_job_id();
     let jobs: Vec<Job> = (0..cli.jobs).map(|n| chaos_job(scenario, n)).collect();
     let mut stream = client
@@ -283,7 +278,7 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
         .await
         .expect("batch starts");
 
-    let received = Arc::new(AtomicUsize::new(0));
+    let (received, progress) = tokio::sync::watch::channel(0_usize);
     let bad = if scenario == Scenario::BadInput {
         Some(BadInputs::publish(&namespace).await)
     } else {
@@ -292,11 +287,13 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
 
     // The fault, on its own task, keyed to the batch's progress.
     let faults = {
-        let received = received.clone();
+        let mut progress = progress.clone();
         let fleet = fleet.clone();
         let redis_port = redis.port;
         let total = cli.jobs;
-        tokio::spawn(async move { inject(scenario, total, &received, &fleet, redis_port).await })
+        tokio::spawn(
+            async move { inject(scenario, total, &mut progress, &fleet, redis_port).await },
+        )
     };
 
     let mut by_custom_id: HashMap<String, (u32, JobResult)> = HashMap::new();
@@ -313,7 +310,7 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
                     .entry(custom_id)
                     .or_insert((0, item.result.clone()));
                 entry.0 += 1;
-                received.store(by_custom_id.len(), Ordering::Relaxed);
+                received.send_replace(by_custom_id.len());
                 if let Err(error) = item.ack().await {
                     failures.push(format!("acking a result: {error}"));
                     break;
@@ -366,7 +363,7 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     report.worker_crashes = exits.crashes;
     report.unclean_exits = exits.unclean_terminations;
     let stats = fake.stats.snapshot();
-    let (distinct, max_calls) = fake.stats.call_profile();
+    let (_, max_calls) = fake.stats.call_profile();
     report.provider_calls = stats.requests;
     report.faults_injected = stats.faults;
     report.unexplained_repeat_calls = stats.unexplained_repeats;
@@ -376,7 +373,6 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     } else {
         0.0
     };
-    let _ = distinct;
     report.wall_secs = started.elapsed().as_secs_f64();
 
     // The targets.
@@ -426,27 +422,42 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     report
 }
 
+/// Declares a scenario's topology as its workers do (default delivery limit, the delay steps
+/// of [`worker_toml`]).
+async fn declare_topology(namespace: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let channel = connection.create_channel().await.unwrap();
+    quarry_worker::amqp::topology::declare(
+        &channel,
+        &Topology::new(namespace),
+        quarry_worker::config::AmqpConfig::default().delivery_limit,
+        &DELAY_STEPS_SECS,
+    )
+    .await
+    .expect("declare the topology");
+    let _ = connection.close(200, "topology declared".into()).await;
+}
+
 /// The fault of a scenario; returns how many fault events it caused.
 async fn inject(
     scenario: Scenario,
     total: usize,
-    received: &AtomicUsize,
+    progress: &mut tokio::sync::watch::Receiver<usize>,
     fleet: &Supervisor,
     redis_port: u16,
 ) -> usize {
-    let reached = |fraction: f64| {
-        let target = (total as f64 * fraction) as usize;
-        async move {
-            while received.load(Ordering::Relaxed) < target {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    // Waits until that fraction of the batch has its results (the batch may end first).
+    async fn reached(progress: &mut tokio::sync::watch::Receiver<usize>, target: usize) {
+        let _ = progress.wait_for(|n| *n >= target).await;
+    }
+    let at = |fraction: f64| (total as f64 * fraction) as usize;
     match scenario {
         Scenario::Kill => {
             let mut kills = 0;
-            reached(0.05).await;
-            while received.load(Ordering::Relaxed) < total * 9 / 10 {
+            reached(progress, at(0.05)).await;
+            while *progress.borrow() < total * 9 / 10 {
                 fleet.kill_random(kills).await;
                 kills += 1;
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -454,19 +465,19 @@ async fn inject(
             kills
         }
         Scenario::BrokerRestart => {
-            reached(0.2).await;
+            reached(progress, at(0.2)).await;
             run_command("rabbitmqctl", &["stop_app"]).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             run_command("rabbitmqctl", &["start_app"]).await;
             1
         }
         Scenario::RedisRestart => {
-            reached(0.2).await;
+            reached(progress, at(0.2)).await;
             PrivateRedis::restart(redis_port).await;
             1
         }
         Scenario::Sigterm => {
-            reached(0.3).await;
+            reached(progress, at(0.3)).await;
             fleet.terminate_all().await;
             1
         }
@@ -522,7 +533,7 @@ retry_max_ms = 2000
 shutdown_grace_secs = 20
 max_image_bytes = 2048
 [limits]
-delay_steps_secs = [1, 5, 30]
+delay_steps_secs = {delay_steps:?}
 [providers.fake]
 base_url = "{fake}"
 timeout_ms = 5000
@@ -530,8 +541,12 @@ timeout_ms = 5000
 requests_per_minute = 10000000
 "#,
         amqp = amqp_url(),
+        delay_steps = DELAY_STEPS_SECS,
     )
 }
+
+/// The workers' delay queues, seconds.
+const DELAY_STEPS_SECS: [u64; 3] = [1, 5, 30];
 
 /// Worker processes kept running by a supervisor task per slot.
 #[derive(Clone)]
@@ -985,7 +1000,7 @@ async fn cleanup(namespace: &str, batch_id: &str) {
     queues.push(topology.batch_reply_queue("guest", batch_id));
     queues.push(topology.batch_reply_queue("guest", "chaos-bad"));
     for lane in Lane::ALL {
-        for secs in [1, 5, 30] {
+        for secs in DELAY_STEPS_SECS {
             queues.push(topology.delay_queue(lane, secs));
         }
     }
