@@ -7,7 +7,7 @@
 //! producer loses nothing. A job's result is handed over once even if the fleet delivers it
 //! twice (at-least-once delivery); the extra copy is acknowledged and counted.
 
-use crate::publish::{connection_lost, publish_confirmed};
+use crate::publish::{publish_confirmed, unless_lost};
 use crate::{Client, Error};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// How a batch runs.
 #[derive(Debug, Clone, Copy)]
@@ -52,18 +53,14 @@ pub struct BatchItem {
     /// The result.
     pub result: JobResult,
     delivery: Delivery,
+    lost: CancellationToken,
 }
 
 impl BatchItem {
     /// Removes the result from the batch's reply queue.
     pub async fn ack(self) -> Result<(), Error> {
-        match self.delivery.ack(BasicAckOptions::default()).await {
-            Ok(_) => Ok(()),
-            // The connection was lost after the hand-over: the broker delivers the result
-            // again and this stream drops that copy as a duplicate.
-            Err(error) if connection_lost(&error) => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        unless_lost(&self.lost, self.delivery.ack(BasicAckOptions::default())).await??;
+        Ok(())
     }
 }
 
@@ -115,6 +112,7 @@ pub(crate) async fn start<I>(
     batch_id: &str,
     jobs: I,
     published: HashSet<String>,
+    received: HashSet<String>,
     options: BatchOptions,
 ) -> Result<BatchStream, Error>
 where
@@ -169,10 +167,11 @@ where
         },
         duplicates: duplicates.clone(),
         tx,
+        lost: client.lost.clone(),
         _replies: replies.clone(),
     };
     tokio::spawn(async move {
-        if let Err(error) = driver.run(jobs, published, consumer).await {
+        if let Err(error) = driver.run(jobs, published, received, consumer).await {
             // The receiver may be gone already; then nobody is left to tell.
             let _ = error.1.send(Err(error.0)).await;
         }
@@ -194,6 +193,7 @@ struct Driver {
     options: BatchOptions,
     duplicates: Arc<AtomicU64>,
     tx: mpsc::Sender<Result<BatchItem, Error>>,
+    lost: CancellationToken,
     /// Keeps the reply channel open while the driver consumes from it: a dropped
     /// [`BatchStream`] must not close it under a running consumer.
     _replies: Channel,
@@ -206,11 +206,12 @@ impl Driver {
         self,
         mut jobs: I,
         mut pending: HashSet<String>,
+        received: HashSet<String>,
         mut consumer: lapin::Consumer,
     ) -> Result<(), Failed> {
         let fail = |e: Error| (e, self.tx.clone());
         let lane = self.options.lane;
-        let mut delivered: HashSet<String> = HashSet::new();
+        let mut delivered = received;
         let mut confirms = FuturesUnordered::new();
         let mut next_job = jobs.next();
         let idle = self.options.idle_timeout.unwrap_or(Duration::MAX);
@@ -218,6 +219,7 @@ impl Driver {
         while next_job.is_some() || !pending.is_empty() {
             let can_publish = next_job.is_some() && pending.len() < self.options.max_in_flight;
             tokio::select! {
+                () = self.lost.cancelled() => return Err(fail(Error::ConnectionLost)),
                 Some(outcome) = confirms.next(), if !confirms.is_empty() => {
                     let outcome: Result<(), Error> = outcome;
                     outcome.map_err(fail)?;
@@ -226,9 +228,9 @@ impl Driver {
                     let Some(mut job) = next_job.take() else { continue };
                     job.batch_id = Some(self.batch_id.clone());
                     pending.insert(job.id.clone());
-                    let (channel, exchange, reply_queue, user_id) = (self.publish.clone(), self.exchange.clone(), self.reply_queue.clone(), self.user_id.clone());
+                    let (lost, channel, exchange, reply_queue, user_id) = (self.lost.clone(), self.publish.clone(), self.exchange.clone(), self.reply_queue.clone(), self.user_id.clone());
                     confirms.push(async move {
-                        publish_confirmed(&channel, &exchange, lane, &job, &reply_queue, user_id.as_deref()).await
+                        publish_confirmed(&lost, &channel, &exchange, lane, &job, &reply_queue, user_id.as_deref()).await
                     });
                     next_job = jobs.next();
                 }
@@ -236,12 +238,6 @@ impl Driver {
                     let delivery = match next {
                         Err(_) => return Err(fail(Error::Idle { idle, pending: pending.len() })),
                         Ok(None) => return Err(fail(Error::Closed)),
-                        Ok(Some(Err(e))) if connection_lost(&e) => {
-                            // Recovery replays the consumer; unacknowledged results come again
-                            // and are handed over once.
-                            tracing::warn!(error = %e, queue = %self.reply_queue, "batch consumer lost its connection; recovering");
-                            continue;
-                        }
                         Ok(Some(Err(e))) => return Err(fail(Error::Amqp(e))),
                         Ok(Some(Ok(delivery))) => delivery,
                     };
@@ -249,17 +245,17 @@ impl Driver {
                         Ok(result) => result,
                         Err(error) => {
                             tracing::warn!(%error, queue = %self.reply_queue, "dropping a reply that is not a result.v1");
-                            delivery.ack(BasicAckOptions::default()).await.map_err(|e| fail(e.into()))?;
+                            unless_lost(&self.lost, delivery.ack(BasicAckOptions::default())).await.map_err(&fail)?.map_err(|e| fail(e.into()))?;
                             continue;
                         }
                     };
                     if !delivered.insert(result.job_id.clone()) {
                         self.duplicates.fetch_add(1, Ordering::Relaxed);
-                        delivery.ack(BasicAckOptions::default()).await.map_err(|e| fail(e.into()))?;
+                        unless_lost(&self.lost, delivery.ack(BasicAckOptions::default())).await.map_err(&fail)?.map_err(|e| fail(e.into()))?;
                         continue;
                     }
                     pending.remove(&result.job_id);
-                    if self.tx.send(Ok(BatchItem { result, delivery })).await.is_err() {
+                    if self.tx.send(Ok(BatchItem { result, delivery, lost: self.lost.clone() })).await.is_err() {
                         return Ok(()); // The caller dropped the stream.
                     }
                 }

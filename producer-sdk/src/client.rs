@@ -1,6 +1,6 @@
 //! The connection, single calls, and the reply router for them.
 
-use crate::publish::{connection_lost, publish_confirmed};
+use crate::publish::{publish_confirmed, unless_lost, watch_connection};
 use crate::{BatchOptions, BatchStream, Error};
 use futures::StreamExt;
 use lapin::options::{
@@ -53,8 +53,6 @@ impl Default for CallOptions {
     }
 }
 
-/// Reconnection tries after a lost connection (about five minutes at 5 s apart).
-const RECOVERY_TRIES: usize = 60;
 /// The user part of reply-queue names when the URL names no user.
 pub(crate) const ANONYMOUS: &str = "anonymous";
 
@@ -67,6 +65,8 @@ pub struct Client {
     pub(crate) channel: Channel,
     pub(crate) topology: Topology,
     pub(crate) user_id: Option<String>,
+    /// Cancelled when the connection is lost.
+    pub(crate) lost: tokio_util::sync::CancellationToken,
     reply_queue: String,
     pending: Pending,
 }
@@ -83,20 +83,12 @@ impl Client {
         let uri: AMQPUri = url.parse().map_err(|e: String| Error::Url(e))?;
         // The broker checks `user_id` against the login: it is the plugin's identity.
         let user_id = Some(uri.authority.userinfo.username.clone()).filter(|u| !u.is_empty());
-        // Auto-recovery: after a lost connection lapin reconnects (up to 5 s between tries,
-        // for about five minutes) and replays channels, confirm mode, queues and consumers.
-        let properties = ConnectionProperties::default()
-            .with_connection_name(options.connection_name.into())
-            .enable_auto_recover()
-            .configure_backoff(|b| {
-                b.with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .with_max_times(RECOVERY_TRIES)
-            });
+        let properties =
+            ConnectionProperties::default().with_connection_name(options.connection_name.into());
         let connection = Connection::connect_uri(uri, properties)
             .await
             .map_err(Error::Connect)?;
+        let lost = watch_connection(&connection);
         let topology = Topology::new(options.namespace);
 
         // A passive declare fails (and closes its channel) when the exchange is missing.
@@ -133,7 +125,7 @@ impl Client {
             auto_delete: true,
             ..QueueDeclareOptions::default()
         };
-        // A name of our own (not server-named), so that recovery declares the same queue again.
+        // The user in the name lets broker permissions give a plugin only its own queues.
         let reply_queue = topology.private_reply_queue(
             user_id.as_deref().unwrap_or(ANONYMOUS),
             &uuid::Uuid::now_v7().simple().to_string(),
@@ -161,9 +153,31 @@ impl Client {
             channel,
             topology,
             user_id,
+            lost,
             reply_queue,
             pending,
         })
+    }
+
+    /// Like [`Client::connect_with`], retrying while the broker cannot be reached (it is
+    /// restarting, say), backing off from 100 ms to 2 s, for at most `patience`.
+    pub async fn connect_patiently(
+        url: &str,
+        options: ClientOptions,
+        patience: Duration,
+    ) -> Result<Self, Error> {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Self::connect_with(url, options.clone()).await {
+                Err(error) if error.is_transport() && started.elapsed() + delay < patience => {
+                    tracing::debug!(%error, "broker not reachable yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// The names this client publishes to.
@@ -190,6 +204,7 @@ impl Client {
         rx: oneshot::Receiver<JobResult>,
     ) -> Result<JobResult, Error> {
         publish_confirmed(
+            &self.lost,
             &self.channel,
             &self.topology.jobs_exchange(),
             options.lane,
@@ -198,7 +213,7 @@ impl Client {
             self.user_id.as_deref(),
         )
         .await?;
-        match tokio::time::timeout(options.timeout, rx).await {
+        match unless_lost(&self.lost, tokio::time::timeout(options.timeout, rx)).await? {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout {
@@ -212,6 +227,7 @@ impl Client {
     /// Returns once the broker confirmed the job.
     pub async fn publish(&self, job: &Job, lane: Lane, reply_to: &str) -> Result<(), Error> {
         publish_confirmed(
+            &self.lost,
             &self.channel,
             &self.topology.jobs_exchange(),
             lane,
@@ -235,9 +251,40 @@ impl Client {
         I: IntoIterator<Item = Job>,
         I::IntoIter: Send + 'static,
     {
-        let published = HashSet::new();
-        self.start_batch(batch_id, jobs.into_iter(), published, options)
-            .await
+        self.start_batch(
+            batch_id,
+            jobs.into_iter(),
+            HashSet::new(),
+            HashSet::new(),
+            options,
+        )
+        .await
+    }
+
+    /// Resumes a batch after a lost connection (or a restart of the producer): publishes
+    /// `unanswered` again — the jobs without a result in the caller's hands; a worker runs a
+    /// job id once, so a job published twice costs nothing more — and streams their results,
+    /// dropping any copy of a result in `received` (those the caller already stored).
+    pub async fn resume_batch<I>(
+        &self,
+        batch_id: &str,
+        unanswered: I,
+        received: impl IntoIterator<Item = String>,
+        options: BatchOptions,
+    ) -> Result<BatchStream, Error>
+    where
+        I: IntoIterator<Item = Job>,
+        I::IntoIter: Send + 'static,
+    {
+        let received = received.into_iter().collect();
+        self.start_batch(
+            batch_id,
+            unanswered.into_iter(),
+            HashSet::new(),
+            received,
+            options,
+        )
+        .await
     }
 
     /// Re-attaches to a batch published earlier (by this or a previous process): publishes
@@ -250,8 +297,14 @@ impl Client {
         options: BatchOptions,
     ) -> Result<BatchStream, Error> {
         let published = published.into_iter().collect();
-        self.start_batch(batch_id, std::iter::empty(), published, options)
-            .await
+        self.start_batch(
+            batch_id,
+            std::iter::empty(),
+            published,
+            HashSet::new(),
+            options,
+        )
+        .await
     }
 
     async fn start_batch<I>(
@@ -259,12 +312,13 @@ impl Client {
         batch_id: &str,
         jobs: I,
         published: HashSet<String>,
+        received: HashSet<String>,
         options: BatchOptions,
     ) -> Result<BatchStream, Error>
     where
         I: Iterator<Item = Job> + Send + 'static,
     {
-        crate::batch::start(self, batch_id, jobs, published, options).await
+        crate::batch::start(self, batch_id, jobs, published, received, options).await
     }
 
     /// Closes the connection. Unacknowledged results go back to their queues.
@@ -297,10 +351,6 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
     while let Some(next) = consumer.next().await {
         let delivery = match next {
             Ok(delivery) => delivery,
-            Err(error) if connection_lost(&error) => {
-                tracing::warn!(%error, "reply consumer lost its connection; recovering");
-                continue;
-            }
             Err(error) => {
                 tracing::warn!(%error, "reply consumer stopped");
                 break;
@@ -327,9 +377,7 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
         }
         if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, "could not ack a reply");
-            if !connection_lost(&error) {
-                break;
-            }
+            break;
         }
     }
 }

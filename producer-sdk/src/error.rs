@@ -66,6 +66,10 @@ pub enum Error {
     /// The connection or channel failed.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker connection was lost. Connect a new client; a batch continues with
+    /// [`Client::resume_batch`](crate::Client::resume_batch).
+    #[error("the broker connection was lost")]
+    ConnectionLost,
     /// The client shut down while a call was waiting.
     #[error("the client closed before the result arrived")]
     Closed,
@@ -86,6 +90,7 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Idle { .. }
             | Error::Amqp(_)
+            | Error::ConnectionLost
             | Error::Closed
             | Error::CloseTimeout => true,
             Error::Url(_) | Error::InvalidJob { .. } => false,

@@ -5,6 +5,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use quarry_schemas::Job;
 use quarry_schemas::wire::{CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_JOB};
+use tokio_util::sync::CancellationToken;
 
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
@@ -70,16 +71,10 @@ pub(crate) fn settle(confirmation: Confirmation, job_id: &str, lane: Lane) -> Re
     }
 }
 
-/// Whether `error` is a lost connection that auto-recovery is repairing (as opposed to the
-/// broker refusing what was asked, which would fail the same way again).
-pub(crate) fn connection_lost(error: &lapin::Error) -> bool {
-    error.can_be_recovered() && !error.is_amqp_soft_error()
-}
-
-/// Publishes one job and waits for its confirm. A publish cut off by a lost connection is
-/// made again once the connection is recovered (the job id makes a second copy harmless:
-/// workers run a job id once); when recovery gives up, the error is returned.
+/// Publishes one job and waits for its confirm, or fails with [`Error::ConnectionLost`] when
+/// the connection is lost first (lapin leaves the wait pending).
 pub(crate) async fn publish_confirmed(
+    lost: &CancellationToken,
     channel: &Channel,
     exchange: &str,
     lane: Lane,
@@ -87,17 +82,37 @@ pub(crate) async fn publish_confirmed(
     reply_to: &str,
     user_id: Option<&str>,
 ) -> Result<(), Error> {
-    loop {
-        let attempt = async {
-            let confirm = send(channel, exchange, lane, job, reply_to, user_id).await?;
-            settle(confirm.await?, &job.id, lane)
-        };
-        match attempt.await {
-            Err(Error::Amqp(error)) if connection_lost(&error) => {
-                tracing::warn!(%error, job_id = %job.id, "connection lost while publishing; publishing again once it is back");
-                channel.wait_for_recovery(error).await?;
-            }
-            other => return other,
-        }
+    let published = async {
+        let confirm = send(channel, exchange, lane, job, reply_to, user_id).await?;
+        settle(confirm.await?, &job.id, lane)
+    };
+    unless_lost(lost, published).await?
+}
+
+/// `work`, or [`Error::ConnectionLost`] as soon as `lost` is cancelled.
+pub(crate) async fn unless_lost<T>(
+    lost: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Error> {
+    tokio::select! {
+        outcome = work => Ok(outcome),
+        () = lost.cancelled() => Err(Error::ConnectionLost),
     }
+}
+
+/// A token cancelled at the connection's first error (or when the connection is gone).
+pub(crate) fn watch_connection(connection: &lapin::Connection) -> CancellationToken {
+    let lost = CancellationToken::new();
+    let mut events = connection.events_listener();
+    let token = lost.clone();
+    tokio::spawn(async move {
+        while let Some(event) = futures::StreamExt::next(&mut events).await {
+            if let lapin::Event::Error(error) = event {
+                tracing::debug!(%error, "broker connection error");
+                break;
+            }
+        }
+        token.cancel();
+    });
+    lost
 }

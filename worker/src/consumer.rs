@@ -10,7 +10,7 @@
 //! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
 //! | publishing fails (nack, channel gone)          | the job is nacked and requeued                 |
-//! | the connection is lost (being recovered)       | nothing: the broker redelivers the job, which answers from the store |
+//! | the connection is lost                         | nothing: the broker redelivers the job, which answers from the store |
 
 use crate::amqp::publisher::{header_text, header_u32};
 use crate::amqp::{DeadLetter, PublishError, Publisher};
@@ -24,6 +24,7 @@ use quarry_schemas::wire::Lane;
 use quarry_schemas::wire::{HEADER_DEFERRALS, HEADER_PLUGIN, Topology};
 use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -36,8 +37,8 @@ const MAX_DETAIL: usize = 500;
 
 /// Everything a job task needs, shared by all of them.
 pub struct Shared {
-    /// The job pipeline.
-    pub pipeline: Pipeline,
+    /// The job pipeline (the same for every broker session).
+    pub pipeline: Arc<Pipeline>,
     /// Result and dead-letter publisher.
     pub publisher: Publisher,
     /// Result store for redeliveries.
@@ -48,7 +49,9 @@ pub struct Shared {
     /// so the worker stops (and its supervisor restarts it) instead of spinning on requeues.
     pub fatal: CancellationToken,
     /// Where long limit waits go.
-    pub deferral: Deferral,
+    pub deferral: Arc<Deferral>,
+    /// Cancelled when this delivery's connection is lost: acks stop waiting on it.
+    pub lost: CancellationToken,
 }
 
 /// Delay queues for jobs whose limits are full for long.
@@ -100,13 +103,14 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
         .catch_unwind()
         .await;
     let settled = match outcome {
-        Ok(Ok(())) => delivery.ack(BasicAckOptions::default()).await,
-        Ok(Err(PublishError::Amqp(error))) if connection_lost(&error) => {
-            // The connection is being recovered: this delivery is void and the broker gives
-            // the job out again (its result, if any, is in the store).
+        Ok(Ok(())) => settle(&shared.lost, delivery.ack(BasicAckOptions::default())).await,
+        Ok(Err(error @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout))) if !matches!(&error, PublishError::Amqp(e) if e.is_amqp_soft_error()) =>
+        {
+            // The connection failed: this delivery is void, the broker gives the job out
+            // again (its result, if any, is in the store) and the worker reconnects.
             tracing::warn!(%error, "connection lost while answering a job; it will be redelivered");
             if delivery.acker.usable() {
-                requeue(&delivery).await
+                requeue(shared, &delivery).await
             } else {
                 Ok(false)
             }
@@ -115,15 +119,16 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
             if !matches!(error, PublishError::Requeue) {
                 tracing::error!(%error, "could not answer the job; requeueing it");
             }
+            // The broker refused a publish (a channel error): it would refuse every job.
             if matches!(error, PublishError::Amqp(_)) {
                 shared.fatal.cancel();
             }
-            requeue(&delivery).await
+            requeue(shared, &delivery).await
         }
         Err(_) => {
             // The broker's delivery limit dead-letters a job that keeps doing this.
             tracing::error!("job processing panicked; requeueing the job");
-            requeue(&delivery).await
+            requeue(shared, &delivery).await
         }
     };
     if let Err(error) = settled {
@@ -133,19 +138,25 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
     telemetry::in_flight(-1.0);
 }
 
-/// The connection failed (and is being recovered), as opposed to the broker refusing what
-/// this worker did (a channel error such as a missing exchange, which would repeat for every
-/// job and stops the worker).
-fn connection_lost(error: &lapin::Error) -> bool {
-    error.can_be_recovered() && !error.is_amqp_soft_error()
-}
-
-async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
+async fn requeue(shared: &Shared, delivery: &Delivery) -> lapin::Result<bool> {
     let options = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    delivery.nack(options).await
+    settle(&shared.lost, delivery.nack(options)).await
+}
+
+/// An ack or nack, given up when the connection is lost (lapin leaves it pending) or after
+/// [`CONFIRM_TIMEOUT`](crate::amqp::publisher::CONFIRM_TIMEOUT): the job task always ends,
+/// and the broker requeues an unsettled delivery with its connection.
+async fn settle(
+    lost: &CancellationToken,
+    ack: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> lapin::Result<bool> {
+    tokio::select! {
+        outcome = tokio::time::timeout(crate::amqp::publisher::CONFIRM_TIMEOUT, ack) => outcome.unwrap_or(Ok(false)),
+        () = lost.cancelled() => Ok(false),
+    }
 }
 
 async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(), PublishError> {

@@ -17,8 +17,8 @@ use std::time::Duration;
 pub struct Health {
     /// Set while the lane consumers run.
     pub consuming: AtomicBool,
-    /// The broker connection's status.
-    pub connection: lapin::ConnectionStatus,
+    /// The current broker connection's status (replaced when the worker reconnects).
+    pub connection: std::sync::Mutex<lapin::ConnectionStatus>,
     /// Redis.
     pub store: ResultStore,
 }
@@ -65,7 +65,12 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     if !health.consuming.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not consuming");
     }
-    if !health.connection.connected() {
+    let connected = health
+        .connection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .connected();
+    if !connected {
         return (StatusCode::SERVICE_UNAVAILABLE, "broker not connected");
     }
     match tokio::time::timeout(Duration::from_secs(1), health.store.ping()).await {

@@ -9,7 +9,8 @@
 //! - [`schema_cache`]: compiled JSON Schema validators; [`result_store`]: results in Redis.
 //! - [`telemetry`]: metric names and events, log setup; [`http`]: metrics and health.
 //!
-//! [`Worker::start`] connects and starts consuming; [`Worker::run_until`] drains on shutdown.
+//! [`Worker::start`] connects and starts consuming; [`Worker::run_until`] reconnects after a
+//! lost broker connection and drains on shutdown.
 
 pub mod amqp;
 pub mod config;
@@ -25,13 +26,15 @@ pub mod telemetry;
 
 use anyhow::Context;
 use config::Config;
-use consumer::Shared;
+use consumer::{Deferral, Shared};
 use futures::StreamExt;
+use futures::stream::BoxStream;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
 use quarry_schemas::wire::{Lane, Topology};
 use secrecy::ExposeSecret;
 use std::future::Future;
@@ -45,11 +48,39 @@ use tokio_util::task::TaskTracker;
 /// A started worker: connected, topology declared, consuming.
 pub struct Worker {
     config: Config,
-    connection: Connection,
-    consumers: Vec<(Lane, Channel, Consumer)>,
-    shared: Arc<Shared>,
+    core: Core,
+    session: Session,
     health: Arc<http::Health>,
     http_addr: SocketAddr,
+}
+
+/// What outlives a broker connection.
+struct Core {
+    topology: Topology,
+    pipeline: Arc<pipeline::Pipeline>,
+    store: result_store::ResultStore,
+    deferral: Arc<Deferral>,
+    /// Set when the broker refuses this worker's publishes: the worker stops.
+    fatal: tokio_util::sync::CancellationToken,
+}
+
+/// One broker connection: its publisher (inside `shared`) and lane consumers.
+struct Session {
+    connection: Connection,
+    /// Cancelled when the connection is lost: its jobs' publishes fail at once.
+    lost: tokio_util::sync::CancellationToken,
+    shared: Arc<Shared>,
+    deliveries: BoxStream<'static, (Lane, lapin::Result<Delivery>)>,
+    consumers: Vec<(Channel, ShortString)>,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    /// The broker refused a publish: every job would fail the same way.
+    Fatal(anyhow::Error),
+    /// The connection failed; the worker reconnects.
+    Lost(String),
 }
 
 impl Worker {
@@ -86,31 +117,8 @@ impl Worker {
         );
         store.ping().await.context("Redis PING")?;
 
-        let connection = connect(&config).await?;
-        let setup = connection.create_channel().await?;
-        amqp::topology::declare(
-            &setup,
-            &topology,
-            config.amqp.delivery_limit,
-            &config.limits.delay_steps_secs,
-        )
-            .await
-            .context("declaring the topology (do all workers of this namespace agree on amqp.delivery_limit?)")?;
-        let _ = setup.close(200, "topology declared".into()).await;
-
-        let publish_channel = connection.create_channel().await?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let publisher = amqp::Publisher::new(publish_channel, &topology);
-
-        let shared = Arc::new(Shared {
-            pipeline,
-            publisher,
-            store: store.clone(),
-            lane_queues: Lane::ALL.map(|lane| (lane, topology.lane_queue(lane))),
-            fatal: tokio_util::sync::CancellationToken::new(),
-            deferral: consumer::Deferral {
+        let core = Core {
+            deferral: Arc::new(Deferral {
                 topology: topology.clone(),
                 steps_secs: {
                     let mut steps = config.limits.delay_steps_secs.clone();
@@ -126,37 +134,24 @@ impl Worker {
                     .ok()
                     .map(|uri| uri.authority.userinfo.username)
                     .filter(|u| !u.is_empty()),
-            },
-        });
-
-        let mut consumers = Vec::new();
-        for &lane in &config.amqp.lanes {
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(config.worker.concurrency, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    topology.lane_queue(lane).into(),
-                    format!("quarry-worker-{}-{}", lane.as_str(), std::process::id()).into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming {}", topology.lane_queue(lane)))?;
-            consumers.push((lane, channel, consumer));
-        }
+            }),
+            topology,
+            pipeline: Arc::new(pipeline),
+            store: store.clone(),
+            fatal: tokio_util::sync::CancellationToken::new(),
+        };
+        let session = connect_at_start(&config, &core).await?;
 
         let health = Arc::new(http::Health {
             consuming: true.into(),
-            connection: connection.status().clone(),
+            connection: std::sync::Mutex::new(session.connection.status().clone()),
             store,
         });
         let (http_addr, _http_task) = http::serve(config.http.listen, metrics, health.clone())
             .await
             .with_context(|| format!("binding http.listen {}", config.http.listen))?;
         tracing::info!(
-            namespace = topology.namespace(),
+            namespace = core.topology.namespace(),
             lanes = ?config.amqp.lanes,
             concurrency = config.worker.concurrency,
             metrics = %format!("http://{http_addr}/metrics"),
@@ -164,9 +159,8 @@ impl Worker {
         );
         Ok(Self {
             config,
-            connection,
-            consumers,
-            shared,
+            core,
+            session,
             health,
             http_addr,
         })
@@ -177,38 +171,34 @@ impl Worker {
         self.http_addr
     }
 
-    /// Processes jobs until `shutdown` completes or the broker connection fails. On shutdown:
-    /// stop consuming, let in-flight jobs finish within the grace period, close the
-    /// connection (the broker requeues whatever was not acknowledged).
+    /// Processes jobs until `shutdown` completes or the broker refuses this worker's
+    /// publishes. A lost broker connection is replaced (backing off up to 5 s between tries,
+    /// without limit); jobs of the lost connection finish, store their results and are
+    /// redelivered by the broker. On shutdown: stop consuming, let in-flight jobs finish
+    /// within the grace period, close the connection (the broker requeues whatever was not
+    /// acknowledged).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Worker {
             config,
-            connection,
-            consumers,
-            shared,
+            core,
+            session,
             health,
             ..
         } = self;
         let permits = Arc::new(Semaphore::new(usize::from(config.worker.concurrency)));
         let tracker = TaskTracker::new();
-        let mut cancel = Vec::new();
-        let streams = consumers.into_iter().map(|(lane, channel, consumer)| {
-            cancel.push((channel, consumer.tag()));
-            consumer.map(move |delivery| (lane, delivery))
-        });
-        let mut deliveries = futures::stream::select_all(streams);
         let reporter = {
-            let shared = shared.clone();
+            let pipeline = core.pipeline.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     every.tick().await;
-                    shared.pipeline.report_keys().await;
+                    pipeline.report_keys().await;
                 }
             })
         };
         let extender = {
-            let store = shared.store.clone();
+            let store = core.store.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(store.claim_lifetime() / 3);
                 loop {
@@ -219,46 +209,56 @@ impl Worker {
                 }
             })
         };
-        let mut upkeep = tokio::time::interval(Duration::from_secs(5));
         tokio::pin!(shutdown);
 
+        let mut current = Some(session);
         let ended: anyhow::Result<()> = loop {
-            tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                () = shared.fatal.cancelled() => {
-                    break Err(anyhow::anyhow!("the result publishing channel failed"));
+            let Some(session) = current.as_mut() else {
+                // Reconnect, unless asked to stop meanwhile.
+                tokio::select! {
+                    () = &mut shutdown => break Ok(()),
+                    session = reconnect(&config, &core) => {
+                        *health
+                            .connection
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            session.connection.status().clone();
+                        health.consuming.store(true, Ordering::Relaxed);
+                        tracing::info!("reconnected to the broker; consuming again");
+                        current = Some(session);
+                        continue;
+                    }
                 }
-                _ = upkeep.tick() => telemetry::prometheus()?.run_upkeep(),
-                next = deliveries.next() => match next {
-                    Some((lane, Ok(delivery))) => {
-                        let permit = permits.clone().acquire_owned().await?;
-                        let shared = shared.clone();
-                        tracker.spawn(async move {
-                            consumer::handle(&shared, lane, delivery).await;
-                            drop(permit);
-                        });
-                    }
-                    Some((_, Err(error))) if error.can_be_recovered() => {
-                        // The connection is being recovered; the consumers resume by themselves.
-                        tracing::warn!(%error, "broker connection lost; recovering");
-                    }
-                    Some((_, Err(error))) => break Err(anyhow::Error::new(error).context("consuming from RabbitMQ")),
-                    None => break Err(anyhow::anyhow!("the broker cancelled the consumers")),
-                },
+            };
+            match drive(session, &core, &permits, &tracker, &mut shutdown).await {
+                SessionEnd::Shutdown => break Ok(()),
+                SessionEnd::Fatal(error) => break Err(error),
+                SessionEnd::Lost(why) => {
+                    health.consuming.store(false, Ordering::Relaxed);
+                    tracing::warn!(
+                        why,
+                        in_flight = tracker.len(),
+                        "broker connection lost; reconnecting (jobs in flight finish and are redelivered)"
+                    );
+                    // Its deliveries are void; the jobs running on it stop waiting on it.
+                    session.lost.cancel();
+                    current = None;
+                }
             }
         };
 
         reporter.abort();
-        // Claims keep being extended until the jobs in flight end (their guards drop).
         health.consuming.store(false, Ordering::Relaxed);
         tracing::info!(
             in_flight = tracker.len(),
             "stopping: no new jobs; finishing those in flight"
         );
-        for (channel, tag) in cancel {
-            let _ = channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await;
+        if let Some(session) = &current {
+            for (channel, tag) in &session.consumers {
+                let _ = channel
+                    .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                    .await;
+            }
         }
         tracker.close();
         if tokio::time::timeout(config.worker.shutdown_grace(), tracker.wait())
@@ -271,43 +271,190 @@ impl Worker {
             );
         }
         extender.abort();
-        let _ = connection.close(200, "worker shutting down".into()).await;
+        if let Some(session) = current {
+            let _ = session
+                .connection
+                .close(200, "worker shutting down".into())
+                .await;
+        }
         ended
     }
 }
 
-/// Connects to the broker with automatic recovery: after a lost connection lapin reconnects
-/// (backing off up to 5 s between tries, without limit) and replays channels, QoS, confirm
-/// mode and consumers. The first connection is retried for `amqp.connect_timeout_secs`.
-async fn connect(config: &Config) -> anyhow::Result<Connection> {
+/// Runs one session's deliveries until shutdown, a refused publish or a lost connection.
+async fn drive(
+    session: &mut Session,
+    core: &Core,
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> SessionEnd {
+    let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return SessionEnd::Shutdown,
+            () = session.lost.cancelled() => return SessionEnd::Lost("connection error".into()),
+            () = core.fatal.cancelled() => {
+                return SessionEnd::Fatal(anyhow::anyhow!("the result publishing channel failed"));
+            }
+            _ = upkeep.tick() => {
+                if let Ok(metrics) = telemetry::prometheus() {
+                    metrics.run_upkeep();
+                }
+            }
+            next = session.deliveries.next() => match next {
+                Some((lane, Ok(delivery))) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return SessionEnd::Fatal(anyhow::anyhow!("the job semaphore closed"));
+                    };
+                    let shared = session.shared.clone();
+                    tracker.spawn(async move {
+                        consumer::handle(&shared, lane, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some((_, Err(error))) => return SessionEnd::Lost(error.to_string()),
+                None => return SessionEnd::Lost("the broker cancelled the consumers".into()),
+            },
+        }
+    }
+}
+
+/// The first session, retried for `amqp.connect_timeout_secs` while the broker cannot be
+/// reached (a worker often starts before its broker).
+async fn connect_at_start(config: &Config, core: &Core) -> anyhow::Result<Session> {
     let started = std::time::Instant::now();
     let limit = Duration::from_secs(config.amqp.connect_timeout_secs);
     let mut delay = Duration::from_millis(200);
     loop {
-        let properties = ConnectionProperties::default()
-            .with_connection_name("quarry-worker".into())
-            .enable_auto_recover()
-            .configure_backoff(|b| {
-                b.with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times()
-            });
-        match Connection::connect(config.amqp.url.expose_secret(), properties).await {
-            Ok(connection) => return Ok(connection),
-            Err(error) if started.elapsed() + delay < limit => {
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ yet");
+        match open_session(config, core).await {
+            Ok(session) => return Ok(session),
+            Err(error) if started.elapsed() + delay < limit && unreachable(&error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot reach RabbitMQ yet"
+                );
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
             }
             Err(error) => {
-                return Err(anyhow::Error::new(error).context(format!(
-                    "connecting to RabbitMQ (gave up after {} s, amqp.connect_timeout_secs)",
+                return Err(error.context(format!(
+                    "starting on RabbitMQ (after {} s; amqp.connect_timeout_secs)",
                     started.elapsed().as_secs()
                 )));
             }
         }
     }
+}
+
+/// A new session after a lost one, tried until it works (the caller gives up on shutdown).
+async fn reconnect(config: &Config, core: &Core) -> Session {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(delay).await;
+        match open_session(config, core).await {
+            Ok(session) => return session,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot reconnect to RabbitMQ yet"
+                );
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+/// Longest pause between two connection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// Whether a failed session start is the broker being unreachable (worth retrying), as
+/// opposed to the broker refusing the topology or the credentials.
+fn unreachable(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<lapin::Error>()
+        .is_some_and(|e| matches!(e.kind(), lapin::ErrorKind::IOError(_)))
+}
+
+/// Connects, declares the topology, opens the confirm-mode publishing channel and starts
+/// the lane consumers.
+async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
+    let properties = ConnectionProperties::default().with_connection_name("quarry-worker".into());
+    let connection = Connection::connect(config.amqp.url.expose_secret(), properties).await?;
+    let setup = connection.create_channel().await?;
+    amqp::topology::declare(
+        &setup,
+        &core.topology,
+        config.amqp.delivery_limit,
+        &config.limits.delay_steps_secs,
+    )
+    .await
+    .context(
+        "declaring the topology (do all workers of this namespace agree on amqp.delivery_limit?)",
+    )?;
+    let _ = setup.close(200, "topology declared".into()).await;
+
+    let lost = watch_connection(&connection);
+    let publish_channel = connection.create_channel().await?;
+    publish_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let shared = Arc::new(Shared {
+        pipeline: core.pipeline.clone(),
+        publisher: amqp::Publisher::new(publish_channel, &core.topology, lost.clone()),
+        store: core.store.clone(),
+        lane_queues: Lane::ALL.map(|lane| (lane, core.topology.lane_queue(lane))),
+        fatal: core.fatal.clone(),
+        deferral: core.deferral.clone(),
+        lost: lost.clone(),
+    });
+
+    let mut streams = Vec::new();
+    let mut consumers = Vec::new();
+    for &lane in &config.amqp.lanes {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(config.worker.concurrency, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                core.topology.lane_queue(lane).into(),
+                format!("quarry-worker-{}-{}", lane.as_str(), std::process::id()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {}", core.topology.lane_queue(lane)))?;
+        consumers.push((channel, consumer.tag()));
+        streams.push(consumer.map(move |delivery| (lane, delivery)));
+    }
+    Ok(Session {
+        connection,
+        lost,
+        shared,
+        deliveries: futures::stream::select_all(streams).boxed(),
+        consumers,
+    })
+}
+
+/// A token cancelled at the connection's first error: what is waiting on a dead connection
+/// (publisher confirms, acks, the session) stops at once. lapin leaves such waits pending.
+fn watch_connection(connection: &Connection) -> tokio_util::sync::CancellationToken {
+    let lost = tokio_util::sync::CancellationToken::new();
+    let mut events = connection.events_listener();
+    let token = lost.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(error) = event {
+                tracing::debug!(%error, "broker connection error");
+                break;
+            }
+        }
+        token.cancel();
+    });
+    lost
 }
 
 /// Starts a worker and runs it until `shutdown`.

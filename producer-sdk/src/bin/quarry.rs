@@ -9,11 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quarry_producer::{BatchOptions, Client, ClientOptions, InputPart, Job, Lane, new_job_id};
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+/// How long `submit` waits for a lost broker to come back before it gives up.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Quarry command-line producer.
 #[derive(Debug, Parser)]
@@ -261,7 +264,7 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         namespace: cli.namespace.clone(),
         connection_name: "quarry-cli".into(),
     };
-    let client = Client::connect_with(&cli.amqp_url, options).await?;
+    let mut client = Client::connect_with(&cli.amqp_url, options.clone()).await?;
     let batch_id = args.batch_id.clone().unwrap_or_else(new_job_id);
     let started = Instant::now();
     let batch_options = BatchOptions {
@@ -269,7 +272,12 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),
     };
-    let mut results = client.run_batch(&batch_id, jobs, batch_options).await?;
+    let mut results = client
+        .run_batch(&batch_id, jobs.clone(), batch_options)
+        .await?;
+    // Job ids whose result is written: after a lost connection the batch resumes without them.
+    let mut answered: HashSet<String> = HashSet::new();
+    let mut duplicates = 0;
 
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -277,8 +285,31 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut summary = Summary::default();
-    while let Some(item) = results.next().await {
-        let item = item?;
+    while answered.len() < total {
+        let item = match results.next().await {
+            Some(Ok(item)) => item,
+            Some(Err(error)) if matches!(error, quarry_producer::Error::ConnectionLost) => {
+                // The broker went away: connect again and resume with the unanswered jobs.
+                bar.println(format!(
+                    "quarry submit: {error}; reconnecting and resuming batch {batch_id}"
+                ));
+                duplicates += results.duplicates();
+                client =
+                    Client::connect_patiently(&cli.amqp_url, options.clone(), RECONNECT_PATIENCE)
+                        .await?;
+                let unanswered: Vec<Job> = jobs
+                    .iter()
+                    .filter(|j| !answered.contains(&j.id))
+                    .cloned()
+                    .collect();
+                results = client
+                    .resume_batch(&batch_id, unanswered, answered.clone(), batch_options)
+                    .await?;
+                continue;
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => break,
+        };
         let result = &item.result;
         match &result.error {
             None => summary.ok += 1,
@@ -294,7 +325,12 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         serde_json::to_writer(&mut output, result)?;
         output.write_all(b"\n")?;
         output.flush()?;
-        item.ack().await?;
+        answered.insert(result.job_id.clone());
+        // A failed ack (lost connection) is harmless: the result is written, and its copy
+        // is dropped when the batch resumes.
+        if let Err(error) = item.ack().await {
+            tracing::debug!(%error, "result written but not acknowledged");
+        }
         bar.inc(1);
         bar.set_message(format!(
             "ok {}  errors {}  tokens {}",
@@ -304,7 +340,7 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         ));
     }
     bar.finish_and_clear();
-    let duplicates = results.duplicates();
+    duplicates += results.duplicates();
     results.finish().await?;
     let _ = client.close().await;
 

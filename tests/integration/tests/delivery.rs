@@ -217,3 +217,69 @@ async fn past_the_delivery_limit_a_job_is_dead_lettered_with_the_reason() {
     let _ = dead[0].ack(BasicAckOptions::default()).await;
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_batch_gets_every_result_once_and_pays_once() {
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(50),
+        ..FakeConfig::default()
+    })
+    .await;
+    let worker = fleet.spawn_task_worker(fleet.worker_config()).await;
+    let jobs: Vec<Job> = (0..300).map(text_job).collect();
+    let batch_id = unique("resume");
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 100,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+
+    // A producer takes 80 results, then loses its connection (here: closes it) with jobs
+    // published but unanswered and jobs not yet published.
+    let first = fleet.client().await;
+    let mut stream = first
+        .run_batch(&batch_id, jobs.clone(), options)
+        .await
+        .unwrap();
+    let mut answered = std::collections::HashSet::new();
+    within(60, "80 results", async {
+        while answered.len() < 80 {
+            let item = stream.next().await.unwrap().unwrap();
+            answered.insert(item.result.job_id.clone());
+            item.ack().await.unwrap();
+        }
+    })
+    .await;
+    drop(stream);
+    first.close().await.unwrap();
+
+    // A new connection resumes with the jobs it has no result for.
+    let second = fleet.client().await;
+    let unanswered: Vec<Job> = jobs
+        .iter()
+        .filter(|j| !answered.contains(&j.id))
+        .cloned()
+        .collect();
+    let mut stream = second
+        .resume_batch(&batch_id, unanswered, answered.clone(), options)
+        .await
+        .unwrap();
+    within(90, "the rest of the results", async {
+        while answered.len() < jobs.len() {
+            let item = stream.next().await.unwrap().unwrap();
+            assert!(
+                answered.insert(item.result.job_id.clone()),
+                "{} handed over twice",
+                item.result.job_id
+            );
+            assert_eq!(item.result.status, Status::Ok);
+            item.ack().await.unwrap();
+        }
+    })
+    .await;
+    // Jobs published twice (before and after the resume) ran once.
+    assert_eq!(fleet.fake.stats.snapshot().requests, jobs.len() as u64);
+    stream.finish().await.unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}

@@ -12,9 +12,13 @@ use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
     HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_RESULT, Topology,
 };
+use tokio_util::sync::CancellationToken;
 
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
+/// Longest wait for a publisher confirm. A broker answers in milliseconds; past this the
+/// connection is taken for dead, so that no job task waits on it forever.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest dead-letter detail header.
 const MAX_DETAIL: usize = 1000;
 
@@ -36,6 +40,10 @@ pub enum PublishError {
     /// The channel or connection failed.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
+    /// No confirm: the connection was lost, or died without telling (nothing within
+    /// [`CONFIRM_TIMEOUT`]).
+    #[error("no publisher confirm (connection lost, or nothing within {} s)", CONFIRM_TIMEOUT.as_secs())]
+    ConfirmTimeout,
     /// Not a publishing failure: the job must go back to its queue unanswered (its limits
     /// could not be checked).
     #[error("the job goes back to its queue")]
@@ -62,14 +70,17 @@ pub struct DeadLetter<'a> {
 pub struct Publisher {
     channel: Channel,
     dead_exchange: String,
+    lost: CancellationToken,
 }
 
 impl Publisher {
-    /// A publisher on a channel already in confirm mode.
-    pub fn new(channel: Channel, topology: &Topology) -> Self {
+    /// A publisher on a channel already in confirm mode. Cancelling `lost` (the connection
+    /// is gone) fails every publish still waiting at once.
+    pub fn new(channel: Channel, topology: &Topology, lost: CancellationToken) -> Self {
         Self {
             channel,
             dead_exchange: topology.dead_exchange(),
+            lost,
         }
     }
 
@@ -92,11 +103,12 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish("".into(), reply_to.into(), options, body, properties)
-            .await?
-            .await?;
+        let confirm = confirmed(
+            &self.lost,
+            self.channel
+                .basic_publish("".into(), reply_to.into(), options, body, properties),
+        )
+        .await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(ReplyOutcome::Delivered),
             Confirmation::Ack(Some(returned)) => {
@@ -145,17 +157,17 @@ impl Publisher {
         if let Some(v) = original.timestamp() {
             properties = properties.with_timestamp(*v);
         }
-        let confirm = self
-            .channel
-            .basic_publish(
+        let confirm = confirmed(
+            &self.lost,
+            self.channel.basic_publish(
                 self.dead_exchange.as_str().into(),
                 "".into(),
                 BasicPublishOptions::default(),
                 letter.body,
                 properties,
-            )
-            .await?
-            .await?;
+            ),
+        )
+        .await?;
         match confirm {
             Confirmation::Ack(_) | Confirmation::NotRequested => {
                 crate::telemetry::dead_lettered(letter.reason, letter.detail);
@@ -196,11 +208,12 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish("".into(), queue.into(), options, body, properties)
-            .await?
-            .await?;
+        let confirm = confirmed(
+            &self.lost,
+            self.channel
+                .basic_publish("".into(), queue.into(), options, body, properties),
+        )
+        .await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => Err(PublishError::Nacked),
@@ -250,5 +263,20 @@ pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
+    }
+}
+
+/// A publish and its confirm, within [`CONFIRM_TIMEOUT`] and while the connection lives.
+async fn confirmed(
+    lost: &CancellationToken,
+    publish: impl std::future::Future<Output = lapin::Result<lapin::PublisherConfirm>>,
+) -> Result<Confirmation, PublishError> {
+    let confirm = async { publish.await?.await };
+    tokio::select! {
+        outcome = tokio::time::timeout(CONFIRM_TIMEOUT, confirm) => match outcome {
+            Ok(outcome) => Ok(outcome?),
+            Err(_) => Err(PublishError::ConfirmTimeout),
+        },
+        () = lost.cancelled() => Err(PublishError::ConfirmTimeout),
     }
 }

@@ -110,6 +110,7 @@ struct Report {
     delivered: usize,
     duplicates_delivered: usize,
     duplicates_dropped_by_sdk: u64,
+    producer_reconnects: usize,
     lost: usize,
     ok: usize,
     errors_by_code: BTreeMap<String, usize>,
@@ -185,14 +186,15 @@ async fn main() {
 
 fn print_report(r: &Report) {
     eprintln!(
-        "   delivered {}/{} (ok {}, errors {:?}), duplicates delivered {}, dropped by the SDK {}, lost {}",
+        "   delivered {}/{} (ok {}, errors {:?}), duplicates delivered {}, dropped by the SDK {}, lost {}, producer reconnections {}",
         r.delivered,
         r.expected,
         r.ok,
         r.errors_by_code,
         r.duplicates_delivered,
         r.duplicates_dropped_by_sdk,
-        r.lost
+        r.lost,
+        r.producer_reconnects
     );
     eprintln!(
         "   provider calls {} (mean {:.3}/job, max {}), repeats not explained by a retried fault {}, faults injected {}",
@@ -254,27 +256,16 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     // The producer needs the topology the workers declare as they start: declare it here
     // first, with the workers' arguments (declaring is idempotent).
     declare_topology(&namespace).await;
-    let client = Client::connect_with(
-        &amqp_url(),
-        ClientOptions {
-            namespace: namespace.clone(),
-            connection_name: "quarry-chaos".into(),
-        },
-    )
-    .await
-    .expect("producer connects");
     let batch_id = new_job_id();
     let jobs: Vec<Job> = (0..cli.jobs).map(|n| chaos_job(scenario, n)).collect();
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 1000,
+        idle_timeout: Some(Duration::from_secs(cli.timeout_secs)),
+    };
+    let mut client = producer(&namespace).await;
     let mut stream = client
-        .run_batch(
-            &batch_id,
-            jobs,
-            BatchOptions {
-                lane: Lane::Batch,
-                max_in_flight: 1000,
-                idle_timeout: Some(Duration::from_secs(cli.timeout_secs)),
-            },
-        )
+        .run_batch(&batch_id, jobs.clone(), options)
         .await
         .expect("batch starts");
 
@@ -300,8 +291,10 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     let mut last = Instant::now();
     let mut longest_stall = Duration::ZERO;
     let mut failures = Vec::new();
+    let mut duplicates_dropped_by_sdk = 0;
+    let mut producer_reconnects = 0;
     while by_custom_id.len() < cli.jobs {
-        match stream.next().await {
+        let lost = match stream.next().await {
             Some(Ok(item)) => {
                 longest_stall = longest_stall.max(last.elapsed());
                 last = Instant::now();
@@ -311,23 +304,39 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
                     .or_insert((0, item.result.clone()));
                 entry.0 += 1;
                 received.send_replace(by_custom_id.len());
-                if let Err(error) = item.ack().await {
-                    failures.push(format!("acking a result: {error}"));
-                    break;
-                }
+                item.ack().await.err()
             }
-            Some(Err(error)) => {
-                failures.push(format!("the batch stream failed: {error}"));
-                break;
-            }
-            None => {
-                failures.push("the batch stream ended early".into());
-                break;
-            }
+            Some(Err(error)) => Some(error),
+            None => Some(quarry_producer::Error::Closed),
+        };
+        let Some(error) = lost else { continue };
+        if !error.is_transport() || producer_reconnects >= 10 {
+            failures.push(format!("the batch stream failed: {error}"));
+            break;
         }
+        // The producer's side of a broker outage: a new connection, and the batch resumed
+        // with the jobs whose results it does not have yet.
+        eprintln!("   producer: {error}; reconnecting and resuming the batch");
+        producer_reconnects += 1;
+        duplicates_dropped_by_sdk += stream.duplicates();
+        drop(stream);
+        client = producer(&namespace).await;
+        let answered: std::collections::HashSet<String> = by_custom_id
+            .values()
+            .map(|(_, r)| r.job_id.clone())
+            .collect();
+        let unanswered: Vec<Job> = jobs
+            .iter()
+            .filter(|j| !answered.contains(&j.id))
+            .cloned()
+            .collect();
+        stream = client
+            .resume_batch(&batch_id, unanswered, answered, options)
+            .await
+            .expect("batch resumes");
     }
     let fault_events = faults.await.unwrap_or(0);
-    let duplicates_dropped_by_sdk = stream.duplicates();
+    duplicates_dropped_by_sdk += stream.duplicates();
     let _ = stream.finish().await;
     let _ = client.close().await;
 
@@ -337,6 +346,7 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
         delivered: by_custom_id.len(),
         duplicates_delivered: by_custom_id.values().filter(|(n, _)| *n > 1).count(),
         duplicates_dropped_by_sdk,
+        producer_reconnects,
         lost: cli.jobs.saturating_sub(by_custom_id.len()),
         fault_events,
         longest_stall_secs: longest_stall.as_secs_f64(),
@@ -420,6 +430,17 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     cleanup(&namespace, &batch_id).await;
     drop(redis);
     report
+}
+
+/// A producer on the scenario's namespace; retried while the broker is away (up to 60 s).
+async fn producer(namespace: &str) -> Client {
+    let options = ClientOptions {
+        namespace: namespace.to_owned(),
+        connection_name: "quarry-chaos".into(),
+    };
+    Client::connect_patiently(&amqp_url(), options, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|error| panic!("the producer cannot connect: {error}"))
 }
 
 /// Declares a scenario's topology as its workers do (default delivery limit, the delay steps
