@@ -105,9 +105,13 @@ pub(crate) fn watch_connection(connection: &lapin::Connection) -> CancellationTo
     let lost = CancellationToken::new();
     let mut events = connection.events_listener();
     let token = lost.clone();
+    let status = connection.status().clone();
     tokio::spawn(async move {
         while let Some(event) = futures::StreamExt::next(&mut events).await {
-            if let lapin::Event::Error(error) = event {
+            // Channel errors come here too; only a failed connection counts.
+            if let lapin::Event::Error(error) = event
+                && !status.connected()
+            {
                 tracing::debug!(%error, "broker connection error");
                 break;
             }

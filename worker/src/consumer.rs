@@ -9,7 +9,8 @@
 //! | a job another delivery holds the claim of      | it waits in a delay queue, then is checked again |
 //! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
-//! | publishing fails (nack, channel gone)          | the job is nacked and requeued                 |
+//! | the broker nacks a publish                     | the job is nacked and requeued                 |
+//! | the broker refuses a publish (channel error)   | the worker stops; the job returns to its queue with the connection |
 //! | the connection is lost                         | nothing: the broker redelivers the job, which answers from the store |
 
 use crate::amqp::publisher::{header_text, header_u32};
@@ -31,6 +32,10 @@ use tracing::Instrument;
 
 /// How long a job whose limits could not be checked waits before going back to its queue.
 const LIMITER_DOWN_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a failed publish waits for the connection's watcher to report the connection
+/// lost before taking the failure for the broker's refusal.
+const LOSS_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest error detail copied from a decoding error.
 const MAX_DETAIL: usize = 500;
@@ -104,24 +109,28 @@ pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
         .await;
     let settled = match outcome {
         Ok(Ok(())) => settle(&shared.lost, delivery.ack(BasicAckOptions::default())).await,
-        Ok(Err(error @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout))) if !matches!(&error, PublishError::Amqp(e) if e.is_amqp_soft_error()) =>
-        {
-            // The connection failed: this delivery is void, the broker gives the job out
-            // again (its result, if any, is in the store) and the worker reconnects.
-            tracing::warn!(%error, "connection lost while answering a job; it will be redelivered");
-            if delivery.acker.usable() {
-                requeue(shared, &delivery).await
+        Ok(Err(error @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout))) => {
+            // Either the connection failed (its watcher says so within moments) or the broker
+            // refused the publish on a live connection (a channel error, e.g. a deleted
+            // exchange), which it would do for every job. Either way the delivery stays
+            // unsettled: the broker requeues it with the connection, without the hot loop of
+            // redeliveries a nack would start here.
+            let refused = matches!(&error, PublishError::Amqp(e) if e.is_amqp_soft_error());
+            let lost = !refused
+                && tokio::time::timeout(LOSS_NOTICE, shared.lost.cancelled())
+                    .await
+                    .is_ok();
+            if lost {
+                tracing::warn!(%error, "connection lost while answering a job; it will be redelivered");
             } else {
-                Ok(false)
+                tracing::error!(%error, "the broker refused a publish; stopping the worker");
+                shared.fatal.cancel();
             }
+            Ok(false)
         }
         Ok(Err(error)) => {
             if !matches!(error, PublishError::Requeue) {
                 tracing::error!(%error, "could not answer the job; requeueing it");
-            }
-            // The broker refused a publish (a channel error): it would refuse every job.
-            if matches!(error, PublishError::Amqp(_)) {
-                shared.fatal.cancel();
             }
             requeue(shared, &delivery).await
         }

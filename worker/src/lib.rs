@@ -240,9 +240,17 @@ impl Worker {
                         in_flight = tracker.len(),
                         "broker connection lost; reconnecting (jobs in flight finish and are redelivered)"
                     );
-                    // Its deliveries are void; the jobs running on it stop waiting on it.
+                    // Its deliveries are void; the jobs running on it stop waiting on it. A
+                    // connection that still lives is closed, so that its unacknowledged
+                    // deliveries go back to their queues now.
                     session.lost.cancel();
-                    current = None;
+                    if let Some(old) = current.take() {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            old.connection.close(200, "session replaced".into()),
+                        )
+                        .await;
+                    }
                 }
             }
         };
@@ -292,11 +300,12 @@ async fn drive(
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            () = shutdown.as_mut() => return SessionEnd::Shutdown,
-            () = session.lost.cancelled() => return SessionEnd::Lost("connection error".into()),
+            biased;
             () = core.fatal.cancelled() => {
                 return SessionEnd::Fatal(anyhow::anyhow!("the result publishing channel failed"));
             }
+            () = shutdown.as_mut() => return SessionEnd::Shutdown,
+            () = session.lost.cancelled() => return SessionEnd::Lost("connection error".into()),
             _ = upkeep.tick() => {
                 if let Ok(metrics) = telemetry::prometheus() {
                     metrics.run_upkeep();
@@ -445,9 +454,13 @@ fn watch_connection(connection: &Connection) -> tokio_util::sync::CancellationTo
     let lost = tokio_util::sync::CancellationToken::new();
     let mut events = connection.events_listener();
     let token = lost.clone();
+    let status = connection.status().clone();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
-            if let lapin::Event::Error(error) = event {
+            // Channel errors come here too; only a failed connection counts.
+            if let lapin::Event::Error(error) = event
+                && !status.connected()
+            {
                 tracing::debug!(%error, "broker connection error");
                 break;
             }
