@@ -38,9 +38,14 @@ pub struct Job {
     /// Name of the schema for providers that want one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_name: Option<String>,
-    /// Model alias from the worker configuration.
+    /// Model alias from the worker configuration, optionally with a credential profile
+    /// after `@` (`fast@premium`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Credential profile: which of the provider's keys serve the job. The plugin's policy
+    /// must allow it. Must agree with a profile given as a `model@profile` suffix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Upper bound on output tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
@@ -126,6 +131,8 @@ pub mod limits {
     pub const MAX_BATCH_ID_LEN: usize = 128;
     /// Longest `model`.
     pub const MAX_MODEL_LEN: usize = 128;
+    /// Longest `profile`.
+    pub const MAX_PROFILE_LEN: usize = 64;
     /// Longest `purpose`.
     pub const MAX_PURPOSE_LEN: usize = 128;
     /// Most stop sequences.
@@ -173,6 +180,7 @@ impl Job {
             json_schema: None,
             schema_name: None,
             model: None,
+            profile: None,
             max_tokens: None,
             temperature: None,
             stop: None,
@@ -197,6 +205,11 @@ impl Job {
         if let Some(m) = &self.model {
             check_len("/model", m, 1, limits::MAX_MODEL_LEN)?;
         }
+        if let Some(p) = &self.profile
+            && !is_name(p, limits::MAX_PROFILE_LEN)
+        {
+            return Err(invalid("/profile", "must match ^[A-Za-z0-9_-]{1,64}$"));
+        }
         if let Some(p) = &self.purpose {
             check_len("/purpose", p, 0, limits::MAX_PURPOSE_LEN)?;
         }
@@ -218,14 +231,10 @@ impl Job {
         {
             return Err(invalid("/json_schema", "must be a JSON object"));
         }
-        if let Some(name) = &self.schema_name {
-            let ok = (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !ok {
-                return Err(invalid("/schema_name", "must match ^[A-Za-z0-9_-]{1,64}$"));
-            }
+        if let Some(name) = &self.schema_name
+            && !is_name(name, 64)
+        {
+            return Err(invalid("/schema_name", "must match ^[A-Za-z0-9_-]{1,64}$"));
         }
         if let Some(n) = self.max_tokens
             && !(1..=limits::MAX_MAX_TOKENS).contains(&n)
@@ -268,6 +277,13 @@ fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), Job
         ));
     }
     Ok(())
+}
+
+/// 1 to `max` ASCII letters, digits, `_` and `-`.
+fn is_name(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Standard alphabet, padded, non-empty. A scan, not a decode: images pass through undecoded.

@@ -48,6 +48,7 @@ fn example_jobs() -> Vec<Job> {
     full.json_schema = Some(serde_json::from_str(examples::RECEIPT).expect("receipt schema"));
     full.schema_name = Some("receipt".into());
     full.model = Some("default".into());
+    full.profile = Some("team-a".into());
     full.max_tokens = Some(512);
     full.temperature = Some(0.0);
     full.stop = Some(vec!["\n\n".into()]);
@@ -175,6 +176,7 @@ fn broken_jobs_are_rejected_by_both_sides() {
             "bad schema name",
             Box::new(|v| v["schema_name"] = json!("has space")),
         ),
+        ("bad profile", Box::new(|v| v["profile"] = json!("team a"))),
         ("max_tokens zero", Box::new(|v| v["max_tokens"] = json!(0))),
         (
             "max_tokens negative",

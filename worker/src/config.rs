@@ -32,8 +32,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Prices of models, for `cost_usd`.
     pub prices: Vec<Price>,
-    /// Per-plugin quotas, by plugin (AMQP user) name.
-    pub plugins: BTreeMap<String, PluginQuota>,
+    /// Plugins (AMQP users) allowed to publish jobs, with their policy and quotas. Absent:
+    /// only [`DEVELOPMENT_PLUGIN`], unrestricted.
+    pub plugins: BTreeMap<String, PluginConfig>,
     /// How the limiter waits.
     pub limits: LimiterConfig,
 }
@@ -51,7 +52,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             providers,
             prices: Vec::new(),
-            plugins: BTreeMap::new(),
+            plugins: BTreeMap::from([(DEVELOPMENT_PLUGIN.to_owned(), PluginConfig::default())]),
             limits: LimiterConfig::default(),
         }
     }
@@ -348,6 +349,26 @@ pub struct KeyConfig {
     pub tokens_per_minute: Option<u64>,
     /// Calls at once, for this key.
     pub concurrent: Option<u64>,
+    /// Credential profile of this key: a job is served by keys of its profile only.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+}
+
+fn default_profile() -> String {
+    DEFAULT_PROFILE.to_owned()
+}
+
+/// One key of a provider's pool, as the pipeline uses it.
+#[derive(Debug, Clone)]
+pub struct PoolKey {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// The secret.
+    pub secret: Option<SecretString>,
+    /// Its limits (the provider's where the key sets none).
+    pub limits: Limits,
+    /// Its credential profile.
+    pub profile: String,
 }
 
 impl KeyConfig {
@@ -416,17 +437,86 @@ impl ModelLimits {
     }
 }
 
-/// `[plugins.NAME]`: quotas of one plugin (its AMQP user), across the fleet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// `[plugins.NAME]`: one plugin (an AMQP user), its policy and its quotas. A job from a user
+/// that is not listed here ends `NOT_AUTHORIZED`. Every refusal of the policy is
+/// `NOT_AUTHORIZED` with `error.details.policy` naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PluginQuota {
+pub struct PluginConfig {
     /// Requests in any 60 s.
     pub requests_per_minute: Option<u64>,
     /// Tokens in any 60 s.
     pub tokens_per_minute: Option<u64>,
     /// Tokens per UTC day; past it jobs end `BUDGET_EXCEEDED`.
     pub daily_tokens: Option<u64>,
+    /// Alias used when a job names none (default: `routing.default_alias`).
+    pub default_model: Option<String>,
+    /// Whether a job may name a model alias other than `default_model`.
+    pub model_override: bool,
+    /// `provider/model` targets this plugin's jobs may be dispatched to, checked on each
+    /// target actually called (after alias resolution and fallback); `provider/*` allows a
+    /// provider's every model. Unset: every configured target.
+    pub allowed_models: Option<Vec<String>>,
+    /// Credential profile used when a job asks for none.
+    pub default_profile: String,
+    /// Credential profiles a job may ask for (`profile`, or a `model@profile` suffix).
+    /// Always includes `default_profile`.
+    pub profiles: Vec<String>,
+    /// Largest input, in bytes: instructions, text and decoded images together.
+    pub max_input_bytes: Option<usize>,
+    /// Most images one job may carry (at most `worker.max_images` anyway).
+    pub max_images: Option<usize>,
+    /// Ceiling of `max_tokens`: a job asking for more is refused, a job asking for none gets
+    /// this bound.
+    pub max_tokens: Option<u32>,
 }
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            daily_tokens: None,
+            default_model: None,
+            model_override: true,
+            allowed_models: None,
+            default_profile: DEFAULT_PROFILE.to_owned(),
+            profiles: Vec::new(),
+            max_input_bytes: None,
+            max_images: None,
+            max_tokens: None,
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Its fleet-wide quotas.
+    pub fn quota(&self) -> PluginQuota {
+        PluginQuota {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            daily_tokens: self.daily_tokens,
+        }
+    }
+}
+
+/// The quotas of one plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PluginQuota {
+    /// Requests in any 60 s.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens in any 60 s.
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens per UTC day.
+    pub daily_tokens: Option<u64>,
+}
+
+/// Profile of a key that names none, and of a job that asks for none.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// The plugin a worker without a `[plugins]` table accepts: RabbitMQ's own `guest` user, which
+/// the broker admits from localhost only. Any `[plugins.NAME]` table replaces it.
+pub const DEVELOPMENT_PLUGIN: &str = "guest";
 
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
@@ -465,19 +555,24 @@ impl Default for LimiterConfig {
 }
 
 impl ProviderConfig {
-    /// The key pool: the configured keys, or one `default` key from `api_key`.
-    pub fn key_pool(&self) -> Vec<(String, Option<SecretString>, Limits)> {
+    /// The key pool: the configured keys, or one `default` key (profile `default`) from
+    /// `api_key`.
+    pub fn key_pool(&self) -> Vec<PoolKey> {
         if self.keys.is_empty() {
-            return vec![("default".to_owned(), self.api_key.clone(), self.limits)];
+            return vec![PoolKey {
+                name: "default".to_owned(),
+                secret: self.api_key.clone(),
+                limits: self.limits,
+                profile: DEFAULT_PROFILE.to_owned(),
+            }];
         }
         self.keys
             .iter()
-            .map(|k| {
-                (
-                    k.name.clone(),
-                    k.api_key.clone(),
-                    k.limits().or(self.limits),
-                )
+            .map(|k| PoolKey {
+                name: k.name.clone(),
+                secret: k.api_key.clone(),
+                limits: k.limits().or(self.limits),
+                profile: k.profile.clone(),
             })
             .collect()
     }
@@ -664,6 +759,12 @@ impl Config {
             ));
         }
         for (alias, route) in &self.routing.aliases {
+            if alias.is_empty() || alias.contains('@') {
+                return Err(invalid(
+                    &format!("routing.aliases.{alias}"),
+                    "an alias name is not empty and has no `@` (it separates a profile)".into(),
+                ));
+            }
             for (i, target) in route.targets().iter().enumerate() {
                 if !self.providers.contains_key(&target.provider) {
                     let key = match i {
@@ -694,14 +795,20 @@ impl Config {
         }
         for (name, provider) in &self.providers {
             let mut seen = std::collections::BTreeSet::new();
-            for (i, (key_name, secret, _)) in provider.key_pool().iter().enumerate() {
-                if key_name.is_empty() || !seen.insert(key_name.clone()) {
+            for (i, key) in provider.key_pool().iter().enumerate() {
+                if key.name.is_empty() || !seen.insert(key.name.clone()) {
                     return Err(invalid(
                         &format!("providers.{name}.keys[{i}].name"),
                         "key names must be unique and not empty".into(),
                     ));
                 }
-                if let Some(secret) = secret
+                if !is_profile_name(&key.profile) {
+                    return Err(invalid(
+                        &format!("providers.{name}.keys[{i}].profile"),
+                        "must match ^[A-Za-z0-9_-]{1,64}$".into(),
+                    ));
+                }
+                if let Some(secret) = &key.secret
                     && reqwest::header::HeaderValue::from_str(secrecy::ExposeSecret::expose_secret(
                         secret,
                     ))
@@ -710,6 +817,38 @@ impl Config {
                     return Err(invalid(
                         &format!("providers.{name}.keys[{i}]"),
                         "the API key is not a valid HTTP header value".into(),
+                    ));
+                }
+            }
+        }
+        for (name, plugin) in &self.plugins {
+            let key = |field: &str| format!("plugins.{name}.{field}");
+            if let Some(alias) = &plugin.default_model
+                && !self.routing.aliases.contains_key(alias)
+            {
+                return Err(invalid(
+                    &key("default_model"),
+                    format!("`{alias}` is not in routing.aliases"),
+                ));
+            }
+            for profile in plugin.profiles.iter().chain([&plugin.default_profile]) {
+                if !is_profile_name(profile) {
+                    return Err(invalid(
+                        &key("profiles"),
+                        format!("`{profile}` does not match ^[A-Za-z0-9_-]{{1,64}}$"),
+                    ));
+                }
+            }
+            for pattern in plugin.allowed_models.iter().flatten() {
+                let well_formed = pattern
+                    .split_once('/')
+                    .is_some_and(|(p, m)| !m.is_empty() && self.providers.contains_key(p));
+                if !well_formed {
+                    return Err(invalid(
+                        &key("allowed_models"),
+                        format!(
+                            "`{pattern}` is not `provider/model` or `provider/*` of a configured provider"
+                        ),
                     ));
                 }
             }
@@ -735,6 +874,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A credential profile name: 1 to 64 ASCII letters, digits, `_` and `-`.
+pub fn is_profile_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

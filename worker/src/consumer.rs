@@ -5,6 +5,7 @@
 //! |------------------------------------------------|------------------------------------------------|
 //! | not a `job.v1` (bad JSON, wrong types, ...)    | dead-lettered `undecodable`; if it has `reply_to` and `correlation_id`, also an `INVALID_REQUEST` result |
 //! | a job without `reply_to`                       | dead-lettered `missing_reply_to`                |
+//! | a job without `user_id`, or from a user that is not a configured plugin | `NOT_AUTHORIZED` result, no Redis or provider call |
 //! | a job whose result is stored (a redelivery)    | the stored result is published again           |
 //! | a job another delivery holds the claim of      | it waits in a delay queue, then is checked again |
 //! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
@@ -227,6 +228,26 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
         _ => (user.unwrap_or("").to_owned(), 0),
     };
     let plugin = plugin_owned.as_str();
+    let policy = match shared.pipeline.identify(Some(plugin)) {
+        Ok(policy) => policy,
+        Err(error) => {
+            telemetry::policy_refusal("", &error);
+            let mut result = JobResult::failed(&job.id, error);
+            result.custom_id = job.custom_id;
+            result.batch_id = job.batch_id;
+            shared
+                .publisher
+                .reply(reply_to, correlation_id, &encode(&result))
+                .await?;
+            telemetry::job_finished(
+                lane,
+                ErrorCode::NotAuthorized.as_str(),
+                started.elapsed(),
+                Default::default(),
+            );
+            return Ok(());
+        }
+    };
     let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str());
 
     async move {
@@ -282,7 +303,7 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             }
         };
         let job_id = job.id.clone();
-        let execution = shared.pipeline.execute(job, plugin, started).await;
+        let execution = shared.pipeline.execute(job, &policy, started).await;
         if execution.retry_later {
             // Never spend without a limit check: back to the queue, after a pause so that a
             // Redis outage does not turn into a hot loop of redeliveries.

@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod http;
 pub mod limits;
 pub mod pipeline;
+pub mod policy;
 pub mod providers;
 pub mod result_store;
 pub mod retry;

@@ -63,6 +63,14 @@ pub const KEY_REMAINING: &str = "quarry_key_remaining";
 pub const REDIS_ROUND_TRIPS_TOTAL: &str = "quarry_redis_round_trips_total";
 /// Deliveries of a job that another delivery was already running (deferred, not started).
 pub const CLAIM_CONFLICTS_TOTAL: &str = "quarry_claim_conflicts_total";
+/// Jobs refused by identity or a plugin's policy, by plugin (`unknown` for an unknown
+/// publisher) and rule (`identity`, `profiles`, `model_override`, `allowed_models`,
+/// `max_input_bytes`, `max_images`, `max_tokens`).
+pub const POLICY_REFUSALS_TOTAL: &str = "quarry_policy_refusals_total";
+/// Batches cancelled through the control queue.
+pub const BATCHES_CANCELLED_TOTAL: &str = "quarry_batches_cancelled_total";
+/// Jobs that expired in their queue (AMQP `expiration`) and were answered `DEADLINE_EXCEEDED`.
+pub const JOBS_EXPIRED_TOTAL: &str = "quarry_jobs_expired_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
 pub const COST: &str = "quarry_job_cost_usd";
 
@@ -120,6 +128,21 @@ fn describe() {
         "The worker's own time per job: job time minus provider time."
     );
     describe_gauge!(IN_FLIGHT, Unit::Count, "Jobs being processed now.");
+    describe_counter!(
+        POLICY_REFUSALS_TOTAL,
+        Unit::Count,
+        "Jobs refused by identity or a plugin's policy, by plugin and rule."
+    );
+    describe_counter!(
+        BATCHES_CANCELLED_TOTAL,
+        Unit::Count,
+        "Batches cancelled through the control queue."
+    );
+    describe_counter!(
+        JOBS_EXPIRED_TOTAL,
+        Unit::Count,
+        "Jobs that expired in their queue and were answered DEADLINE_EXCEEDED."
+    );
     describe_counter!(
         CLAIM_CONFLICTS_TOTAL,
         Unit::Count,
@@ -268,6 +291,35 @@ pub fn replayed() {
 pub fn claim_conflict(lane: Lane) {
     tracing::info!("job in flight elsewhere; deferred until its claim ends");
     counter!(CLAIM_CONFLICTS_TOTAL, "lane" => lane.as_str()).increment(1);
+}
+
+/// Identity or a plugin's policy refused a job. `plugin` is a configured plugin's name, or
+/// empty for an unknown publisher.
+pub fn policy_refusal(plugin: &str, error: &quarry_schemas::ErrorInfo) {
+    let rule = error
+        .details
+        .as_ref()
+        .and_then(|d| d["policy"].as_str())
+        .unwrap_or("other")
+        .to_owned();
+    let plugin = if rule == "identity" || plugin.is_empty() {
+        "unknown".to_owned()
+    } else {
+        plugin.to_owned()
+    };
+    tracing::warn!(plugin, rule, message = %error.message, "job refused by policy");
+    counter!(POLICY_REFUSALS_TOTAL, "plugin" => plugin, "policy" => rule).increment(1);
+}
+
+/// A batch was cancelled.
+pub fn batch_cancelled(plugin: &str, batch_id: &str) {
+    tracing::info!(plugin, batch_id, "batch cancelled");
+    counter!(BATCHES_CANCELLED_TOTAL).increment(1);
+}
+
+/// A job expired in its queue and was answered.
+pub fn job_expired(lane: &str) {
+    counter!(JOBS_EXPIRED_TOTAL, "lane" => lane.to_owned()).increment(1);
 }
 
 /// A result-store operation failed.

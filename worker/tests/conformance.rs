@@ -350,7 +350,14 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
         );
         job.json_schema = Some(receipt_schema());
         job.schema_name = Some("receipt".into());
-        let result = pipeline.execute(job, "test", Instant::now()).await.result;
+        let result = pipeline
+            .execute(
+                job,
+                &quarry_worker::policy::Policy::unrestricted("test", "default"),
+                Instant::now(),
+            )
+            .await
+            .result;
         assert_eq!(
             result.status,
             Status::Ok,
@@ -375,7 +382,14 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
     let pipeline = Pipeline::new(&config).unwrap();
     let mut job = Job::new("j-none", text("Cafe [[fake:invalid_json]]"));
     job.json_schema = Some(receipt_schema());
-    let result = pipeline.execute(job, "test", Instant::now()).await.result;
+    let result = pipeline
+        .execute(
+            job,
+            &quarry_worker::policy::Policy::unrestricted("test", "default"),
+            Instant::now(),
+        )
+        .await
+        .result;
     let error = result.error.expect("error");
     assert_eq!(error.code, ErrorCode::OutputInvalid);
     assert!(

@@ -69,6 +69,10 @@ struct SubmitArgs {
     /// Default model alias for lines without `model`.
     #[arg(long)]
     model: Option<String>,
+    /// Default credential profile for lines without `profile` (the plugin's policy must
+    /// allow it).
+    #[arg(long)]
+    profile: Option<String>,
     /// Default `max_tokens`.
     #[arg(long)]
     max_tokens: Option<u32>,
@@ -98,6 +102,7 @@ struct InputLine {
     json_schema: Option<Value>,
     schema_name: Option<String>,
     model: Option<String>,
+    profile: Option<String>,
     max_tokens: Option<u32>,
     temperature: Option<f64>,
     stop: Option<Vec<String>>,
@@ -145,6 +150,7 @@ struct Defaults {
     schema_name: Option<String>,
     instructions: Option<String>,
     model: Option<String>,
+    profile: Option<String>,
     max_tokens: Option<u32>,
 }
 
@@ -185,6 +191,7 @@ fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
         schema_name,
         instructions: args.instructions.clone(),
         model: args.model.clone(),
+        profile: args.profile.clone(),
         max_tokens: args.max_tokens,
     })
 }
@@ -231,6 +238,7 @@ fn read_jobs(path: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Job>> {
         job.json_schema = parsed.json_schema.or_else(|| defaults.json_schema.clone());
         job.schema_name = parsed.schema_name.or_else(|| defaults.schema_name.clone());
         job.model = parsed.model.or_else(|| defaults.model.clone());
+        job.profile = parsed.profile.or_else(|| defaults.profile.clone());
         job.max_tokens = parsed.max_tokens.or(defaults.max_tokens);
         job.temperature = parsed.temperature;
         job.stop = parsed.stop;

@@ -42,6 +42,49 @@ pub fn redis_url() -> String {
     std::env::var("QUARRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// [`amqp_url`] with another user and password.
+pub fn amqp_url_as(user: &str, password: &str) -> String {
+    let url = amqp_url();
+    let (scheme, rest) = url.split_once("://").expect("amqp URL has a scheme");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// Runs `deploy/rabbitmq/quarry-user ROLE NAME --namespace NS` with `password` on standard
+/// input (role `plugin` or `worker`), or `quarry-user delete NAME` (role `delete`).
+/// The script drives `rabbitmqctl`, so it must be usable here (root on this machine).
+pub async fn rabbitmq_user(role: &str, name: &str, namespace: &str, password: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/rabbitmq/quarry-user");
+    let mut command = Command::new(&script);
+    command.args([role, name]);
+    if role != "delete" {
+        command.args(["--namespace", namespace]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{password}\n").as_bytes())
+        .await
+        .expect("write the password");
+    drop(stdin);
+    let output = within(120, "quarry-user", child.wait_with_output())
+        .await
+        .expect("quarry-user runs");
+    assert!(
+        output.status.success(),
+        "{} {role} {name} failed ({}): {}{}\nIt needs rabbitmqctl with access to the broker node (run the tests as root on the broker's machine).",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+}
+
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())

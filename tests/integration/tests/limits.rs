@@ -326,7 +326,7 @@ use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics};
 use quarry_producer::{
     BatchOptions, ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id,
 };
-use quarry_worker::config::{KeyConfig, Limits, PluginQuota};
+use quarry_worker::config::{KeyConfig, Limits, PluginConfig};
 use secrecy::SecretString;
 
 fn text_jobs(n: usize) -> Vec<Job> {
@@ -379,6 +379,7 @@ fn key_config(name: &str, secret: &str) -> KeyConfig {
         requests_per_minute: None,
         tokens_per_minute: None,
         concurrent: None,
+        profile: "default".into(),
     }
 }
 
@@ -521,9 +522,9 @@ async fn a_plugins_daily_budget_ends_jobs_budget_exceeded() {
     // Each job reserves about 53 tokens (a few characters and max_tokens 50).
     config.plugins.insert(
         "guest".into(),
-        PluginQuota {
+        PluginConfig {
             daily_tokens: Some(500),
-            ..PluginQuota::default()
+            ..PluginConfig::default()
         },
     );
     let worker = fleet.spawn_task_worker(config).await;
@@ -558,10 +559,11 @@ async fn the_happy_path_costs_three_redis_round_trips_per_job() {
     }
     config.plugins.insert(
         "guest".into(),
-        PluginQuota {
+        PluginConfig {
             requests_per_minute: Some(10_000),
             tokens_per_minute: Some(10_000_000),
             daily_tokens: Some(100_000_000),
+            ..PluginConfig::default()
         },
     );
     let worker = fleet.spawn_task_worker(config).await;
@@ -722,9 +724,9 @@ async fn a_long_wait_goes_through_the_delay_queue_not_a_held_delivery() {
     config.limits.max_deferrals = 3;
     config.plugins.insert(
         "guest".into(),
-        PluginQuota {
+        PluginConfig {
             requests_per_minute: Some(2),
-            ..PluginQuota::default()
+            ..PluginConfig::default()
         },
     );
     let worker = fleet.spawn_task_worker(config).await;

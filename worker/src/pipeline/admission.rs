@@ -36,7 +36,12 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    pub(super) fn from_config(provider: &str, config: Option<&ProviderConfig>) -> Self {
+    /// The provider's pool split by credential profile: a job is served by its profile's
+    /// keys only.
+    pub(super) fn by_profile(
+        provider: &str,
+        config: Option<&ProviderConfig>,
+    ) -> BTreeMap<String, Keys> {
         let Some(config) = config else {
             let key = KeyEntry {
                 label: "default".into(),
@@ -44,27 +49,33 @@ impl Keys {
                 secret: None,
                 limits: Limits::default(),
             };
-            return Self {
+            let keys = Self {
                 keys: vec![key],
                 model_limits: BTreeMap::new(),
             };
+            return BTreeMap::from([(crate::config::DEFAULT_PROFILE.to_owned(), keys)]);
         };
-        let keys = config
-            .key_pool()
-            .into_iter()
-            .map(|(label, secret, limits)| KeyEntry {
-                candidate: format!("{provider}/{label}"),
-                label,
-                secret,
-                limits,
-            })
-            .collect();
-        let model_limits = config
+        let model_limits: BTreeMap<String, Limits> = config
             .model_limits
             .iter()
             .map(|m| (m.model.clone(), m.limits()))
             .collect();
-        Self { keys, model_limits }
+        let mut out: BTreeMap<String, Keys> = BTreeMap::new();
+        for key in config.key_pool() {
+            out.entry(key.profile.clone())
+                .or_insert_with(|| Keys {
+                    keys: Vec::new(),
+                    model_limits: model_limits.clone(),
+                })
+                .keys
+                .push(KeyEntry {
+                    candidate: format!("{provider}/{}", key.name),
+                    label: key.name,
+                    secret: key.secret,
+                    limits: key.limits,
+                });
+        }
+        out
     }
 
     fn limited(&self) -> bool {
@@ -97,7 +108,7 @@ pub(super) enum Refused {
 /// Limits, quotas and the key pool.
 pub(super) struct Admission {
     limiter: Option<Limiter>,
-    plugins: BTreeMap<String, PluginQuota>,
+    quotas: BTreeMap<String, PluginQuota>,
     config: LimiterConfig,
 }
 
@@ -105,7 +116,11 @@ impl Admission {
     pub(super) fn new(config: &Config, limiter: Option<Limiter>) -> Self {
         Self {
             limiter,
-            plugins: config.plugins.clone(),
+            quotas: config
+                .plugins
+                .iter()
+                .map(|(name, plugin)| (name.clone(), plugin.quota()))
+                .collect(),
             config: config.limits.clone(),
         }
     }
@@ -124,7 +139,7 @@ impl Admission {
         request: &ProviderRequest<'_>,
         deadline: Option<Instant>,
     ) -> Result<Admitted, Refused> {
-        let quota = self.plugins.get(plugin).copied().unwrap_or_default();
+        let quota = self.quotas.get(plugin).copied().unwrap_or_default();
         let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota)) else {
             return Ok(Admitted {
                 key: 0,

@@ -1,11 +1,15 @@
 //! What happens to one decoded job, in this order (DESIGN.md, "The flow of one job"):
 //!
 //! 1. contract checks the types cannot express (`Job::check`)        → `INVALID_REQUEST`
+//!    the plugin's policy: model override, credential profile (field or `model@profile`),
+//!    input size, image count, max_tokens ceiling ([`crate::policy`]) → `NOT_AUTHORIZED`
 //! 2. deadline                                                        → `DEADLINE_EXCEEDED`
 //! 3. compile (or fetch the cached) JSON Schema validator             → `INVALID_REQUEST`
 //! 4. route the model alias to its targets (provider/model, fallbacks) → `MODEL_UNRESOLVED`
 //! 5. check images: count, size, type, and that a target takes them   → `INVALID_REQUEST`
-//! 6. for each target in order, while it answers `MODEL_UNAVAILABLE` the next one is tried:
+//! 6. keep the targets the plugin may reach (`allowed_models`, checked on every target that
+//!    could be dispatched, fallbacks included) and that have keys of the granted profile
+//!    (→ `NOT_AUTHORIZED` / `MODEL_UNRESOLVED`); then for each target in order, while it answers `MODEL_UNAVAILABLE` the next one is tried:
 //!    call the provider, retrying per the error's disposition within the deadline; then
 //!    parse and validate the answer, and on failure ask again with the answer and the
 //!    validator's errors (the repair loop)                           → `OUTPUT_INVALID`
@@ -19,6 +23,7 @@ mod cost;
 
 use crate::config::{Config, Route, Target};
 use crate::limits::{Limiter, Settlement};
+use crate::policy::{Policies, Policy};
 use crate::providers::{
     self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
@@ -45,7 +50,8 @@ const MAX_QUOTED_ANSWER: usize = 2000;
 struct ProviderEntry {
     provider: Box<dyn Provider>,
     timeout: Duration,
-    keys: Keys,
+    /// The key pool by credential profile.
+    keys: BTreeMap<String, Keys>,
 }
 
 /// Limits on a job's images.
@@ -59,13 +65,13 @@ struct ImageLimits {
 pub struct Pipeline {
     providers: BTreeMap<String, ProviderEntry>,
     aliases: BTreeMap<String, Vec<Target>>,
-    default_alias: String,
     schemas: SchemaCache,
     retry: RetryPolicy,
     repair_attempts: u32,
     images: ImageLimits,
     prices: PriceTable,
     admission: Admission,
+    policies: Policies,
 }
 
 /// A finished job: its result and the time spent waiting on providers.
@@ -118,6 +124,10 @@ struct Tally {
 struct Leg<'t> {
     target: &'t Target,
     entry: &'t ProviderEntry,
+    /// The keys of the granted profile.
+    keys: &'t Keys,
+    /// The output bound the policy granted.
+    max_tokens: Option<u32>,
     /// Another target follows: an unavailable model is left at once instead of retried.
     has_fallback: bool,
     /// The publishing plugin, for its quotas.
@@ -151,7 +161,7 @@ impl Pipeline {
         let providers = providers
             .into_iter()
             .map(|(name, (provider, timeout))| {
-                let keys = Keys::from_config(&name, config.providers.get(&name));
+                let keys = Keys::by_profile(&name, config.providers.get(&name));
                 (
                     name,
                     ProviderEntry {
@@ -170,7 +180,6 @@ impl Pipeline {
                 .iter()
                 .map(|(k, r)| (k.clone(), Route::targets(r)))
                 .collect(),
-            default_alias: config.routing.default_alias.clone(),
             schemas: SchemaCache::new(SCHEMA_CACHE_CAPACITY),
             retry: RetryPolicy::from_config(&config.worker),
             repair_attempts: config.worker.repair_attempts,
@@ -180,6 +189,7 @@ impl Pipeline {
             },
             prices: PriceTable::new(&config.prices),
             admission: Admission::new(config, None),
+            policies: Policies::from_config(config),
         }
     }
 
@@ -192,15 +202,24 @@ impl Pipeline {
     /// Refreshes the key-state and remaining-limit gauges of every provider's keys.
     pub async fn report_keys(&self) {
         for (name, entry) in &self.providers {
-            self.admission.report(name, &entry.keys).await;
+            for keys in entry.keys.values() {
+                self.admission.report(name, keys).await;
+            }
         }
     }
 
-    /// Runs a job to its result. Never fails: every failure is a result with an error.
-    /// `plugin` (the publishing AMQP user) labels the cost metric.
-    pub async fn execute(&self, job: Job, plugin: &str, started: Instant) -> Execution {
+    /// The policy of the plugin that published a job (its broker-validated AMQP user), or the
+    /// `NOT_AUTHORIZED` error of a job without one or from an unknown plugin.
+    pub fn identify(&self, user: Option<&str>) -> Result<std::sync::Arc<Policy>, ErrorInfo> {
+        self.policies.identify(user)
+    }
+
+    /// Runs a job of the plugin `policy` belongs to, to its result. Never fails: every
+    /// failure is a result with an error.
+    pub async fn execute(&self, job: Job, policy: &Policy, started: Instant) -> Execution {
+        let plugin = policy.name.as_str();
         let mut tally = Tally::default();
-        let outcome = self.run_stages(&job, plugin, &mut tally).await;
+        let outcome = self.run_stages(&job, policy, &mut tally).await;
         // A failed job's last settlement cannot wait for the result's write.
         if outcome.is_err()
             && let Some(settlement) = tally.settlement.take()
@@ -263,12 +282,15 @@ impl Pipeline {
     async fn run_stages(
         &self,
         job: &Job,
-        plugin: &str,
+        policy: &Policy,
         tally: &mut Tally,
     ) -> Result<Answer, Failure> {
-        // 1. contract
+        // 1. contract, then the plugin's policy
         job.check()
             .map_err(|e| ErrorInfo::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        let grant = policy
+            .admit(job)
+            .inspect_err(|error| telemetry::policy_refusal(&policy.name, error))?;
         // 2. deadline
         let deadline = job.deadline_ms.map(deadline_from_epoch_ms);
         if remaining(deadline) == Some(Duration::ZERO) {
@@ -289,7 +311,7 @@ impl Pipeline {
             None => None,
         };
         // 4. route
-        let alias = job.model.as_deref().unwrap_or(&self.default_alias);
+        let alias = grant.alias.as_str();
         let targets = self.aliases.get(alias).ok_or_else(|| {
             ErrorInfo::new(
                 ErrorCode::ModelUnresolved,
@@ -298,21 +320,42 @@ impl Pipeline {
         })?;
         // 5. images
         let targets = self.image_capable(job, alias, targets)?;
-        // 6. targets in order, each with retries and repairs
+        // 6. the targets this plugin may reach with its profile's keys, in order, each with
+        //    retries and repairs
+        let (denied, reachable): (Vec<&Target>, Vec<&Target>) =
+            targets.into_iter().partition(|t| !policy.allows(t));
+        let legs: Vec<(&Target, &ProviderEntry, &Keys)> = reachable
+            .into_iter()
+            .filter_map(|target| {
+                let entry = self.providers.get(&target.provider)?;
+                let keys = entry.keys.get(&grant.profile)?;
+                Some((target, entry, keys))
+            })
+            .collect();
+        if legs.is_empty() {
+            if !denied.is_empty() {
+                let error = policy.no_allowed_target(alias, &denied);
+                telemetry::policy_refusal(&policy.name, &error);
+                return Err(error.into());
+            }
+            return Err(ErrorInfo::new(
+                ErrorCode::ModelUnresolved,
+                format!(
+                    "model alias `{alias}` routes to no provider with a key of credential profile `{}`",
+                    grant.profile
+                ),
+            )
+            .into());
+        }
         let mut last = None;
-        for (i, target) in targets.iter().enumerate() {
-            let Some(entry) = self.providers.get(&target.provider) else {
-                return Err(ErrorInfo::new(
-                    ErrorCode::Internal,
-                    format!("alias `{alias}` routes to an unknown provider"),
-                )
-                .into());
-            };
+        for (i, &(target, entry, keys)) in legs.iter().enumerate() {
             let leg = Leg {
                 target,
                 entry,
-                has_fallback: i + 1 < targets.len(),
-                plugin,
+                keys,
+                max_tokens: grant.max_tokens,
+                has_fallback: i + 1 < legs.len(),
+                plugin: &policy.name,
             };
             match self
                 .on_target(job, &leg, validator.as_deref(), deadline, tally)
@@ -411,7 +454,7 @@ impl Pipeline {
                     .json_schema
                     .as_ref()
                     .map(|s| (job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME), s)),
-                max_tokens: job.max_tokens,
+                max_tokens: leg.max_tokens,
                 temperature: job.temperature,
                 stop: job.stop.as_deref(),
                 timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
@@ -497,13 +540,7 @@ impl Pipeline {
             }
             let admitted = match self
                 .admission
-                .admit(
-                    &target.provider,
-                    &entry.keys,
-                    leg.plugin,
-                    &request,
-                    deadline,
-                )
+                .admit(&target.provider, leg.keys, leg.plugin, &request, deadline)
                 .await
             {
                 Ok(admitted) => admitted,
@@ -524,7 +561,7 @@ impl Pipeline {
                     ));
                 }
             };
-            request.api_key = entry
+            request.api_key = leg
                 .keys
                 .keys
                 .get(admitted.key)
@@ -561,7 +598,7 @@ impl Pipeline {
             };
             self.admission.settle(&target.provider, &admitted, 0).await;
             self.admission
-                .after_failure(&target.provider, &entry.keys, &admitted, &error)
+                .after_failure(&target.provider, leg.keys, &admitted, &error)
                 .await;
             telemetry::provider_attempt(
                 &target.provider,
@@ -575,8 +612,8 @@ impl Pipeline {
             }
             // Another key may serve at once: the rejected one is out of rotation now.
             if error.disposition == Disposition::RotateKey
-                && entry.keys.keys.len() > 1
-                && rotations < entry.keys.keys.len()
+                && leg.keys.keys.len() > 1
+                && rotations < leg.keys.keys.len()
             {
                 rotations += 1;
                 attempts_here -= 1;
@@ -634,7 +671,7 @@ fn check_answer(validator: &Validator, text: &str) -> Result<Value, (String, Val
 }
 
 /// Decoded size of standard padded base64.
-fn decoded_len(data: &str) -> usize {
+pub(crate) fn decoded_len(data: &str) -> usize {
     let padding = data
         .bytes()
         .rev()

@@ -13,7 +13,16 @@ struct ScriptedProvider {
     outcomes: Mutex<Vec<Result<ProviderResponse, ProviderError>>>,
     calls: Arc<Mutex<u32>>,
     repairs_seen: Arc<Mutex<Vec<Vec<Repair>>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     mimes: &'static [ImageMime],
+}
+
+/// What one call was sent: model, key, output bound.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    model: String,
+    key: Option<String>,
+    max_tokens: Option<u32>,
 }
 
 impl Provider for ScriptedProvider {
@@ -34,6 +43,13 @@ impl Provider for ScriptedProvider {
             .lock()
             .unwrap()
             .push(request.repairs.to_vec());
+        self.seen.lock().unwrap().push(Seen {
+            model: request.model.to_owned(),
+            key: request
+                .api_key
+                .map(|k| secrecy::ExposeSecret::expose_secret(k).to_owned()),
+            max_tokens: request.max_tokens,
+        });
         let next = self.outcomes.lock().unwrap().remove(0);
         Box::pin(async move { next })
     }
@@ -63,6 +79,11 @@ fn failure(code: ErrorCode, disposition: Disposition) -> Result<ProviderResponse
 struct Probe {
     calls: Arc<Mutex<u32>>,
     repairs_seen: Arc<Mutex<Vec<Vec<Repair>>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn anyone() -> Policy {
+    Policy::unrestricted("test", "default")
 }
 
 fn provider(
@@ -72,11 +93,13 @@ fn provider(
     let probe = Probe {
         calls: Arc::default(),
         repairs_seen: Arc::default(),
+        seen: Arc::default(),
     };
     let provider = ScriptedProvider {
         outcomes: Mutex::new(outcomes),
         calls: probe.calls.clone(),
         repairs_seen: probe.repairs_seen.clone(),
+        seen: probe.seen.clone(),
         mimes,
     };
     (Box::new(provider), probe)
@@ -128,7 +151,7 @@ async fn retries_a_retryable_failure_and_sums_usage() {
         answer(r#"{"total": 3.5}"#),
     ]);
     let run = pipeline
-        .execute(job(Some(total_schema())), "test", Instant::now())
+        .execute(job(Some(total_schema())), &anyone(), Instant::now())
         .await;
     let result = run.result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -153,7 +176,7 @@ async fn gives_up_after_max_attempts_with_the_last_code() {
         failure(ErrorCode::Timeout, Disposition::Retry { after: None }),
     ]);
     let result = pipeline
-        .execute(job(None), "test", Instant::now())
+        .execute(job(None), &anyone(), Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -171,7 +194,7 @@ async fn permanent_and_key_failures_are_not_retried() {
     ] {
         let (pipeline, calls) = scripted(vec![failure(code, disposition), answer("never")]);
         let result = pipeline
-            .execute(job(None), "test", Instant::now())
+            .execute(job(None), &anyone(), Instant::now())
             .await
             .result;
         assert_eq!(result.error.expect("error").code, code);
@@ -183,7 +206,7 @@ async fn permanent_and_key_failures_are_not_retried() {
 async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
     let (pipeline, _) = scripted(vec![answer("{\"total\": ")]);
     let result = pipeline
-        .execute(job(Some(total_schema())), "test", Instant::now())
+        .execute(job(Some(total_schema())), &anyone(), Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -196,7 +219,7 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
 
     let (pipeline, _) = scripted(vec![answer(r#"{"total": "3.50"}"#)]);
     let result = pipeline
-        .execute(job(Some(total_schema())), "test", Instant::now())
+        .execute(job(Some(total_schema())), &anyone(), Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -210,7 +233,7 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
 async fn text_mode_returns_text() {
     let (pipeline, _) = scripted(vec![answer("plain words")]);
     let result = pipeline
-        .execute(job(None), "test", Instant::now())
+        .execute(job(None), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.text.as_deref(), Some("plain words"));
@@ -235,7 +258,10 @@ async fn a_deadline_that_would_pass_during_backoff_stops_retries() {
         .unwrap()
         .as_millis() as u64;
     job.deadline_ms = Some(now_ms + 5_000);
-    let result = pipeline.execute(job, "test", Instant::now()).await.result;
+    let result = pipeline
+        .execute(job, &anyone(), Instant::now())
+        .await
+        .result;
     assert_eq!(result.error.expect("error").code, ErrorCode::RateLimited);
     assert_eq!(
         *calls.lock().unwrap(),
@@ -275,7 +301,10 @@ async fn stages_before_the_provider_fail_without_calling_it() {
     ];
     for (job, code) in cases {
         let (pipeline, calls) = scripted(vec![]);
-        let result = pipeline.execute(job, "test", Instant::now()).await.result;
+        let result = pipeline
+            .execute(job, &anyone(), Instant::now())
+            .await
+            .result;
         assert_eq!(result.error.expect("error").code, code);
         assert_eq!(result.attempts, 0);
         assert_eq!(*calls.lock().unwrap(), 0);
@@ -291,7 +320,7 @@ async fn the_repair_loop_re_asks_with_the_answer_and_its_errors() {
         vec![answer(r#"{"total": "3.50"}"#), answer(r#"{"total": 3.5}"#)],
     );
     let result = pipeline
-        .execute(job(Some(total_schema())), "test", Instant::now())
+        .execute(job(Some(total_schema())), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -321,7 +350,7 @@ async fn the_repair_loop_gives_up_with_details() {
         vec![answer("nope"), answer("{"), answer(r#"{"total": "x"}"#)],
     );
     let result = pipeline
-        .execute(job(Some(total_schema())), "test", Instant::now())
+        .execute(job(Some(total_schema())), &anyone(), Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -363,7 +392,7 @@ async fn an_unavailable_model_falls_back_to_the_next_target() {
     ]);
     let pipeline = Pipeline::with_providers(&fallback_config(), providers);
     let result = pipeline
-        .execute(job(Some(total_schema())), "test", Instant::now())
+        .execute(job(Some(total_schema())), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -386,7 +415,7 @@ async fn other_failures_do_not_fall_back() {
     ]);
     let pipeline = Pipeline::with_providers(&fallback_config(), providers);
     let result = pipeline
-        .execute(job(None), "test", Instant::now())
+        .execute(job(None), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.error.expect("error").code, ErrorCode::InvalidRequest);
@@ -421,7 +450,10 @@ async fn images_are_checked_before_any_call() {
     ];
     for (job, expected) in cases {
         let (pipeline, probe) = scripted_with(config.clone(), vec![]);
-        let result = pipeline.execute(job, "test", Instant::now()).await.result;
+        let result = pipeline
+            .execute(job, &anyone(), Instant::now())
+            .await
+            .result;
         let error = result.error.expect("error");
         assert_eq!(error.code, ErrorCode::InvalidRequest);
         assert!(error.message.contains(expected), "{}", error.message);
@@ -437,14 +469,18 @@ async fn images_are_checked_before_any_call() {
         .images = false;
     let (pipeline, _) = scripted_with(text_only, vec![]);
     let result = pipeline
-        .execute(image_job(ImageMime::Png, 1, 10), "test", Instant::now())
+        .execute(image_job(ImageMime::Png, 1, 10), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.error.expect("error").code, ErrorCode::InvalidRequest);
     // Within the limits, the call is made.
     let (pipeline, probe) = scripted_with(config, vec![answer("ok")]);
     let result = pipeline
-        .execute(image_job(ImageMime::Jpeg, 2, 900), "test", Instant::now())
+        .execute(
+            image_job(ImageMime::Jpeg, 2, 900),
+            &anyone(),
+            Instant::now(),
+        )
         .await
         .result;
     assert_eq!(result.status, Status::Ok);
@@ -463,14 +499,253 @@ async fn cost_comes_from_the_price_table() {
     }];
     let (pipeline, _) = scripted_with(config, vec![answer("ok")]);
     let result = pipeline
-        .execute(job(None), "test", Instant::now())
+        .execute(job(None), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.cost_usd, Some(10.0 + 5.0 * 2.0));
     let (pipeline, _) = scripted(vec![answer("ok")]);
     let result = pipeline
-        .execute(job(None), "test", Instant::now())
+        .execute(job(None), &anyone(), Instant::now())
         .await
         .result;
     assert_eq!(result.cost_usd, None, "no price, no cost");
+}
+
+/// A config whose `fake` provider has a key in each of two profiles, a `guarded` alias
+/// falling back from `fake-large` to `fake-mini`, and one plugin `receipts` with `plugin`'s
+/// policy.
+fn policy_config(plugin: crate::config::PluginConfig) -> Config {
+    use crate::config::{KeyConfig, Route, Target};
+    let mut config = test_config();
+    let key = |name: &str, secret: &str, profile: &str| KeyConfig {
+        name: name.into(),
+        api_key: Some(secrecy::SecretString::from(secret.to_owned())),
+        api_key_env: None,
+        api_key_file: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        concurrent: None,
+        profile: profile.into(),
+    };
+    let fake = config.providers.get_mut("fake").unwrap();
+    fake.keys = vec![
+        key("standard", "sk-standard", "default"),
+        key("premium", "sk-premium", "premium"),
+    ];
+    config.routing.aliases.insert(
+        "guarded".into(),
+        Route {
+            provider: "fake".into(),
+            model: "fake-large".into(),
+            images: true,
+            fallbacks: vec![Target {
+                provider: "fake".into(),
+                model: "fake-mini".into(),
+                images: true,
+            }],
+        },
+    );
+    config.plugins = BTreeMap::from([("receipts".to_owned(), plugin)]);
+    config
+}
+
+fn policed(
+    plugin: crate::config::PluginConfig,
+    outcomes: Vec<Result<ProviderResponse, ProviderError>>,
+) -> (Pipeline, Probe, Arc<Policy>) {
+    let (pipeline, probe) = scripted_with(policy_config(plugin), outcomes);
+    let policy = pipeline.identify(Some("receipts")).unwrap();
+    (pipeline, probe, policy)
+}
+
+fn rule(result: &JobResult) -> (Option<ErrorCode>, Option<String>) {
+    let error = result.error.as_ref();
+    (
+        error.map(|e| e.code),
+        error
+            .and_then(|e| e.details.as_ref())
+            .and_then(|d| d["policy"].as_str())
+            .map(str::to_owned),
+    )
+}
+
+#[tokio::test]
+async fn the_profile_picks_the_key_and_a_suffix_cannot_bypass_the_gate() {
+    use crate::config::PluginConfig;
+    // Allowed: the premium key serves a job that asks for it, either way.
+    let (pipeline, probe, policy) = policed(
+        PluginConfig {
+            profiles: vec!["premium".into()],
+            ..PluginConfig::default()
+        },
+        vec![answer("a"), answer("b"), answer("c")],
+    );
+    let mut asked = job(None);
+    let run = pipeline
+        .execute(asked.clone(), &policy, Instant::now())
+        .await;
+    assert_eq!(run.result.status, Status::Ok);
+    asked.profile = Some("premium".into());
+    pipeline
+        .execute(asked.clone(), &policy, Instant::now())
+        .await;
+    asked.profile = None;
+    asked.model = Some("default@premium".into());
+    pipeline.execute(asked, &policy, Instant::now()).await;
+    let keys: Vec<Option<String>> = probe
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.key.clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [Some("sk-standard"), Some("sk-premium"), Some("sk-premium")].map(|k| k.map(str::to_owned))
+    );
+
+    // Not allowed: neither the field nor the suffix reaches the premium key, and a
+    // contradiction is refused rather than resolved.
+    let (pipeline, probe, policy) = policed(PluginConfig::default(), vec![]);
+    for (model, profile, expected) in [
+        (
+            Some("default@premium"),
+            None,
+            (ErrorCode::NotAuthorized, Some("profiles")),
+        ),
+        (
+            None,
+            Some("premium"),
+            (ErrorCode::NotAuthorized, Some("profiles")),
+        ),
+        (
+            Some("default@premium"),
+            Some("default"),
+            (ErrorCode::InvalidRequest, None),
+        ),
+        (
+            Some("default@default"),
+            Some("premium"),
+            (ErrorCode::InvalidRequest, None),
+        ),
+    ] {
+        let mut bypass = job(None);
+        bypass.model = model.map(str::to_owned);
+        bypass.profile = profile.map(str::to_owned);
+        let result = pipeline
+            .execute(bypass, &policy, Instant::now())
+            .await
+            .result;
+        assert_eq!(
+            rule(&result),
+            (Some(expected.0), expected.1.map(str::to_owned)),
+            "{model:?} {profile:?}"
+        );
+        assert_eq!(result.attempts, 0);
+    }
+    assert_eq!(*probe.calls.lock().unwrap(), 0, "no call was made");
+}
+
+#[tokio::test]
+async fn allowed_models_are_checked_on_the_target_dispatched_fallbacks_included() {
+    use crate::config::PluginConfig;
+    // Only the fallback is allowed: the job goes straight to it.
+    let (pipeline, probe, policy) = policed(
+        PluginConfig {
+            allowed_models: Some(vec!["fake/fake-mini".into()]),
+            ..PluginConfig::default()
+        },
+        vec![answer("ok")],
+    );
+    let mut guarded = job(None);
+    guarded.model = Some("guarded".into());
+    let result = pipeline
+        .execute(guarded.clone(), &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok);
+    assert_eq!(result.model.as_deref(), Some("scripted-model"));
+    assert_eq!(probe.seen.lock().unwrap()[0].model, "fake-mini");
+
+    // Only the primary is allowed: when it is unavailable, the disallowed fallback is never
+    // called and the job ends with the primary's error.
+    let (pipeline, probe, policy) = policed(
+        PluginConfig {
+            allowed_models: Some(vec!["fake/fake-large".into()]),
+            ..PluginConfig::default()
+        },
+        vec![failure(ErrorCode::ModelUnavailable, Disposition::Permanent)],
+    );
+    let result = pipeline
+        .execute(guarded.clone(), &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(rule(&result).0, Some(ErrorCode::ModelUnavailable));
+    let models: Vec<String> = probe
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.model.clone())
+        .collect();
+    assert_eq!(models, ["fake-large"]);
+
+    // Neither: NOT_AUTHORIZED without a call.
+    let (pipeline, probe, policy) = policed(
+        PluginConfig {
+            allowed_models: Some(vec!["fake/other".into()]),
+            ..PluginConfig::default()
+        },
+        vec![],
+    );
+    let result = pipeline
+        .execute(guarded, &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(
+        rule(&result),
+        (
+            Some(ErrorCode::NotAuthorized),
+            Some("allowed_models".into())
+        )
+    );
+    assert_eq!(*probe.calls.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_max_tokens_ceiling_bounds_every_call() {
+    use crate::config::PluginConfig;
+    let (pipeline, probe, policy) = policed(
+        PluginConfig {
+            max_tokens: Some(300),
+            model_override: false,
+            ..PluginConfig::default()
+        },
+        vec![answer("a"), answer("b")],
+    );
+    pipeline.execute(job(None), &policy, Instant::now()).await;
+    let mut modest = job(None);
+    modest.max_tokens = Some(20);
+    pipeline.execute(modest, &policy, Instant::now()).await;
+    let bounds: Vec<Option<u32>> = probe
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.max_tokens)
+        .collect();
+    assert_eq!(bounds, [Some(300), Some(20)]);
+    let mut overriding = job(None);
+    overriding.model = Some("fast".into());
+    let result = pipeline
+        .execute(overriding, &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(
+        rule(&result),
+        (
+            Some(ErrorCode::NotAuthorized),
+            Some("model_override".into())
+        )
+    );
 }
