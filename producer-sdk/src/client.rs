@@ -10,8 +10,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use quarry_schemas::wire::{Lane, Topology};
-use quarry_schemas::{Job, JobResult};
+use quarry_schemas::control::{ControlReply, ControlRequest};
+use quarry_schemas::wire::{CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_CONTROL, Topology};
+use quarry_schemas::{Job, JobResult, Status};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +58,8 @@ impl Default for CallOptions {
 pub(crate) const ANONYMOUS: &str = "anonymous";
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>;
+/// Control requests waiting for their reply, by correlation id.
+type PendingControl = Arc<Mutex<HashMap<String, oneshot::Sender<ControlReply>>>>;
 
 /// A producer's connection to the fleet. Cheap to share behind an `Arc`; every method takes
 /// `&self` and may be called from many tasks at once.
@@ -69,6 +72,7 @@ pub struct Client {
     pub(crate) lost: tokio_util::sync::CancellationToken,
     reply_queue: String,
     pending: Pending,
+    pending_control: PendingControl,
 }
 
 impl Client {
@@ -146,7 +150,12 @@ impl Client {
             )
             .await?;
         let pending: Pending = Arc::default();
-        tokio::spawn(route_replies(consumer, pending.clone()));
+        let pending_control: PendingControl = Arc::default();
+        tokio::spawn(route_replies(
+            consumer,
+            pending.clone(),
+            pending_control.clone(),
+        ));
 
         Ok(Self {
             connection,
@@ -156,6 +165,7 @@ impl Client {
             lost,
             reply_queue,
             pending,
+            pending_control,
         })
     }
 
@@ -321,6 +331,73 @@ impl Client {
         crate::batch::start(self, batch_id, jobs, published, received, options).await
     }
 
+    /// Cancels a batch of this plugin: its jobs that have not started end `CANCELLED` (their
+    /// results still arrive, one per job), jobs in flight finish. Returns once a worker has
+    /// applied the cancellation fleet-wide, or [`Error::Refused`] if the fleet refused it,
+    /// or [`Error::Timeout`] after `timeout` without an answer (no worker running).
+    pub async fn cancel_batch(&self, batch_id: &str, timeout: Duration) -> Result<(), Error> {
+        let request = ControlRequest::cancel_batch(batch_id);
+        // A ControlRequest is plain data: serialising it cannot fail.
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let correlation_id = format!("control-{}", uuid::Uuid::now_v7().simple());
+        let (tx, rx) = oneshot::channel();
+        self.lock_control().insert(correlation_id.clone(), tx);
+        let outcome = async {
+            let mut properties = lapin::BasicProperties::default()
+                .with_content_type(CONTENT_TYPE_JSON.into())
+                .with_type(MESSAGE_TYPE_CONTROL.into())
+                .with_delivery_mode(2)
+                .with_correlation_id(correlation_id.as_str().into())
+                .with_reply_to(self.reply_queue.as_str().into());
+            if let Some(user) = &self.user_id {
+                properties = properties.with_user_id(user.as_str().into());
+            }
+            let options = lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            };
+            let published = async {
+                let confirm = self
+                    .channel
+                    .basic_publish(
+                        self.topology.control_exchange().as_str().into(),
+                        "".into(),
+                        options,
+                        &body,
+                        properties,
+                    )
+                    .await?;
+                crate::publish::settle(confirm.await?, &correlation_id, Lane::Interactive)
+            };
+            unless_lost(&self.lost, published).await??;
+            match unless_lost(&self.lost, tokio::time::timeout(timeout, rx)).await? {
+                Ok(Ok(reply)) if reply.status == Status::Ok => Ok(()),
+                Ok(Ok(reply)) => Err(Error::Refused(reply.error.unwrap_or_else(|| {
+                    quarry_schemas::ErrorInfo::new(
+                        quarry_schemas::ErrorCode::Internal,
+                        "refused without a reason",
+                    )
+                }))),
+                Ok(Err(_)) => Err(Error::Closed),
+                Err(_) => Err(Error::Timeout {
+                    job_id: correlation_id.clone(),
+                    timeout,
+                }),
+            }
+        }
+        .await;
+        self.lock_control().remove(&correlation_id);
+        outcome
+    }
+
+    fn lock_control(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<ControlReply>>> {
+        self.pending_control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Closes the connection. Unacknowledged results go back to their queues.
     ///
     /// A channel that is already closing (e.g. a dropped [`BatchStream`]'s) does not make the
@@ -347,7 +424,11 @@ impl Client {
     }
 }
 
-async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
+async fn route_replies(
+    mut consumer: lapin::Consumer,
+    pending: Pending,
+    pending_control: PendingControl,
+) {
     while let Some(next) = consumer.next().await {
         let delivery = match next {
             Ok(delivery) => delivery,
@@ -356,6 +437,40 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
                 break;
             }
         };
+        let is_control = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|t| t.as_str() == MESSAGE_TYPE_CONTROL);
+        if is_control {
+            let correlation = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default();
+            let waiter = pending_control
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&correlation);
+            match (
+                serde_json::from_slice::<ControlReply>(&delivery.data),
+                waiter,
+            ) {
+                (Ok(reply), Some(tx)) => {
+                    let _ = tx.send(reply);
+                }
+                (Ok(_), None) => tracing::debug!("control reply for no waiting call"),
+                (Err(error), _) => {
+                    tracing::warn!(%error, "reply queue received a malformed control reply")
+                }
+            }
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "could not ack a reply");
+                break;
+            }
+            continue;
+        }
         match serde_json::from_slice::<JobResult>(&delivery.data) {
             Ok(result) => {
                 let waiter = pending

@@ -73,6 +73,10 @@ pub enum Error {
     /// The client shut down while a call was waiting.
     #[error("the client closed before the result arrived")]
     Closed,
+    /// A worker refused a control request (e.g. `NOT_AUTHORIZED`: the login is not a
+    /// configured plugin).
+    #[error("the fleet refused the request: {}: {}", .0.code, .0.message)]
+    Refused(quarry_schemas::ErrorInfo),
     /// The broker did not confirm closing the connection in time.
     #[error("the broker did not confirm closing the connection")]
     CloseTimeout,
@@ -93,7 +97,7 @@ impl Error {
             | Error::ConnectionLost
             | Error::Closed
             | Error::CloseTimeout => true,
-            Error::Url(_) | Error::InvalidJob { .. } => false,
+            Error::Url(_) | Error::InvalidJob { .. } | Error::Refused(_) => false,
         }
     }
 }

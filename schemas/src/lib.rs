@@ -2,6 +2,7 @@
 //!
 //! - [`job`]: the job message a plugin publishes (`job.v1`).
 //! - [`result`]: the result message a worker publishes to the job's `reply_to` (`result.v1`).
+//! - [`control`]: control messages (`control.v1`: cancel a batch) and their replies.
 //! - [`ErrorCode`]: the stable error vocabulary carried by failed results.
 //! - [`wire`]: exchange, queue, lane and header names shared by producers and workers.
 //! - [`JOB_V1_SCHEMA`], [`RESULT_V1_SCHEMA`]: the JSON Schema files these types mirror, and
@@ -9,6 +10,7 @@
 //!
 //! The Rust types and the JSON Schemas are kept in step by the tests in `tests/contract.rs`.
 
+pub mod control;
 pub mod error_code;
 pub mod job;
 pub mod result;
@@ -20,6 +22,10 @@ pub use result::{ErrorInfo, JobResult, Status, Usage};
 
 /// JSON Schema of the job message, version 1.
 pub const JOB_V1_SCHEMA: &str = include_str!("../json/job.v1.schema.json");
+/// JSON Schema of the control request, version 1.
+pub const CONTROL_V1_SCHEMA: &str = include_str!("../json/control.v1.schema.json");
+/// JSON Schema of the control reply, version 1.
+pub const CONTROL_REPLY_V1_SCHEMA: &str = include_str!("../json/control-reply.v1.schema.json");
 /// JSON Schema of the result message, version 1.
 pub const RESULT_V1_SCHEMA: &str = include_str!("../json/result.v1.schema.json");
 

@@ -32,6 +32,8 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const MESSAGE_TYPE_JOB: &str = "quarry.job.v1";
 /// `type` property of a result message.
 pub const MESSAGE_TYPE_RESULT: &str = "quarry.result.v1";
+/// `type` property of a control request and of its reply.
+pub const MESSAGE_TYPE_CONTROL: &str = "quarry.control.v1";
 
 /// A work lane: its own queue, so interactive calls are not stuck behind a large batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,6 +128,22 @@ impl Topology {
     /// The queue that keeps dead letters for inspection.
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.namespace)
+    }
+
+    /// Fanout exchange that plugins publish control requests (`control.v1`) to.
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.namespace)
+    }
+
+    /// The quorum queue of control requests, consumed by every worker.
+    pub fn control_queue(&self) -> String {
+        format!("{}.control", self.namespace)
+    }
+
+    /// The quorum queue that receives a copy of every dead letter, where workers answer
+    /// jobs that expired in their lane (AMQP `expiration`) with `DEADLINE_EXCEEDED`.
+    pub fn expired_queue(&self) -> String {
+        format!("{}.expired", self.namespace)
     }
 
     /// A lane's delay queue of `secs` seconds: messages wait there, then return to the lane.

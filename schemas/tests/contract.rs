@@ -274,3 +274,50 @@ fn example_extraction_schemas_are_valid_json_schemas() {
         );
     }
 }
+
+#[test]
+fn control_messages_validate_against_their_schemas_and_round_trip() {
+    use quarry_schemas::control::{ControlAction, ControlReply, ControlRequest, ControlVersion};
+    use quarry_schemas::{CONTROL_REPLY_V1_SCHEMA, CONTROL_V1_SCHEMA};
+    let request_schema = validator(CONTROL_V1_SCHEMA);
+    let request = ControlRequest::cancel_batch("batch-7");
+    let value = serde_json::to_value(&request).unwrap();
+    assert!(request_schema.is_valid(&value), "{value}");
+    assert_eq!(
+        serde_json::from_value::<ControlRequest>(value.clone()).unwrap(),
+        request
+    );
+    for broken in [
+        json!({"version": "control.v1", "action": "cancel_everything", "batch_id": "b"}),
+        json!({"version": "control.v1", "action": "cancel_batch"}),
+        json!({"version": "control.v1", "action": "cancel_batch", "batch_id": "b", "x": 1}),
+    ] {
+        assert!(!request_schema.is_valid(&broken), "{broken}");
+        assert!(serde_json::from_value::<ControlRequest>(broken).is_err());
+    }
+    let reply_schema = validator(CONTROL_REPLY_V1_SCHEMA);
+    let replies = [
+        ControlReply {
+            version: ControlVersion::V1,
+            action: ControlAction::CancelBatch,
+            batch_id: "batch-7".into(),
+            status: Status::Ok,
+            error: None,
+        },
+        ControlReply {
+            version: ControlVersion::V1,
+            action: ControlAction::CancelBatch,
+            batch_id: "batch-7".into(),
+            status: Status::Error,
+            error: Some(ErrorInfo::new(ErrorCode::NotAuthorized, "unknown plugin")),
+        },
+    ];
+    for reply in replies {
+        let value = serde_json::to_value(&reply).unwrap();
+        assert!(reply_schema.is_valid(&value), "{value}");
+        assert_eq!(
+            serde_json::from_value::<ControlReply>(value).unwrap(),
+            reply
+        );
+    }
+}

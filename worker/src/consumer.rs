@@ -7,12 +7,20 @@
 //! | a job without `reply_to`                       | dead-lettered `missing_reply_to`                |
 //! | a job without `user_id`, or from a user that is not a configured plugin | `NOT_AUTHORIZED` result, no Redis or provider call |
 //! | a job whose result is stored (a redelivery)    | the stored result is published again           |
+//! | a job of a cancelled batch, not yet started    | `CANCELLED` result, no provider call           |
 //! | a job another delivery holds the claim of      | it waits in a delay queue, then is checked again |
 //! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
 //! | the broker nacks a publish                     | the job is nacked and requeued                 |
 //! | the broker refuses a publish (channel error)   | the worker stops; the job returns to its queue with the connection |
 //! | the connection is lost                         | nothing: the broker redelivers the job, which answers from the store |
+//!
+//! Besides jobs, every worker consumes two internal queues:
+//!
+//! | what arrived                                   | what happens                                   |
+//! |------------------------------------------------|------------------------------------------------|
+//! | a control request on `{ns}.control`            | applied for its publisher (its `user_id`): `cancel_batch` marks the batch in Redis; a `control-reply.v1` answers |
+//! | a dead letter copied to `{ns}.expired` that expired in a lane (AMQP `expiration`) | `DEADLINE_EXCEEDED` result, no provider call; other copies are dropped (the original stays in `{ns}.dead`) |
 
 use crate::amqp::publisher::{header_text, header_u32};
 use crate::amqp::{DeadLetter, PublishError, Publisher};
@@ -22,9 +30,10 @@ use crate::telemetry;
 use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use quarry_schemas::control::{ControlReply, ControlRequest, ControlVersion};
 use quarry_schemas::wire::Lane;
 use quarry_schemas::wire::{HEADER_DEFERRALS, HEADER_PLUGIN, Topology};
-use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult};
+use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult, Status};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,14 +109,30 @@ impl Shared {
     }
 }
 
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A lane's job queue.
+    Lane(Lane),
+    /// The control queue.
+    Control,
+    /// The copies of dead letters, among them expired jobs.
+    Expired,
+}
+
 /// Settles one delivery. Never panics, never returns an error: failures are logged, and a
 /// delivery that could not be answered is requeued.
-pub async fn handle(shared: &Shared, lane: Lane, delivery: Delivery) {
+pub async fn handle(shared: &Shared, source: Source, delivery: Delivery) {
     telemetry::in_flight(1.0);
+    let work = async {
+        match source {
+            Source::Lane(lane) => process(shared, lane, &delivery).await,
+            Source::Control => control(shared, &delivery).await,
+            Source::Expired => expired(shared, &delivery).await,
+        }
+    };
     // A panic in one job must not leave its delivery unsettled for the life of the channel.
-    let outcome = AssertUnwindSafe(process(shared, lane, &delivery))
-        .catch_unwind()
-        .await;
+    let outcome = AssertUnwindSafe(work).catch_unwind().await;
     let settled = match outcome {
         Ok(Ok(())) => settle(&shared.lost, delivery.ack(BasicAckOptions::default())).await,
         Ok(Err(error @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout))) => {
@@ -253,7 +278,33 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
     async move {
         // The idempotency record: a finished job is answered from the store, one in flight
         // elsewhere waits in a delay queue, any other is claimed for this delivery.
-        let guard = match shared.store.claim(plugin, &job.id).await {
+        let keys = shared
+            .store
+            .job_keys(plugin, job.batch_id.as_deref(), &job.id);
+        let guard = match shared.store.claim(&keys).await {
+            Ok(Claim::Cancelled) => {
+                let mut result = JobResult::failed(
+                    &job.id,
+                    ErrorInfo::new(
+                        ErrorCode::Cancelled,
+                        "the job's batch was cancelled before the job started",
+                    ),
+                );
+                result.custom_id = job.custom_id;
+                result.batch_id = job.batch_id;
+                result.metadata = job.metadata;
+                shared
+                    .publisher
+                    .reply(reply_to, correlation_id, &encode(&result))
+                    .await?;
+                telemetry::job_finished(
+                    lane,
+                    ErrorCode::Cancelled.as_str(),
+                    started.elapsed(),
+                    Default::default(),
+                );
+                return Ok(());
+            }
             Ok(Claim::Stored(stored)) => {
                 if delivery.acker.usable() {
                     shared
@@ -302,7 +353,6 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 telemetry::redis_error("release_claim", &error);
             }
         };
-        let job_id = job.id.clone();
         let execution = shared.pipeline.execute(job, &policy, started).await;
         if execution.retry_later {
             // Never spend without a limit check: back to the queue, after a pause so that a
@@ -339,7 +389,7 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
         let body = encode(&execution.result);
         let stored = shared
             .store
-            .put(plugin, &job_id, &body, execution.settlement.as_ref())
+            .put(&keys, &body, execution.settlement.as_ref())
             .await;
         drop(guard);
         if let Err(error) = &stored {
@@ -369,6 +419,117 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
     }
     .instrument(span)
     .await
+}
+
+/// Applies a control request for the plugin that published it.
+async fn control(shared: &Shared, delivery: &Delivery) -> Result<(), PublishError> {
+    let properties = &delivery.properties;
+    let reply_to = properties.reply_to().as_ref().map(|s| s.as_str());
+    let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
+    let request: ControlRequest = match serde_json::from_slice(&delivery.data) {
+        Ok(request) => request,
+        Err(error) => {
+            let detail = format!("not a control.v1 message: {error}");
+            let queue = shared.deferral.topology.control_queue();
+            return dead_letter(shared, "undecodable", &detail, &queue, delivery).await;
+        }
+    };
+    let user = properties.user_id().as_ref().map(|u| u.as_str());
+    let applied = match shared.pipeline.identify(user) {
+        Err(error) => {
+            telemetry::policy_refusal("", &error);
+            Err(error)
+        }
+        Ok(policy) => match shared
+            .store
+            .cancel_batch(&policy.name, &request.batch_id)
+            .await
+        {
+            Ok(()) => {
+                telemetry::batch_cancelled(&policy.name, &request.batch_id);
+                Ok(())
+            }
+            Err(error) => {
+                // Not applied and not answered: the request goes back to its queue.
+                telemetry::redis_error("cancel_batch", &error);
+                tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
+                return Err(PublishError::Requeue);
+            }
+        },
+    };
+    let Some(reply_to) = reply_to else {
+        return Ok(());
+    };
+    let reply = ControlReply {
+        version: ControlVersion::V1,
+        action: request.action,
+        batch_id: request.batch_id,
+        status: if applied.is_ok() {
+            Status::Ok
+        } else {
+            Status::Error
+        },
+        error: applied.err(),
+    };
+    // A ControlReply is plain data: serialising it cannot fail.
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    shared
+        .publisher
+        .control_reply(reply_to, correlation_id, &body)
+        .await?;
+    Ok(())
+}
+
+/// Answers a job that expired in its lane (AMQP `expiration`) with `DEADLINE_EXCEEDED`. Every
+/// other dead letter arrives here as a copy and is dropped: its original is in `{ns}.dead`.
+async fn expired(shared: &Shared, delivery: &Delivery) -> Result<(), PublishError> {
+    let properties = &delivery.properties;
+    let headers = properties.headers();
+    let topology = &shared.deferral.topology;
+    let from = header_text(headers, "x-first-death-queue");
+    let lane = Lane::ALL
+        .into_iter()
+        .find(|&lane| from.as_deref() == Some(topology.lane_queue(lane).as_str()));
+    let (Some(lane), Some("expired")) = (
+        lane,
+        header_text(headers, "x-first-death-reason").as_deref(),
+    ) else {
+        return Ok(());
+    };
+    let (Some(reply_to), Ok(job)) = (
+        properties.reply_to().as_ref().map(|s| s.as_str()),
+        serde_json::from_slice::<Job>(&delivery.data),
+    ) else {
+        // Without a reply address or a readable job there is no one to answer; the dead
+        // queue keeps the original.
+        return Ok(());
+    };
+    let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
+    let mut result = JobResult::failed(
+        &job.id,
+        ErrorInfo::new(
+            ErrorCode::DeadlineExceeded,
+            format!(
+                "the job expired in queue `{}` before a worker took it (AMQP expiration)",
+                topology.lane_queue(lane)
+            ),
+        ),
+    );
+    result.custom_id = job.custom_id;
+    result.batch_id = job.batch_id;
+    result.metadata = job.metadata;
+    shared
+        .publisher
+        .reply(reply_to, correlation_id, &encode(&result))
+        .await?;
+    telemetry::job_expired(lane.as_str());
+    telemetry::job_finished(
+        lane,
+        ErrorCode::DeadlineExceeded.as_str(),
+        std::time::Duration::ZERO,
+        Default::default(),
+    );
+    Ok(())
 }
 
 async fn dead_letter(

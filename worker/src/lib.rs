@@ -71,7 +71,7 @@ struct Session {
     /// Cancelled when the connection is lost: its jobs' publishes fail at once.
     lost: tokio_util::sync::CancellationToken,
     shared: Arc<Shared>,
-    deliveries: BoxStream<'static, (Lane, lapin::Result<Delivery>)>,
+    deliveries: BoxStream<'static, (consumer::Source, lapin::Result<Delivery>)>,
     consumers: Vec<(Channel, ShortString)>,
 }
 
@@ -115,6 +115,7 @@ impl Worker {
             config.redis.prefix.clone(),
             Duration::from_secs(config.redis.result_ttl_secs),
             Duration::from_secs(config.worker.claim_ttl_secs),
+            Duration::from_secs(config.redis.cancel_ttl_secs),
         );
         store.ping().await.context("Redis PING")?;
 
@@ -313,13 +314,13 @@ async fn drive(
                 }
             }
             next = session.deliveries.next() => match next {
-                Some((lane, Ok(delivery))) => {
+                Some((source, Ok(delivery))) => {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         return SessionEnd::Fatal(anyhow::anyhow!("the job semaphore closed"));
                     };
                     let shared = session.shared.clone();
                     tracker.spawn(async move {
-                        consumer::handle(&shared, lane, delivery).await;
+                        consumer::handle(&shared, source, delivery).await;
                         drop(permit);
                     });
                 }
@@ -377,6 +378,9 @@ async fn reconnect(config: &Config, core: &Core) -> Session {
     }
 }
 
+/// Prefetch of the control and expired-job queues: little traffic, each message brief.
+const INTERNAL_PREFETCH: u16 = 16;
+
 /// Longest pause between two connection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
@@ -423,22 +427,45 @@ async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
 
     let mut streams = Vec::new();
     let mut consumers = Vec::new();
-    for &lane in &config.amqp.lanes {
+    let sources = config
+        .amqp
+        .lanes
+        .iter()
+        .map(|&lane| {
+            (
+                consumer::Source::Lane(lane),
+                core.topology.lane_queue(lane),
+                config.worker.concurrency,
+            )
+        })
+        .chain([
+            (
+                consumer::Source::Control,
+                core.topology.control_queue(),
+                INTERNAL_PREFETCH,
+            ),
+            (
+                consumer::Source::Expired,
+                core.topology.expired_queue(),
+                INTERNAL_PREFETCH,
+            ),
+        ]);
+    for (source, queue, prefetch) in sources {
         let channel = connection.create_channel().await?;
         channel
-            .basic_qos(config.worker.concurrency, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         let consumer = channel
             .basic_consume(
-                core.topology.lane_queue(lane).into(),
-                format!("quarry-worker-{}-{}", lane.as_str(), std::process::id()).into(),
+                queue.as_str().into(),
+                format!("quarry-worker-{queue}-{}", std::process::id()).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("consuming {}", core.topology.lane_queue(lane)))?;
+            .with_context(|| format!("consuming {queue}"))?;
         consumers.push((channel, consumer.tag()));
-        streams.push(consumer.map(move |delivery| (lane, delivery)));
+        streams.push(consumer.map(move |delivery| (source, delivery)));
     }
     Ok(Session {
         connection,

@@ -1,15 +1,17 @@
 //! The idempotency record of each job in Redis: a *claim* while a worker runs it, then its
 //! *result*, so that a redelivered job is neither started twice nor paid for twice.
 //!
-//! Every delivery makes one round trip (`claim.v1.lua`): the stored result if there is one
-//! (the worker republishes it), else a claim with a short lifetime that the holder keeps
+//! Every delivery makes one round trip (`claim.v2.lua`): the stored result if there is one
+//! (the worker republishes it), else `cancelled` if its batch was cancelled, else a claim with a short lifetime that the holder keeps
 //! extending while it works (another worker that gets the same job meanwhile defers it), else
 //! the claim's time left. Finishing stores the result and drops the claim in one round trip,
 //! together with the settlement of the job's last limiter reservation.
 //!
-//! Keys: `{prefix}:{<plugin>/<job id>}:result` and `…:claim`; the braces are a Redis Cluster
-//! hash tag, so both live in one slot. A crashed worker's claims expire after
-//! `worker.claim_ttl_secs`.
+//! Keys: `{prefix}:{<group>}:result:<job id>`, `…:claim:<job id>` and `…:cancelled`, where the
+//! group is `<plugin>/b/<batch id>` for a job of a batch and `<plugin>/j/<job id>` otherwise.
+//! The braces are a Redis Cluster hash tag, so the script's keys live in one slot. A crashed
+//! worker's claims expire after `worker.claim_ttl_secs`; a cancellation lasts
+//! `redis.cancel_ttl_secs`.
 //!
 //! When Redis is unreachable the worker runs the job without a claim (fail open): the
 //! at-least-once guarantee does not depend on this store, only the saving of a duplicate
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-const CLAIM: &str = include_str!("claim.v1.lua");
+const CLAIM: &str = include_str!("claim.v2.lua");
 
 /// What the idempotency record said about a delivery.
 pub enum Claim {
@@ -33,6 +35,15 @@ pub enum Claim {
     Claimed(ClaimGuard),
     /// Another delivery of the job is in flight; its claim lasts this much longer at most.
     Held(Duration),
+    /// The job's batch was cancelled before the job started.
+    Cancelled,
+}
+
+/// The Redis keys of one job.
+pub struct JobKeys {
+    result: String,
+    claim: String,
+    cancelled: String,
 }
 
 /// Results and claims on a shared multiplexed connection.
@@ -41,6 +52,7 @@ pub struct ResultStore {
     redis: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    cancel_ttl: Duration,
     claims: Arc<Claims>,
     script: Arc<redis::Script>,
 }
@@ -72,12 +84,13 @@ impl Drop for ClaimGuard {
 
 impl ResultStore {
     /// A store on `redis` under `prefix`: results kept for `ttl`, claims lasting `claim_lifetime`
-    /// unless extended.
+    /// unless extended, cancellations kept for `cancel_ttl`.
     pub fn new(
         redis: ConnectionManager,
         prefix: impl Into<String>,
         ttl: Duration,
         claim_lifetime: Duration,
+        cancel_ttl: Duration,
     ) -> Self {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -86,6 +99,7 @@ impl ResultStore {
             redis,
             prefix: prefix.into(),
             ttl,
+            cancel_ttl,
             claims: Arc::new(Claims {
                 owner: format!("{}-{started}", std::process::id()),
                 next: AtomicU64::new(0),
@@ -96,8 +110,31 @@ impl ResultStore {
         }
     }
 
-    fn key(&self, plugin: &str, job_id: &str, kind: &str) -> String {
-        format!("{}:{{{}/{}}}:{kind}", self.prefix, plugin, job_id)
+    fn group(&self, plugin: &str, batch_id: Option<&str>, job_id: &str) -> String {
+        match batch_id {
+            Some(batch) => format!("{}:{{{plugin}/b/{batch}}}", self.prefix),
+            None => format!("{}:{{{plugin}/j/{job_id}}}", self.prefix),
+        }
+    }
+
+    /// The keys of a job of `plugin`, in `batch_id` if it has one.
+    pub fn job_keys(&self, plugin: &str, batch_id: Option<&str>, job_id: &str) -> JobKeys {
+        let group = self.group(plugin, batch_id, job_id);
+        JobKeys {
+            result: format!("{group}:result:{job_id}"),
+            claim: format!("{group}:claim:{job_id}"),
+            cancelled: format!("{group}:cancelled"),
+        }
+    }
+
+    /// Marks a batch of `plugin` cancelled: from now on its jobs that have not started end
+    /// `CANCELLED` (checked in the claim's round trip). Idempotent.
+    pub async fn cancel_batch(&self, plugin: &str, batch_id: &str) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let key = format!("{}:cancelled", self.group(plugin, Some(batch_id), ""));
+        crate::telemetry::redis_round_trip("cancel_batch");
+        conn.set_ex::<_, _, ()>(key, 1, self.cancel_ttl.as_secs().max(1))
+            .await
     }
 
     /// How long a claim lasts without extension.
@@ -105,11 +142,11 @@ impl ResultStore {
         self.claims.lifetime
     }
 
-    /// The idempotency check of one delivery: its stored result, a new claim, or the time
-    /// left on another delivery's claim.
-    pub async fn claim(&self, plugin: &str, job_id: &str) -> redis::RedisResult<Claim> {
+    /// The idempotency check of one delivery: its stored result, its batch's cancellation, a
+    /// new claim, or the time left on another delivery's claim.
+    pub async fn claim(&self, keys: &JobKeys) -> redis::RedisResult<Claim> {
         let mut conn = self.redis.clone();
-        let claim_key = self.key(plugin, job_id, "claim");
+        let claim_key = keys.claim.clone();
         let owner = format!(
             "{}-{}",
             self.claims.owner,
@@ -118,8 +155,9 @@ impl ResultStore {
         crate::telemetry::redis_round_trip("claim");
         let reply: Vec<Vec<u8>> = self
             .script
-            .key(self.key(plugin, job_id, "result"))
+            .key(&keys.result)
             .key(&claim_key)
+            .key(&keys.cancelled)
             .arg(owner)
             .arg(u64::try_from(self.claims.lifetime.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut conn)
@@ -127,6 +165,7 @@ impl ResultStore {
         let mut reply = reply.into_iter();
         match (reply.next().as_deref(), reply.next()) {
             (Some(b"stored"), Some(result)) => Ok(Claim::Stored(result)),
+            (Some(b"cancelled"), None) => Ok(Claim::Cancelled),
             (Some(b"claimed"), None) => {
                 self.claims
                     .held
@@ -149,7 +188,7 @@ impl ResultStore {
             }
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
-                "unexpected reply from claim.v1",
+                "unexpected reply from claim.v2",
             ))),
         }
     }
@@ -188,8 +227,7 @@ impl ResultStore {
     /// reservation, in one round trip (a pipeline).
     pub async fn put(
         &self,
-        plugin: &str,
-        job_id: &str,
+        keys: &JobKeys,
         result: &[u8],
         settlement: Option<&Settlement>,
     ) -> redis::RedisResult<()> {
@@ -199,11 +237,10 @@ impl ResultStore {
         if let Some(cmd) = &settle {
             pipe.add_command(cmd.clone()).ignore();
         }
-        let result_key = self.key(plugin, job_id, "result");
-        let claim_key = self.key(plugin, job_id, "claim");
+        let (result_key, claim_key) = (&keys.result, &keys.claim);
         let ttl = self.ttl.as_secs().max(1);
-        pipe.set_ex(&result_key, result, ttl).ignore();
-        pipe.del(&claim_key).ignore();
+        pipe.set_ex(result_key, result, ttl).ignore();
+        pipe.del(claim_key).ignore();
         crate::telemetry::redis_round_trip("store_result");
         match pipe.query_async::<()>(&mut conn).await {
             Err(error)
@@ -216,9 +253,9 @@ impl ResultStore {
                 }
                 crate::telemetry::redis_round_trip("store_result");
                 redis::pipe()
-                    .set_ex(&result_key, result, ttl)
+                    .set_ex(result_key, result, ttl)
                     .ignore()
-                    .del(&claim_key)
+                    .del(claim_key)
                     .ignore()
                     .query_async::<()>(&mut conn)
                     .await

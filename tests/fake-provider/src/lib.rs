@@ -54,6 +54,9 @@ pub struct FakeConfig {
     /// The provider's own limit: requests per API key in any 60 s. Past it: 429 with the
     /// Retry-After the real APIs send.
     pub key_rpm: Option<u64>,
+    /// Error messages quote the presented API key in full, as a careless server might: for
+    /// tests that the client keeps keys out of everything it reports.
+    pub echo_key: bool,
 }
 
 /// Counters of what the server received.
@@ -383,7 +386,20 @@ fn presented_key(headers: &HeaderMap, query_key: Option<&str>) -> String {
         .to_owned()
 }
 
-fn reply(status: StatusCode, headers: HeaderMap, body: Value) -> Response {
+/// An error answer; with `echo`, its message quotes that key (see [`FakeConfig::echo_key`]).
+fn error_reply(
+    status: StatusCode,
+    headers: HeaderMap,
+    mut body: Value,
+    echo: Option<&str>,
+) -> Response {
+    if let Some(key) = echo
+        && let Some(message) = body
+            .pointer_mut("/error/message")
+            .and_then(|m| m.as_str().map(str::to_owned))
+    {
+        body["error"]["message"] = Value::String(format!("{message} (API key: {key})"));
+    }
     (status, headers, Json(body)).into_response()
 }
 
@@ -398,6 +414,13 @@ async fn handle(
 ) -> Response {
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    let echo = state
+        .config
+        .echo_key
+        .then(|| presented_key(headers, query_key));
+    let reply = |status: StatusCode, headers: HeaderMap, body: Value| {
+        error_reply(status, headers, body, echo.as_deref())
+    };
     let _in_progress = InProgress::enter(stats);
     let request: Option<Value> = serde_json::from_slice(body).ok();
     stats.record(Recorded {
@@ -491,7 +514,7 @@ async fn handle(
     stats.completions.fetch_add(1, Ordering::Relaxed);
     stats.answered(hash, false);
     let body = format.answer(&parsed, &answer, hash, fault == Some(Fault::Refusal));
-    reply(StatusCode::OK, HeaderMap::new(), body)
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 /// The answer's content, with any output fault applied.

@@ -33,6 +33,9 @@ struct Args {
     /// The provider's own limit: requests per API key in any 60 s (429 past it).
     #[arg(long, env = "FAKE_PROVIDER_KEY_RPM")]
     key_rpm: Option<u64>,
+    /// Quote the presented API key in every error message (for leak tests).
+    #[arg(long)]
+    echo_key: bool,
 }
 
 #[tokio::main]
@@ -53,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         profile: args.faults,
         hang: Some(Duration::from_millis(args.hang_ms)),
         key_rpm: args.key_rpm,
+        echo_key: args.echo_key,
     };
     let server = serve(listener, config, Arc::new(Stats::default()));
     tokio::select! {

@@ -54,8 +54,8 @@ pub fn amqp_url_as(user: &str, password: &str) -> String {
 /// input (role `plugin` or `worker`), or `quarry-user delete NAME` (role `delete`).
 /// The script drives `rabbitmqctl`, so it must be usable here (root on this machine).
 pub async fn rabbitmq_user(role: &str, name: &str, namespace: &str, password: &str) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/rabbitmq/quarry-user");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rabbitmq/quarry-user");
     let mut command = Command::new(&script);
     command.args([role, name]);
     if role != "delete" {
@@ -130,6 +130,8 @@ pub struct ProcessWorker {
     pub child: Child,
     /// Its metrics and health endpoint.
     pub http: SocketAddr,
+    /// Every line it wrote to stderr (its log), so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -251,10 +253,21 @@ impl Fleet {
     /// Like [`Fleet::spawn_process_worker`], with `extra` TOML appended to the fleet's
     /// worker configuration (more tables, e.g. `[[providers.fake.keys]]`).
     pub async fn spawn_process_worker_with(&self, extra: &str) -> ProcessWorker {
+        self.spawn_process_worker_env(extra, &[]).await
+    }
+
+    /// Like [`Fleet::spawn_process_worker_with`], with extra environment variables (e.g.
+    /// `QUARRY__LOG__FILTER`).
+    pub async fn spawn_process_worker_env(
+        &self,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> ProcessWorker {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("worker.toml");
         std::fs::write(&path, format!("{}\n{extra}", self.worker_toml())).expect("write config");
         let mut child = Command::new(binary("quarry-worker"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::null())
@@ -264,10 +277,13 @@ impl Fleet {
             .expect("spawn quarry-worker");
         let stderr = child.stderr.take().expect("piped stderr");
         let (started_tx, started_rx) = oneshot::channel::<SocketAddr>();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             let mut started = Some(started_tx);
             while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line.clone());
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                     eprintln!("[worker] {line}");
                     continue;
@@ -293,6 +309,7 @@ impl Fleet {
         ProcessWorker {
             child,
             http,
+            log,
             _config_dir: dir,
         }
     }
@@ -391,6 +408,8 @@ base_url = "{fake}"
         let topology = self.topology();
         let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
         queues.push(topology.dead_queue());
+        queues.push(topology.control_queue());
+        queues.push(topology.expired_queue());
         // The workers' delay queues: the default steps, and the 1 s step tests use.
         for lane in Lane::ALL {
             for secs in [1, 5, 30, 120, 600] {
@@ -403,7 +422,11 @@ base_url = "{fake}"
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
+        for exchange in [
+            topology.jobs_exchange(),
+            topology.dead_exchange(),
+            topology.control_exchange(),
+        ] {
             let _ = channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await;

@@ -14,7 +14,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics, unique, within};
-use quarry_producer::{BatchOptions, InputPart, Job, JobResult, Lane, Status, new_job_id};
+use quarry_producer::{
+    BatchOptions, ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id,
+};
 use quarry_worker::amqp::publisher::header_text;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -282,4 +284,144 @@ async fn a_resumed_batch_gets_every_result_once_and_pays_once() {
     stream.finish().await.unwrap();
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_ends_its_unstarted_jobs_cancelled_and_finishes_the_rest() {
+    let fleet = Fleet::start(FakeConfig {
+        latency: Duration::from_millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    config.worker.concurrency = 16;
+    let worker = fleet.spawn_task_worker(config).await;
+    let jobs: Vec<Job> = (0..300).map(text_job).collect();
+    let batch_id = unique("cancel");
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: 300,
+        idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let client = fleet.client().await;
+    let mut stream = client
+        .run_batch(&batch_id, jobs.clone(), options)
+        .await
+        .unwrap();
+    let mut results: HashMap<String, JobResult> = HashMap::new();
+    let mut take = async |stream: &mut quarry_producer::BatchStream, until: usize| {
+        while results.len() < until {
+            let item = stream.next().await.unwrap().unwrap();
+            let id = item.result.job_id.clone();
+            assert!(
+                results.insert(id.clone(), item.result.clone()).is_none(),
+                "{id} answered twice"
+            );
+            item.ack().await.unwrap();
+        }
+    };
+    within(60, "30 results", take(&mut stream, 30)).await;
+    client
+        .cancel_batch(&batch_id, Duration::from_secs(30))
+        .await
+        .expect("the fleet applies the cancellation");
+    let calls_at_cancel = fleet.fake.stats.snapshot().requests;
+    within(60, "every result", take(&mut stream, jobs.len())).await;
+
+    let ok = results.values().filter(|r| r.status == Status::Ok).count();
+    let cancelled = results
+        .values()
+        .filter(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| e.code == ErrorCode::Cancelled)
+        })
+        .count();
+    assert_eq!(ok + cancelled, jobs.len(), "every job ends ok or CANCELLED");
+    assert!(ok >= 30, "jobs finished before the cancel stay ok: {ok}");
+    assert!(
+        cancelled > 200,
+        "most of the batch was not started: {cancelled}"
+    );
+    let calls = fleet.fake.stats.snapshot().requests;
+    assert_eq!(calls, ok as u64, "a cancelled job makes no provider call");
+    assert!(
+        calls <= calls_at_cancel + 16,
+        "no job starts after the cancel is applied, beyond those already in flight ({calls_at_cancel} → {calls})"
+    );
+    for result in results.values().filter(|r| r.status != Status::Ok) {
+        assert_eq!(result.batch_id.as_deref(), Some(batch_id.as_str()));
+        assert!(result.custom_id.is_some());
+    }
+    stream.finish().await.unwrap();
+    let _ = client.close().await;
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_expires_in_its_queue_ends_deadline_exceeded_without_a_call() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    // The worker consumes the interactive lane only: batch jobs wait in their queue.
+    let mut config = fleet.worker_config();
+    config.amqp.lanes = vec![Lane::Interactive];
+    let worker = fleet.spawn_task_worker(config).await;
+    let topology = fleet.topology();
+    let replies = fleet.reply_queue().await;
+    let channel = fleet.channel().await;
+    channel.confirm_select(Default::default()).await.unwrap();
+    let jobs: Vec<Job> = (0..5).map(text_job).collect();
+    for job in &jobs {
+        let properties = BasicProperties::default()
+            .with_message_id(job.id.as_str().into())
+            .with_user_id("guest".into())
+            .with_reply_to(replies.as_str().into())
+            .with_correlation_id(job.id.as_str().into())
+            .with_expiration("200".into());
+        channel
+            .basic_publish(
+                topology.jobs_exchange().as_str().into(),
+                "batch".into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(job).unwrap(),
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let answers = fleet.take(&replies, jobs.len(), 60).await;
+    let mut answered = std::collections::HashSet::new();
+    for delivery in &answers {
+        let result: JobResult = serde_json::from_slice(&delivery.data).unwrap();
+        assert_eq!(
+            result.error.as_ref().map(|e| e.code),
+            Some(ErrorCode::DeadlineExceeded),
+            "{result:?}"
+        );
+        assert_eq!(
+            delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some(result.job_id.as_str())
+        );
+        assert!(answered.insert(result.job_id));
+    }
+    assert_eq!(answered.len(), jobs.len());
+    assert_eq!(fleet.fake.stats.snapshot().requests, 0, "no provider call");
+    // The operators still see them in the dead-letter queue, with the broker's reason.
+    let dead = fleet.take(&topology.dead_queue(), jobs.len(), 30).await;
+    for letter in &dead {
+        assert_eq!(
+            header_text(letter.properties.headers(), "x-first-death-reason").as_deref(),
+            Some("expired")
+        );
+    }
+    let metrics = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    assert!(counter_sum(&metrics, "quarry_jobs_expired_total", &[]) >= jobs.len() as f64);
+    worker.stop().await.unwrap();
+    fleet.teardown(&[replies]).await;
 }

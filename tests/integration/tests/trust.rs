@@ -187,7 +187,10 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
             .await
     };
     let error = refused(within(30, "the impersonation to be refused", impersonation).await);
-    assert!(error.contains("PRECONDITION") || error.contains("406"), "{error}");
+    assert!(
+        error.contains("PRECONDITION") || error.contains("406"),
+        "{error}"
+    );
 
     let beta_queue = format!("{ns}.replies.{beta}.mine");
     let guest_made = fleet.channel().await;
@@ -210,7 +213,10 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
             )
             .await,
     );
-    assert!(error.contains("ACCESS_REFUSED") || error.contains("403"), "{error}");
+    assert!(
+        error.contains("ACCESS_REFUSED") || error.contains("403"),
+        "{error}"
+    );
     let channel = alpha_raw.create_channel().await.unwrap();
     let error = refused(
         channel
@@ -221,7 +227,10 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
             )
             .await,
     );
-    assert!(error.contains("ACCESS_REFUSED") || error.contains("403"), "{error}");
+    assert!(
+        error.contains("ACCESS_REFUSED") || error.contains("403"),
+        "{error}"
+    );
     let channel = alpha_raw.create_channel().await.unwrap();
     channel.confirm_select(Default::default()).await.unwrap();
     let forged = async {
@@ -237,7 +246,10 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
             .await
     };
     let error = refused(within(30, "a write to the dead-letter exchange", forged).await);
-    assert!(error.contains("ACCESS_REFUSED") || error.contains("403"), "{error}");
+    assert!(
+        error.contains("ACCESS_REFUSED") || error.contains("403"),
+        "{error}"
+    );
     // And its own reply queues are its to make.
     let channel = alpha_raw.create_channel().await.unwrap();
     let own = format!("{ns}.replies.{alpha}.own");

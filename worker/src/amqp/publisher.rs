@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
-    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_RESULT, Topology,
+    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_CONTROL, MESSAGE_TYPE_RESULT, Topology,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -92,9 +92,31 @@ impl Publisher {
         correlation_id: Option<&str>,
         body: &[u8],
     ) -> Result<ReplyOutcome, PublishError> {
+        self.answer(reply_to, correlation_id, body, MESSAGE_TYPE_RESULT)
+            .await
+    }
+
+    /// Like [`Publisher::reply`], for the answer to a control request (`control-reply.v1`).
+    pub async fn control_reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<ReplyOutcome, PublishError> {
+        self.answer(reply_to, correlation_id, body, MESSAGE_TYPE_CONTROL)
+            .await
+    }
+
+    async fn answer(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        body: &[u8],
+        message_type: &str,
+    ) -> Result<ReplyOutcome, PublishError> {
         let mut properties = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_type(MESSAGE_TYPE_RESULT.into())
+            .with_type(message_type.into())
             .with_delivery_mode(PERSISTENT);
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id.into());

@@ -3,6 +3,8 @@
 //! ```text
 //! {ns}.jobs (direct) --lane--> {ns}.jobs.{lane}  quorum, x-delivery-limit, DLX {ns}.dead
 //! {ns}.dead (fanout) --------> {ns}.dead         quorum
+//!                    --------> {ns}.expired      quorum: workers answer expired jobs
+//! {ns}.control (fanout) -----> {ns}.control      quorum: control requests (cancel a batch)
 //! {ns}.delay.{lane}.{secs}s     classic, x-message-ttl, dead-letters back to {ns}.jobs/{lane}
 //! ```
 //! Declaring an existing queue with other arguments fails with PRECONDITION_FAILED: all
@@ -57,6 +59,52 @@ pub async fn declare(
         .queue_bind(
             topology.dead_queue().into(),
             topology.dead_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Every dead letter is copied here too; workers answer the jobs among them that expired
+    // in their lane and drop the rest (the original stays in the dead queue).
+    let mut expired_args = FieldTable::default();
+    expired_args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(topology.expired_queue().into(), queue_options, expired_args)
+        .await?;
+    channel
+        .queue_bind(
+            topology.expired_queue().into(),
+            topology.dead_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
+        .exchange_declare(
+            topology.control_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let mut control_args = FieldTable::default();
+    control_args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(topology.control_queue().into(), queue_options, control_args)
+        .await?;
+    channel
+        .queue_bind(
+            topology.control_queue().into(),
+            topology.control_exchange().into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -1,0 +1,63 @@
+//! Control messages (`control.v1`): what a plugin asks of the fleet rather than of a model.
+//! Published to the exchange `{ns}.control`; a worker applies the request for the publishing
+//! plugin (its broker-validated `user_id`) and answers a [`ControlReply`] to `reply_to`.
+
+use crate::{ErrorInfo, Status};
+use serde::{Deserialize, Serialize};
+
+/// Wire version tag of a control message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlVersion {
+    /// `control.v1`
+    #[default]
+    #[serde(rename = "control.v1")]
+    V1,
+}
+
+/// What a control message asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    /// Jobs of the batch not yet started end `CANCELLED`; jobs in flight finish.
+    CancelBatch,
+}
+
+/// A control request. Mirrors `json/control.v1.schema.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    /// Always [`ControlVersion::V1`].
+    pub version: ControlVersion,
+    /// The request.
+    pub action: ControlAction,
+    /// The batch it applies to (one of the publishing plugin's own).
+    pub batch_id: String,
+}
+
+impl ControlRequest {
+    /// Cancels `batch_id`.
+    pub fn cancel_batch(batch_id: impl Into<String>) -> Self {
+        Self {
+            version: ControlVersion::V1,
+            action: ControlAction::CancelBatch,
+            batch_id: batch_id.into(),
+        }
+    }
+}
+
+/// The answer to a control request. Mirrors `json/control-reply.v1.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlReply {
+    /// Always [`ControlVersion::V1`].
+    pub version: ControlVersion,
+    /// The request answered.
+    pub action: ControlAction,
+    /// Its batch.
+    pub batch_id: String,
+    /// `ok`: applied fleet-wide; `error`: see `error`.
+    pub status: Status,
+    /// Why the request was not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
