@@ -1044,4 +1044,71 @@ output_per_mtok = 8.0
             "{err}"
         );
     }
+
+    #[test]
+    fn plugin_policies_and_key_profiles_load_and_are_checked() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[plugins.receipts]
+default_model = "fast"
+model_override = false
+allowed_models = ["fake/fake-mini", "fake/*"]
+profiles = ["team-a"]
+max_tokens = 300
+[[providers.fake.keys]]
+name = "a"
+api_key = "sk-a"
+profile = "team-a"
+[[providers.fake.keys]]
+name = "b"
+api_key = "sk-b"
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(Some(file.path()), env(&[])).expect("load");
+        assert_eq!(
+            config.plugins.keys().collect::<Vec<_>>(),
+            ["receipts"],
+            "a [plugins] table replaces the development default"
+        );
+        let plugin = &config.plugins["receipts"];
+        assert!(!plugin.model_override);
+        assert_eq!(plugin.default_profile, "default");
+        let profiles: Vec<String> = config.providers["fake"]
+            .key_pool()
+            .into_iter()
+            .map(|k| k.profile)
+            .collect();
+        assert_eq!(profiles, ["team-a", "default"]);
+
+        for (bad, key) in [
+            (
+                "QUARRY__PLUGINS__X__DEFAULT_MODEL",
+                "plugins.x.default_model",
+            ),
+            (
+                "QUARRY__PLUGINS__X__ALLOWED_MODELS",
+                "plugins.x.allowed_models",
+            ),
+            ("QUARRY__PLUGINS__X__DEFAULT_PROFILE", "plugins.x.profiles"),
+        ] {
+            let value = match key {
+                "plugins.x.allowed_models" => "nowhere/model",
+                "plugins.x.profiles" => "has space",
+                _ => "no-such-alias",
+            };
+            let err = Config::load_with_env(None, env(&[(bad, value)])).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            "[routing.aliases.default]\nprovider = \"fake\"\nmodel = \"m\"\n[routing.aliases.\"a@b\"]\nprovider = \"fake\"\nmodel = \"m\"\n"
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("@ in alias");
+        assert!(err.to_string().contains("routing.aliases.a@b"), "{err}");
+    }
 }

@@ -560,6 +560,8 @@ base_url = "{fake}"
 timeout_ms = 5000
 [plugins.guest]
 requests_per_minute = 10000000
+allowed_models = ["fake/fake-large"]
+max_tokens = 4096
 "#,
         amqp = amqp_url(),
         delay_steps = DELAY_STEPS_SECS,
@@ -882,12 +884,63 @@ impl BadInputs {
                 false,
                 Expect::Dead("missing_reply_to"),
             ));
+            // The plugin (guest) may not reach another model than fake-large, use another
+            // credential profile or ask for more than 4096 output tokens, however it asks.
+            let mut overriding = valid(n * 10 + 6);
+            overriding.model = Some("fast".into());
+            cases.push((
+                "forbidden-model",
+                serde_json::to_vec(&overriding).unwrap(),
+                true,
+                Expect::Code(ErrorCode::NotAuthorized),
+            ));
+            let mut suffix = valid(n * 10 + 7);
+            suffix.model = Some("default@premium".into());
+            cases.push((
+                "model-at-profile-bypass",
+                serde_json::to_vec(&suffix).unwrap(),
+                true,
+                Expect::Code(ErrorCode::NotAuthorized),
+            ));
+            let mut field = valid(n * 10 + 8);
+            field.profile = Some("premium".into());
+            cases.push((
+                "forbidden-profile",
+                serde_json::to_vec(&field).unwrap(),
+                true,
+                Expect::Code(ErrorCode::NotAuthorized),
+            ));
+            let mut conflict = valid(n * 10 + 9);
+            conflict.model = Some("default@default".into());
+            conflict.profile = Some("premium".into());
+            cases.push((
+                "conflicting-profiles",
+                serde_json::to_vec(&conflict).unwrap(),
+                true,
+                Expect::Code(ErrorCode::InvalidRequest),
+            ));
+            let mut greedy = valid(n * 10 + 10_000);
+            greedy.max_tokens = Some(100_000);
+            cases.push((
+                "max-tokens-over-ceiling",
+                serde_json::to_vec(&greedy).unwrap(),
+                true,
+                Expect::Code(ErrorCode::NotAuthorized),
+            ));
+            cases.push((
+                "no-user-id",
+                serde_json::to_vec(&valid(n * 10 + 20_000)).unwrap(),
+                true,
+                Expect::Code(ErrorCode::NotAuthorized),
+            ));
             for (kind, body, with_reply, expect) in cases {
                 let correlation = format!("bad-{kind}-{n}");
                 let mut properties = BasicProperties::default()
                     .with_message_id(correlation.as_str().into())
-                    .with_correlation_id(correlation.as_str().into())
-                    .with_user_id("guest".into());
+                    .with_correlation_id(correlation.as_str().into());
+                if kind != "no-user-id" {
+                    properties = properties.with_user_id("guest".into());
+                }
                 if with_reply {
                     properties = properties.with_reply_to(replies.as_str().into());
                 }
@@ -1018,6 +1071,8 @@ async fn cleanup(namespace: &str, batch_id: &str) {
     };
     let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
     queues.push(topology.dead_queue());
+    queues.push(topology.control_queue());
+    queues.push(topology.expired_queue());
     queues.push(topology.batch_reply_queue("guest", batch_id));
     queues.push(topology.batch_reply_queue("guest", "chaos-bad"));
     for lane in Lane::ALL {
@@ -1030,7 +1085,11 @@ async fn cleanup(namespace: &str, batch_id: &str) {
             .queue_delete(queue.as_str().into(), Default::default())
             .await;
     }
-    for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
+    for exchange in [
+        topology.jobs_exchange(),
+        topology.dead_exchange(),
+        topology.control_exchange(),
+    ] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), Default::default())
             .await;
