@@ -72,6 +72,22 @@ ensure_rabbitmq() {
   wait_port "$AMQP_HOST" "$AMQP_PORT" 180 "RabbitMQ"
 }
 
+# Validators the ops tests run: promtool and prometheus (Debian package `prometheus`),
+# docker-compose (package `docker-compose`) and rabbitmqctl (with the broker).
+ensure_ops_tools() {
+  local missing=()
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  [ ${#missing[@]} -eq 0 ] && return
+  apt_install "${missing[@]}" \
+    || die "the ops tests need ${missing[*]}. Run as root: apt-get update && apt-get install -y ${missing[*]}"
+  # The package may start a Prometheus daemon on :9090, the worker's default port: the tests
+  # start their own.
+  if pgrep -x prometheus >/dev/null 2>&1 && command -v service >/dev/null; then
+    service prometheus stop >/dev/null 2>&1 || true
+  fi
+}
+
 ensure_services() {
   ensure_redis
   ensure_rabbitmq

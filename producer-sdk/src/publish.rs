@@ -4,7 +4,7 @@ use crate::Error;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use quarry_schemas::Job;
-use quarry_schemas::wire::{CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_JOB};
+use quarry_schemas::wire::{CONTENT_TYPE_JSON, HEADER_PUBLISHED_MS, Lane, MESSAGE_TYPE_JOB};
 use tokio_util::sync::CancellationToken;
 
 /// Persistent delivery mode.
@@ -32,7 +32,16 @@ pub(crate) async fn send(
             reason: e.to_string(),
         },
     })?;
+    let published_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        HEADER_PUBLISHED_MS.into(),
+        lapin::types::AMQPValue::LongLongInt(published_ms),
+    );
     let mut properties = BasicProperties::default()
+        .with_headers(headers)
         .with_content_type(CONTENT_TYPE_JSON.into())
         .with_type(MESSAGE_TYPE_JOB.into())
         .with_delivery_mode(PERSISTENT)

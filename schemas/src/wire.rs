@@ -26,6 +26,10 @@ pub const HEADER_PLUGIN: &str = "x-quarry-plugin";
 /// Header on a deferred job: how many times it was deferred.
 pub const HEADER_DEFERRALS: &str = "x-quarry-deferrals";
 
+/// Header on a job: when the producer published it, Unix epoch milliseconds (the SDK sets
+/// it; workers measure end-to-end latency from it).
+pub const HEADER_PUBLISHED_MS: &str = "x-quarry-published-ms";
+
 /// `content_type` property of jobs and results.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// `type` property of a job message.

@@ -134,7 +134,14 @@ pub async fn handle(shared: &Shared, source: Source, delivery: Delivery) {
     // A panic in one job must not leave its delivery unsettled for the life of the channel.
     let outcome = AssertUnwindSafe(work).catch_unwind().await;
     let settled = match outcome {
-        Ok(Ok(())) => settle(&shared.lost, delivery.ack(BasicAckOptions::default())).await,
+        Ok(Ok(())) => {
+            settle(
+                &shared.lost,
+                "ack",
+                delivery.ack(BasicAckOptions::default()),
+            )
+            .await
+        }
         Ok(Err(error @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout))) => {
             // Either the connection failed (its watcher says so within moments) or the broker
             // refused the publish on a live connection (a channel error, e.g. a deleted
@@ -178,7 +185,7 @@ async fn requeue(shared: &Shared, delivery: &Delivery) -> lapin::Result<bool> {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    settle(&shared.lost, delivery.nack(options)).await
+    settle(&shared.lost, "nack", delivery.nack(options)).await
 }
 
 /// An ack or nack, given up when the connection is lost (lapin leaves it pending) or after
@@ -186,12 +193,16 @@ async fn requeue(shared: &Shared, delivery: &Delivery) -> lapin::Result<bool> {
 /// and the broker requeues an unsettled delivery with its connection.
 async fn settle(
     lost: &CancellationToken,
+    operation: &'static str,
     ack: impl std::future::Future<Output = lapin::Result<bool>>,
 ) -> lapin::Result<bool> {
-    tokio::select! {
+    let started = Instant::now();
+    let outcome = tokio::select! {
         outcome = tokio::time::timeout(crate::amqp::publisher::CONFIRM_TIMEOUT, ack) => outcome.unwrap_or(Ok(false)),
         () = lost.cancelled() => Ok(false),
-    }
+    };
+    telemetry::amqp_operation(operation, started.elapsed(), matches!(outcome, Ok(true)));
+    outcome
 }
 
 async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(), PublishError> {
@@ -225,12 +236,15 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                     .await?;
             }
             dead_letter(shared, "undecodable", &detail, queue, delivery).await?;
-            telemetry::job_finished(
+            telemetry::job_finished(&telemetry::Finished {
                 lane,
-                ErrorCode::InvalidRequest.as_str(),
-                started.elapsed(),
-                Default::default(),
-            );
+                plugin: "unknown",
+                model: "none",
+                outcome: ErrorCode::InvalidRequest.as_str(),
+                total: started.elapsed(),
+                provider: Default::default(),
+                published_ms: published_ms(properties),
+            });
             return Ok(());
         }
     };
@@ -264,12 +278,15 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 .publisher
                 .reply(reply_to, correlation_id, &encode(&result))
                 .await?;
-            telemetry::job_finished(
+            telemetry::job_finished(&telemetry::Finished {
                 lane,
-                ErrorCode::NotAuthorized.as_str(),
-                started.elapsed(),
-                Default::default(),
-            );
+                plugin: "unknown",
+                model: "none",
+                outcome: ErrorCode::NotAuthorized.as_str(),
+                total: started.elapsed(),
+                provider: Default::default(),
+                published_ms: published_ms(properties),
+            });
             return Ok(());
         }
     };
@@ -297,12 +314,15 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                     .publisher
                     .reply(reply_to, correlation_id, &encode(&result))
                     .await?;
-                telemetry::job_finished(
+                telemetry::job_finished(&telemetry::Finished {
                     lane,
-                    ErrorCode::Cancelled.as_str(),
-                    started.elapsed(),
-                    Default::default(),
-                );
+                    plugin,
+                    model: "none",
+                    outcome: ErrorCode::Cancelled.as_str(),
+                    total: started.elapsed(),
+                    provider: Default::default(),
+                    published_ms: published_ms(properties),
+                });
                 return Ok(());
             }
             Ok(Claim::Stored(stored)) => {
@@ -409,7 +429,15 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             .error
             .as_ref()
             .map_or("ok", |e| e.code.as_str());
-        telemetry::job_finished(lane, outcome, started.elapsed(), execution.provider_time);
+        telemetry::job_finished(&telemetry::Finished {
+            lane,
+            plugin,
+            model: execution.target_model.as_deref().unwrap_or("none"),
+            outcome,
+            total: started.elapsed(),
+            provider: execution.provider_time,
+            published_ms: published_ms(properties),
+        });
         tracing::debug!(
             outcome,
             attempts = execution.result.attempts,
@@ -523,12 +551,15 @@ async fn expired(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
         .reply(reply_to, correlation_id, &encode(&result))
         .await?;
     telemetry::job_expired(lane.as_str());
-    telemetry::job_finished(
+    telemetry::job_finished(&telemetry::Finished {
         lane,
-        ErrorCode::DeadlineExceeded.as_str(),
-        std::time::Duration::ZERO,
-        Default::default(),
-    );
+        plugin: "unknown",
+        model: "none",
+        outcome: ErrorCode::DeadlineExceeded.as_str(),
+        total: std::time::Duration::ZERO,
+        provider: Default::default(),
+        published_ms: published_ms(properties),
+    });
     Ok(())
 }
 
@@ -547,6 +578,20 @@ async fn dead_letter(
         properties: &delivery.properties,
     };
     shared.publisher.dead_letter(&letter).await
+}
+
+/// When the producer published the job (the SDK's `x-quarry-published-ms` header).
+fn published_ms(properties: &lapin::BasicProperties) -> Option<u64> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(quarry_schemas::wire::HEADER_PUBLISHED_MS)?
+    {
+        lapin::types::AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+        lapin::types::AMQPValue::Timestamp(ms) => Some(*ms),
+        _ => None,
+    }
 }
 
 fn encode(result: &JobResult) -> Vec<u8> {

@@ -226,6 +226,7 @@ impl Worker {
                             .unwrap_or_else(std::sync::PoisonError::into_inner) =
                             session.connection.status().clone();
                         health.consuming.store(true, Ordering::Relaxed);
+                        telemetry::reconnected();
                         tracing::info!("reconnected to the broker; consuming again");
                         current = Some(session);
                         continue;

@@ -132,7 +132,7 @@ impl ResultStore {
     pub async fn cancel_batch(&self, plugin: &str, batch_id: &str) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
         let key = format!("{}:cancelled", self.group(plugin, Some(batch_id), ""));
-        crate::telemetry::redis_round_trip("cancel_batch");
+        let _round_trip = crate::telemetry::redis_round_trip("cancel_batch");
         conn.set_ex::<_, _, ()>(key, 1, self.cancel_ttl.as_secs().max(1))
             .await
     }
@@ -152,7 +152,7 @@ impl ResultStore {
             self.claims.owner,
             self.claims.next.fetch_add(1, Ordering::Relaxed)
         );
-        crate::telemetry::redis_round_trip("claim");
+        let _round_trip = crate::telemetry::redis_round_trip("claim");
         let reply: Vec<Vec<u8>> = self
             .script
             .key(&keys.result)
@@ -196,7 +196,7 @@ impl ResultStore {
     /// Drops a claim without a result (the job goes back to a queue).
     pub async fn release(&self, guard: ClaimGuard) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        crate::telemetry::redis_round_trip("release_claim");
+        let _round_trip = crate::telemetry::redis_round_trip("release_claim");
         conn.del::<_, ()>(&guard.key).await
     }
 
@@ -219,7 +219,7 @@ impl ResultStore {
             pipe.pexpire(key, lifetime).ignore();
         }
         let mut conn = self.redis.clone();
-        crate::telemetry::redis_round_trip("extend_claims");
+        let _round_trip = crate::telemetry::redis_round_trip("extend_claims");
         pipe.query_async::<()>(&mut conn).await
     }
 
@@ -241,7 +241,7 @@ impl ResultStore {
         let ttl = self.ttl.as_secs().max(1);
         pipe.set_ex(result_key, result, ttl).ignore();
         pipe.del(claim_key).ignore();
-        crate::telemetry::redis_round_trip("store_result");
+        let _round_trip = crate::telemetry::redis_round_trip("store_result");
         match pipe.query_async::<()>(&mut conn).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
@@ -251,7 +251,7 @@ impl ResultStore {
                 if let Some(settlement) = settlement {
                     settlement.run().await?;
                 }
-                crate::telemetry::redis_round_trip("store_result");
+                let _round_trip = crate::telemetry::redis_round_trip("store_result");
                 redis::pipe()
                     .set_ex(result_key, result, ttl)
                     .ignore()

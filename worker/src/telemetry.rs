@@ -14,10 +14,24 @@ use quarry_schemas::wire::Lane;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Jobs finished, by lane and outcome (`ok` or the error code).
+/// Jobs finished, by lane, plugin, model and outcome (`ok` or the error code).
 pub const JOBS_TOTAL: &str = "quarry_jobs_total";
 /// Time from decode to confirmed result, by lane.
 pub const JOB_DURATION: &str = "quarry_job_duration_seconds";
+/// Time from the producer's publish (the SDK's `x-quarry-published-ms` header) to the
+/// confirmed result, by lane: queueing included. Across machines it carries their clock skew.
+pub const END_TO_END: &str = "quarry_job_end_to_end_seconds";
+/// Provider attempts that were retried, by provider, model and the failed attempt's code.
+pub const RETRIES_TOTAL: &str = "quarry_provider_retries_total";
+/// Duration of one Redis round trip, by operation.
+pub const REDIS_DURATION: &str = "quarry_redis_operation_duration_seconds";
+/// Duration of one AMQP operation awaited by a job (publish until confirmed, ack, nack), by
+/// operation.
+pub const AMQP_DURATION: &str = "quarry_amqp_operation_duration_seconds";
+/// AMQP operations that failed (refused, unconfirmed, connection lost), by operation.
+pub const AMQP_ERRORS_TOTAL: &str = "quarry_amqp_errors_total";
+/// Broker sessions replaced after a lost connection.
+pub const RECONNECTIONS_TOTAL: &str = "quarry_amqp_reconnections_total";
 /// The worker's own time per job: job time minus provider time.
 pub const OVERHEAD: &str = "quarry_worker_overhead_seconds";
 /// Jobs being processed now.
@@ -26,13 +40,13 @@ pub const IN_FLIGHT: &str = "quarry_jobs_in_flight";
 pub const PROVIDER_REQUESTS_TOTAL: &str = "quarry_provider_requests_total";
 /// Duration of one provider attempt, by provider and model.
 pub const PROVIDER_DURATION: &str = "quarry_provider_request_duration_seconds";
-/// Tokens, by provider, model and direction (`input`, `output`).
+/// Tokens, by plugin, provider, model and direction (`input`, `output`).
 pub const TOKENS_TOTAL: &str = "quarry_tokens_total";
 /// Messages the worker dead-lettered, by reason.
 pub const DEAD_LETTERS_TOTAL: &str = "quarry_dead_letters_total";
 /// Redelivered jobs answered from the result store without a provider call.
 pub const REPLAYS_TOTAL: &str = "quarry_result_replays_total";
-/// Result-store (Redis) operations that failed, by operation.
+/// Redis operations that failed, by operation.
 pub const REDIS_ERRORS_TOTAL: &str = "quarry_redis_errors_total";
 /// Repair loops that ended, by provider, model and outcome (`repaired`, `gave_up`).
 pub const REPAIRS_TOTAL: &str = "quarry_repairs_total";
@@ -73,6 +87,44 @@ pub const BATCHES_CANCELLED_TOTAL: &str = "quarry_batches_cancelled_total";
 pub const JOBS_EXPIRED_TOTAL: &str = "quarry_jobs_expired_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
 pub const COST: &str = "quarry_job_cost_usd";
+
+/// Every metric the worker exports, with its type: the reference `docs/metrics.md` and the
+/// Grafana dashboard are checked against this list.
+pub const METRICS: [(&str, &str); 33] = [
+    (JOBS_TOTAL, "counter"),
+    (JOB_DURATION, "histogram"),
+    (END_TO_END, "histogram"),
+    (OVERHEAD, "histogram"),
+    (IN_FLIGHT, "gauge"),
+    (PROVIDER_REQUESTS_TOTAL, "counter"),
+    (PROVIDER_DURATION, "histogram"),
+    (RETRIES_TOTAL, "counter"),
+    (REPAIRS_TOTAL, "counter"),
+    (FALLBACKS_TOTAL, "counter"),
+    (TOKENS_TOTAL, "counter"),
+    (COST, "histogram"),
+    (DEAD_LETTERS_TOTAL, "counter"),
+    (REPLAYS_TOTAL, "counter"),
+    (CLAIM_CONFLICTS_TOTAL, "counter"),
+    (POLICY_REFUSALS_TOTAL, "counter"),
+    (BATCHES_CANCELLED_TOTAL, "counter"),
+    (JOBS_EXPIRED_TOTAL, "counter"),
+    (DEFERRED_TOTAL, "counter"),
+    (LIMITER_DECISIONS_TOTAL, "counter"),
+    (LIMITER_WAIT, "histogram"),
+    (TOKENS_RESERVED_TOTAL, "counter"),
+    (TOKENS_ACTUAL_TOTAL, "counter"),
+    (KEY_COOLDOWNS_TOTAL, "counter"),
+    (KEY_DISABLED_TOTAL, "counter"),
+    (KEY_STATE, "gauge"),
+    (KEY_REMAINING, "gauge"),
+    (REDIS_ROUND_TRIPS_TOTAL, "counter"),
+    (REDIS_DURATION, "histogram"),
+    (REDIS_ERRORS_TOTAL, "counter"),
+    (AMQP_DURATION, "histogram"),
+    (AMQP_ERRORS_TOTAL, "counter"),
+    (RECONNECTIONS_TOTAL, "counter"),
+];
 
 const COST_BUCKETS: [f64; 8] = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0];
 
@@ -128,6 +180,56 @@ fn describe() {
         "The worker's own time per job: job time minus provider time."
     );
     describe_gauge!(IN_FLIGHT, Unit::Count, "Jobs being processed now.");
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "Time from the producer's publish to the confirmed result (queueing included)."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        Unit::Count,
+        "Provider attempts retried, by provider, model and the failed attempt's code."
+    );
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Duration of one Redis round trip, by operation."
+    );
+    describe_histogram!(
+        AMQP_DURATION,
+        Unit::Seconds,
+        "Duration of one AMQP operation (publish until confirmed, ack, nack), by operation."
+    );
+    describe_counter!(
+        AMQP_ERRORS_TOTAL,
+        Unit::Count,
+        "AMQP operations that failed, by operation."
+    );
+    describe_counter!(
+        RECONNECTIONS_TOTAL,
+        Unit::Count,
+        "Broker sessions replaced after a lost connection."
+    );
+    describe_counter!(
+        REDIS_ROUND_TRIPS_TOTAL,
+        Unit::Count,
+        "Redis round trips, by operation (a pipeline or script is one)."
+    );
+    describe_counter!(
+        DEFERRED_TOTAL,
+        Unit::Count,
+        "Jobs sent to a delay queue, by lane and delay."
+    );
+    describe_gauge!(
+        KEY_STATE,
+        Unit::Count,
+        "1 for each key's current state (available, cooling, disabled), 0 for the others."
+    );
+    describe_gauge!(
+        KEY_REMAINING,
+        Unit::Count,
+        "What is left of each key's per-minute limits now, by unit."
+    );
     describe_counter!(
         POLICY_REFUSALS_TOTAL,
         Unit::Count,
@@ -161,7 +263,7 @@ fn describe() {
     describe_counter!(
         TOKENS_TOTAL,
         Unit::Count,
-        "Tokens by provider, model and direction."
+        "Tokens by plugin, provider, model and direction."
     );
     describe_counter!(
         DEAD_LETTERS_TOTAL,
@@ -220,7 +322,7 @@ fn describe() {
     describe_counter!(
         REDIS_ERRORS_TOTAL,
         Unit::Count,
-        "Result-store operations that failed."
+        "Redis operations that failed, by operation."
     );
 }
 
@@ -242,11 +344,56 @@ pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }
 
+/// What a finished job is counted under.
+pub struct Finished<'a> {
+    /// Its lane.
+    pub lane: Lane,
+    /// Its plugin (a configured name), or `unknown`.
+    pub plugin: &'a str,
+    /// The model that answered (or was asked last), or `none`.
+    pub model: &'a str,
+    /// `ok` or the error code.
+    pub outcome: &'static str,
+    /// Time in the worker.
+    pub total: Duration,
+    /// Of which inside provider calls.
+    pub provider: Duration,
+    /// When the producer published it (`x-quarry-published-ms`), epoch milliseconds.
+    pub published_ms: Option<u64>,
+}
+
 /// A job finished.
-pub fn job_finished(lane: Lane, outcome: &'static str, total: Duration, provider: Duration) {
-    counter!(JOBS_TOTAL, "lane" => lane.as_str(), "outcome" => outcome).increment(1);
-    histogram!(JOB_DURATION, "lane" => lane.as_str()).record(total.as_secs_f64());
-    histogram!(OVERHEAD).record(total.saturating_sub(provider).as_secs_f64());
+pub fn job_finished(job: &Finished<'_>) {
+    counter!(JOBS_TOTAL, "lane" => job.lane.as_str(), "plugin" => job.plugin.to_owned(), "model" => job.model.to_owned(), "outcome" => job.outcome)
+        .increment(1);
+    histogram!(JOB_DURATION, "lane" => job.lane.as_str()).record(job.total.as_secs_f64());
+    histogram!(OVERHEAD).record(job.total.saturating_sub(job.provider).as_secs_f64());
+    if let Some(published) = job.published_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        histogram!(END_TO_END, "lane" => job.lane.as_str())
+            .record(Duration::from_millis(now.saturating_sub(published)).as_secs_f64());
+    }
+}
+
+/// A provider attempt failed and will be retried.
+pub fn retry(provider: &str, model: &str, code: quarry_schemas::ErrorCode) {
+    counter!(RETRIES_TOTAL, "provider" => provider.to_owned(), "model" => model.to_owned(), "code" => code.as_str())
+        .increment(1);
+}
+
+/// Times one AMQP operation a job awaits; counts it as failed when `ok` is false.
+pub fn amqp_operation(operation: &'static str, elapsed: Duration, ok: bool) {
+    histogram!(AMQP_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+    if !ok {
+        counter!(AMQP_ERRORS_TOTAL, "operation" => operation).increment(1);
+    }
+}
+
+/// A lost broker session was replaced.
+pub fn reconnected() {
+    counter!(RECONNECTIONS_TOTAL).increment(1);
 }
 
 /// The number of jobs in flight changed.
@@ -254,8 +401,9 @@ pub fn in_flight(delta: f64) {
     gauge!(IN_FLIGHT).increment(delta);
 }
 
-/// One provider attempt ended.
+/// One provider attempt of `plugin`'s job ended.
 pub fn provider_attempt(
+    plugin: &str,
     provider: &str,
     model: &str,
     outcome: &'static str,
@@ -268,9 +416,10 @@ pub fn provider_attempt(
     histogram!(PROVIDER_DURATION, "provider" => provider.clone(), "model" => model.clone())
         .record(elapsed.as_secs_f64());
     if let Some(usage) = usage {
-        counter!(TOKENS_TOTAL, "provider" => provider.clone(), "model" => model.clone(), "direction" => "input")
+        let plugin = plugin.to_owned();
+        counter!(TOKENS_TOTAL, "plugin" => plugin.clone(), "provider" => provider.clone(), "model" => model.clone(), "direction" => "input")
             .increment(usage.input_tokens);
-        counter!(TOKENS_TOTAL, "provider" => provider, "model" => model, "direction" => "output")
+        counter!(TOKENS_TOTAL, "plugin" => plugin, "provider" => provider, "model" => model, "direction" => "output")
             .increment(usage.output_tokens);
     }
 }
@@ -322,9 +471,9 @@ pub fn job_expired(lane: &str) {
     counter!(JOBS_EXPIRED_TOTAL, "lane" => lane.to_owned()).increment(1);
 }
 
-/// A result-store operation failed.
+/// A Redis operation failed (logged and counted).
 pub fn redis_error(operation: &'static str, error: &redis::RedisError) {
-    tracing::warn!(operation, %error, "result store unavailable; continuing without it");
+    tracing::warn!(operation, %error, "Redis operation failed");
     counter!(REDIS_ERRORS_TOTAL, "operation" => operation).increment(1);
 }
 
@@ -342,11 +491,6 @@ pub fn fallback(provider: &str, model: &str) {
 
 /// A job's cost.
 pub fn cost(plugin: &str, provider: &str, model: &str, usd: f64) {
-    let plugin = if plugin.is_empty() {
-        "anonymous"
-    } else {
-        plugin
-    };
     histogram!(COST, "plugin" => plugin.to_owned(), "provider" => provider.to_owned(), "model" => model.to_owned())
         .record(usd);
 }
@@ -397,9 +541,27 @@ pub fn key_disabled(provider: &str, key: &str, code: quarry_schemas::ErrorCode) 
         .increment(1);
 }
 
-/// One Redis round trip.
-pub fn redis_round_trip(operation: &'static str) {
+/// One Redis round trip: counted now, timed until the returned guard is dropped.
+pub fn redis_round_trip(operation: &'static str) -> RoundTrip {
     counter!(REDIS_ROUND_TRIPS_TOTAL, "operation" => operation).increment(1);
+    RoundTrip {
+        operation,
+        started: std::time::Instant::now(),
+    }
+}
+
+/// Times a Redis round trip; see [`redis_round_trip`].
+#[must_use = "the round trip is timed until the guard is dropped"]
+pub struct RoundTrip {
+    operation: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for RoundTrip {
+    fn drop(&mut self) {
+        histogram!(REDIS_DURATION, "operation" => self.operation)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// A job went to a delay queue.

@@ -127,6 +127,7 @@ impl Publisher {
         };
         let confirm = confirmed(
             &self.lost,
+            "publish_result",
             self.channel
                 .basic_publish("".into(), reply_to.into(), options, body, properties),
         )
@@ -181,6 +182,7 @@ impl Publisher {
         }
         let confirm = confirmed(
             &self.lost,
+            "publish_dead_letter",
             self.channel.basic_publish(
                 self.dead_exchange.as_str().into(),
                 "".into(),
@@ -232,6 +234,7 @@ impl Publisher {
         };
         let confirm = confirmed(
             &self.lost,
+            "publish_deferred",
             self.channel
                 .basic_publish("".into(), queue.into(), options, body, properties),
         )
@@ -289,16 +292,25 @@ pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
 }
 
 /// A publish and its confirm, within [`CONFIRM_TIMEOUT`] and while the connection lives.
+/// Timed and counted as `operation` (`quarry_amqp_operation_duration_seconds`).
 async fn confirmed(
     lost: &CancellationToken,
+    operation: &'static str,
     publish: impl std::future::Future<Output = lapin::Result<lapin::PublisherConfirm>>,
 ) -> Result<Confirmation, PublishError> {
+    let started = std::time::Instant::now();
     let confirm = async { publish.await?.await };
-    tokio::select! {
+    let outcome = tokio::select! {
         outcome = tokio::time::timeout(CONFIRM_TIMEOUT, confirm) => match outcome {
-            Ok(outcome) => Ok(outcome?),
+            Ok(outcome) => outcome.map_err(PublishError::from),
             Err(_) => Err(PublishError::ConfirmTimeout),
         },
         () = lost.cancelled() => Err(PublishError::ConfirmTimeout),
-    }
+    };
+    let ok = matches!(
+        outcome,
+        Ok(Confirmation::Ack(None) | Confirmation::NotRequested)
+    );
+    crate::telemetry::amqp_operation(operation, started.elapsed(), ok);
+    outcome
 }

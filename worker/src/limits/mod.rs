@@ -198,7 +198,7 @@ impl Limiter {
             candidate_specs.push(json!({"cool": cool, "disabled": disabled, "buckets": buckets}));
         }
         let spec = json!({"shared": shared_spec, "candidates": candidate_specs}).to_string();
-        crate::telemetry::redis_round_trip("limiter_reserve");
+        let _round_trip = crate::telemetry::redis_round_trip("limiter_reserve");
         let mut invocation = self.reserve.prepare_invoke();
         for key in &keys {
             invocation.key(key);
@@ -246,7 +246,7 @@ impl Limiter {
         }
         invocation.arg(&reservation.id).arg(spec);
         let mut conn = self.redis.clone();
-        crate::telemetry::redis_round_trip("limiter_finish");
+        let _round_trip = crate::telemetry::redis_round_trip("limiter_finish");
         invocation.invoke_async::<i64>(&mut conn).await.map(drop)
     }
 
@@ -353,7 +353,7 @@ impl Limiter {
     /// Cools a candidate down (after a 429) for `period`.
     pub async fn cool_down(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        crate::telemetry::redis_round_trip("limiter_key_state");
+        let _round_trip = crate::telemetry::redis_round_trip("limiter_key_state");
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(candidate, "cool"))
@@ -367,7 +367,7 @@ impl Limiter {
     /// Takes a candidate out of rotation (after a 401) for `period`.
     pub async fn disable(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        crate::telemetry::redis_round_trip("limiter_key_state");
+        let _round_trip = crate::telemetry::redis_round_trip("limiter_key_state");
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(candidate, "disabled"))

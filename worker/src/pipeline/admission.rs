@@ -183,6 +183,7 @@ impl Admission {
                 Ok(decision) => decision,
                 Err(error) => {
                     telemetry::limiter_decision(provider, "unavailable");
+                    telemetry::redis_error("limiter_reserve", &error);
                     tracing::warn!(%error, "the limiter (Redis) is unavailable; the job goes back to its queue");
                     return Err(Refused::Unavailable);
                 }

@@ -89,6 +89,8 @@ pub struct Execution {
     /// The job should wait this long in a delay queue rather than get this result
     /// (`RATE_LIMITED`, which it gets when it cannot be deferred any more).
     pub defer: Option<Duration>,
+    /// The configured model of the target that answered (or failed last), a bounded label.
+    pub target_model: Option<String>,
 }
 
 /// Why a job failed before or instead of producing an answer.
@@ -276,6 +278,7 @@ impl Pipeline {
             retry_later: tally.limiter_down,
             settlement: tally.settlement,
             defer: tally.defer,
+            target_model: target.map(|t| t.model),
         }
     }
 
@@ -580,6 +583,7 @@ impl Pipeline {
                         response.usage.total_tokens,
                     );
                     telemetry::provider_attempt(
+                        leg.plugin,
                         &target.provider,
                         &target.model,
                         "ok",
@@ -601,6 +605,7 @@ impl Pipeline {
                 .after_failure(&target.provider, leg.keys, &admitted, &error)
                 .await;
             telemetry::provider_attempt(
+                leg.plugin,
                 &target.provider,
                 &target.model,
                 error.code.as_str(),
@@ -631,6 +636,7 @@ impl Pipeline {
             {
                 return Err(error);
             }
+            telemetry::retry(&target.provider, &target.model, error.code);
             tracing::debug!(
                 attempt = attempts_here,
                 code = %error.code,
