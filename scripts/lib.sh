@@ -73,8 +73,15 @@ ensure_rabbitmq() {
 }
 
 # Validators the ops tests run: promtool and prometheus (Debian package `prometheus`),
-# docker-compose (package `docker-compose`) and rabbitmqctl (with the broker).
+# docker-compose (package `docker-compose`), kubernetes-validate (PyPI, with PyYAML).
 ensure_ops_tools() {
+  if ! command -v kubernetes-validate >/dev/null; then
+    say "pip install kubernetes-validate (Kubernetes schema checks of deploy/k8s)"
+    python3 -m pip install --quiet kubernetes-validate >&2 \
+      || python3 -m pip install --quiet --user kubernetes-validate >&2 \
+      || die "the ops tests need kubernetes-validate: python3 -m pip install kubernetes-validate"
+    command -v kubernetes-validate >/dev/null || export PATH="$HOME/.local/bin:$PATH"
+  fi
   local missing=()
   command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
   command -v docker-compose >/dev/null || missing+=(docker-compose)

@@ -424,3 +424,177 @@ async fn the_compose_file_is_valid_and_complete() {
         String::from_utf8_lossy(&promtool.stdout)
     );
 }
+
+/// The documents of a YAML file as JSON, through Python's PyYAML (a dependency of
+/// kubernetes-validate, which `scripts/test` installs).
+fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "cannot read {} as YAML (is PyYAML installed? scripts/test installs kubernetes-validate, which brings it): {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_kubernetes_manifests_are_schema_valid_and_consistent() {
+    let base = repo().join("deploy/k8s/base");
+    let kustomization = &yaml_documents(&base.join("kustomization.yaml"))[0];
+    let resources: BTreeSet<String> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let files: BTreeSet<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(resources, files, "kustomization.yaml lists every manifest");
+
+    // Built-in kinds against the Kubernetes schemas, strictly (unknown fields are errors).
+    let mut documents = Vec::new();
+    for file in &files {
+        let path = base.join(file);
+        let output = std::process::Command::new(tool("kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && !text.contains("ERROR"),
+            "kubernetes-validate {file}: {text}"
+        );
+        documents.extend(yaml_documents(&path));
+    }
+    let find = |kind: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in deploy/k8s/base"))
+    };
+
+    // The worker configuration in the ConfigMap is one the worker accepts; its grace fits in
+    // the pod's.
+    let config_file = base.join("worker.toml");
+    let check = std::process::Command::new(quarry_integration::binary("quarry-worker"))
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "deploy/k8s/base/worker.toml: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let config = quarry_worker::config::Config::load(Some(&config_file)).unwrap();
+    let deployment = find("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > config.worker.shutdown_grace_secs,
+        "terminationGracePeriodSeconds {grace} must exceed worker.shutdown_grace_secs {}",
+        config.worker.shutdown_grace_secs
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        config.http.listen.port(),
+        9090,
+        "the probes and the Service use port 9090"
+    );
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"QUARRY__AMQP__URL") && env.contains(&"QUARRY__REDIS__URL"));
+
+    // The custom resources (their CRD schemas are not available offline): they point at the
+    // objects defined here and at the real queue names.
+    let service = find("Service");
+    let monitor = find("ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let scaled = find("ScaledObject");
+    assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    let topology = quarry_schemas::wire::Topology::new(config.amqp.namespace.clone());
+    let queues: BTreeSet<&str> = scaled["spec"]["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["type"], "rabbitmq");
+            assert_eq!(t["metadata"]["mode"], "QueueLength");
+            assert!(
+                t["metadata"]["value"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<u32>()
+                    .is_ok()
+            );
+            t["metadata"]["queueName"].as_str().unwrap()
+        })
+        .collect();
+    let lanes: BTreeSet<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
+    assert_eq!(
+        queues,
+        lanes.iter().map(String::as_str).collect(),
+        "KEDA scales on every lane queue"
+    );
+    let auth = find("TriggerAuthentication");
+    assert_eq!(
+        scaled["spec"]["triggers"][0]["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    // Every selector picks the Deployment's pods.
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selects = |selector: &serde_json::Value| {
+        selector
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &pod_labels[k] == v)
+    };
+    assert!(selects(&deployment["spec"]["selector"]["matchLabels"]));
+    assert!(selects(&service["spec"]["selector"]));
+    let pdb = find("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"]));
+    let service_labels = &service["metadata"]["labels"];
+    assert!(
+        monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &service_labels[k] == v),
+        "the ServiceMonitor selects the Service"
+    );
+}
