@@ -336,7 +336,30 @@ impl Client {
     /// applied the cancellation fleet-wide, or [`Error::Refused`] if the fleet refused it,
     /// or [`Error::Timeout`] after `timeout` without an answer (no worker running).
     pub async fn cancel_batch(&self, batch_id: &str, timeout: Duration) -> Result<(), Error> {
-        let request = ControlRequest::cancel_batch(batch_id);
+        self.control(ControlRequest::cancel_batch(batch_id), timeout)
+            .await
+            .map(drop)
+    }
+
+    /// The progress of a batch of this plugin, from the fleet's records: results stored so
+    /// far by outcome (`ok` or an error code), and `tokens`. Empty for an unknown batch.
+    pub async fn batch_status(
+        &self,
+        batch_id: &str,
+        timeout: Duration,
+    ) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        let reply = self
+            .control(ControlRequest::batch_status(batch_id), timeout)
+            .await?;
+        Ok(reply.progress.unwrap_or_default())
+    }
+
+    /// Publishes a control request and waits for a worker's reply.
+    async fn control(
+        &self,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlReply, Error> {
         // A ControlRequest is plain data: serialising it cannot fail.
         let body = serde_json::to_vec(&request).unwrap_or_default();
         let correlation_id = format!("control-{}", uuid::Uuid::now_v7().simple());
@@ -371,7 +394,7 @@ impl Client {
             };
             unless_lost(&self.lost, published).await??;
             match unless_lost(&self.lost, tokio::time::timeout(timeout, rx)).await? {
-                Ok(Ok(reply)) if reply.status == Status::Ok => Ok(()),
+                Ok(Ok(reply)) if reply.status == Status::Ok => Ok(reply),
                 Ok(Ok(reply)) => Err(Error::Refused(reply.error.unwrap_or_else(|| {
                     quarry_schemas::ErrorInfo::new(
                         quarry_schemas::ErrorCode::Internal,

@@ -20,6 +20,8 @@ pub enum ControlVersion {
 pub enum ControlAction {
     /// Jobs of the batch not yet started end `CANCELLED`; jobs in flight finish.
     CancelBatch,
+    /// The batch's progress counters: results stored so far by outcome, and tokens.
+    BatchStatus,
 }
 
 /// A control request. Mirrors `json/control.v1.schema.json`.
@@ -37,9 +39,18 @@ pub struct ControlRequest {
 impl ControlRequest {
     /// Cancels `batch_id`.
     pub fn cancel_batch(batch_id: impl Into<String>) -> Self {
+        Self::new(ControlAction::CancelBatch, batch_id)
+    }
+
+    /// Asks for the progress of `batch_id`.
+    pub fn batch_status(batch_id: impl Into<String>) -> Self {
+        Self::new(ControlAction::BatchStatus, batch_id)
+    }
+
+    fn new(action: ControlAction, batch_id: impl Into<String>) -> Self {
         Self {
             version: ControlVersion::V1,
-            action: ControlAction::CancelBatch,
+            action,
             batch_id: batch_id.into(),
         }
     }
@@ -60,4 +71,8 @@ pub struct ControlReply {
     /// Why the request was not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// `batch_status`: results stored so far, by outcome (`ok` or an error code), and
+    /// `tokens`. Empty for a batch the fleet has no record of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<std::collections::BTreeMap<String, u64>>,
 }

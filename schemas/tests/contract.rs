@@ -303,6 +303,15 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             batch_id: "batch-7".into(),
             status: Status::Ok,
             error: None,
+            progress: None,
+        },
+        ControlReply {
+            version: ControlVersion::V1,
+            action: ControlAction::BatchStatus,
+            batch_id: "batch-7".into(),
+            status: Status::Ok,
+            error: None,
+            progress: Some([("ok".to_owned(), 12), ("tokens".to_owned(), 3400)].into()),
         },
         ControlReply {
             version: ControlVersion::V1,
@@ -310,6 +319,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             batch_id: "batch-7".into(),
             status: Status::Error,
             error: Some(ErrorInfo::new(ErrorCode::NotAuthorized, "unknown plugin")),
+            progress: None,
         },
     ];
     for reply in replies {

@@ -30,7 +30,7 @@ use crate::telemetry;
 use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use quarry_schemas::control::{ControlReply, ControlRequest, ControlVersion};
+use quarry_schemas::control::{ControlAction, ControlReply, ControlRequest, ControlVersion};
 use quarry_schemas::wire::Lane;
 use quarry_schemas::wire::{HEADER_DEFERRALS, HEADER_PLUGIN, Topology};
 use quarry_schemas::{ErrorCode, ErrorInfo, Job, JobResult, Status};
@@ -300,6 +300,13 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             .job_keys(plugin, job.batch_id.as_deref(), &job.id);
         let guard = match shared.store.claim(&keys).await {
             Ok(Claim::Cancelled) => {
+                if let Err(error) = shared
+                    .store
+                    .count_only(&keys, ErrorCode::Cancelled.as_str())
+                    .await
+                {
+                    telemetry::redis_error("batch_progress", &error);
+                }
                 let mut result = JobResult::failed(
                     &job.id,
                     ErrorInfo::new(
@@ -409,7 +416,19 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
         let body = encode(&execution.result);
         let stored = shared
             .store
-            .put(&keys, &body, execution.settlement.as_ref())
+            .put(
+                &keys,
+                &body,
+                execution.settlement.as_ref(),
+                &crate::result_store::Progress {
+                    outcome: execution
+                        .result
+                        .error
+                        .as_ref()
+                        .map_or("ok", |e| e.code.as_str()),
+                    tokens: execution.result.usage.total_tokens,
+                },
+            )
             .await;
         drop(guard);
         if let Err(error) = &stored {
@@ -463,27 +482,33 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
         }
     };
     let user = properties.user_id().as_ref().map(|u| u.as_str());
+    let mut progress = None;
     let applied = match shared.pipeline.identify(user) {
         Err(error) => {
             telemetry::policy_refusal("", &error);
             Err(error)
         }
-        Ok(policy) => match shared
-            .store
-            .cancel_batch(&policy.name, &request.batch_id)
-            .await
-        {
-            Ok(()) => {
-                telemetry::batch_cancelled(&policy.name, &request.batch_id);
-                Ok(())
-            }
-            Err(error) => {
+        Ok(policy) => {
+            let outcome = match request.action {
+                ControlAction::CancelBatch => shared
+                    .store
+                    .cancel_batch(&policy.name, &request.batch_id)
+                    .await
+                    .map(|()| telemetry::batch_cancelled(&policy.name, &request.batch_id)),
+                ControlAction::BatchStatus => shared
+                    .store
+                    .batch_progress(&policy.name, &request.batch_id)
+                    .await
+                    .map(|counts| progress = Some(counts)),
+            };
+            if let Err(error) = outcome {
                 // Not applied and not answered: the request goes back to its queue.
-                telemetry::redis_error("cancel_batch", &error);
+                telemetry::redis_error("control", &error);
                 tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
                 return Err(PublishError::Requeue);
             }
-        },
+            Ok(())
+        }
     };
     let Some(reply_to) = reply_to else {
         return Ok(());
@@ -498,6 +523,7 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
             Status::Error
         },
         error: applied.err(),
+        progress,
     };
     // A ControlReply is plain data: serialising it cannot fail.
     let body = serde_json::to_vec(&reply).unwrap_or_default();

@@ -44,6 +44,16 @@ pub struct JobKeys {
     result: String,
     claim: String,
     cancelled: String,
+    /// The batch's progress counters (`quarry status`), for a job of a batch.
+    progress: Option<String>,
+}
+
+/// What a stored result adds to its batch's progress counters.
+pub struct Progress<'a> {
+    /// `ok` or the error code.
+    pub outcome: &'a str,
+    /// Tokens the job used.
+    pub tokens: u64,
 }
 
 /// Results and claims on a shared multiplexed connection.
@@ -124,7 +134,25 @@ impl ResultStore {
             result: format!("{group}:result:{job_id}"),
             claim: format!("{group}:claim:{job_id}"),
             cancelled: format!("{group}:cancelled"),
+            progress: batch_id.map(|_| format!("{group}:progress")),
         }
+    }
+
+    /// The progress key of a batch of `plugin`: a hash of counters (`ok`, each error code,
+    /// `tokens`) that `quarry status` reads.
+    pub fn progress_key(&self, plugin: &str, batch_id: &str) -> String {
+        format!("{}:progress", self.group(plugin, Some(batch_id), ""))
+    }
+
+    /// The progress counters of a batch of `plugin` (empty when it has none).
+    pub async fn batch_progress(
+        &self,
+        plugin: &str,
+        batch_id: &str,
+    ) -> redis::RedisResult<std::collections::BTreeMap<String, u64>> {
+        let mut conn = self.redis.clone();
+        let _round_trip = crate::telemetry::redis_round_trip("batch_progress");
+        conn.hgetall(self.progress_key(plugin, batch_id)).await
     }
 
     /// Marks a batch of `plugin` cancelled: from now on its jobs that have not started end
@@ -225,11 +253,14 @@ impl ResultStore {
 
     /// Stores a job's result bytes and drops its claim, and settles its last limiter
     /// reservation, in one round trip (a pipeline).
+    /// For a job of a batch, `progress` is added to the batch's counters in the same round
+    /// trip (a job run twice in a worker's crash window counts twice).
     pub async fn put(
         &self,
         keys: &JobKeys,
         result: &[u8],
         settlement: Option<&Settlement>,
+        progress: &Progress<'_>,
     ) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
         let mut pipe = redis::pipe();
@@ -241,6 +272,7 @@ impl ResultStore {
         let ttl = self.ttl.as_secs().max(1);
         pipe.set_ex(result_key, result, ttl).ignore();
         pipe.del(claim_key).ignore();
+        self.count(&mut pipe, keys, progress);
         let _round_trip = crate::telemetry::redis_round_trip("store_result");
         match pipe.query_async::<()>(&mut conn).await {
             Err(error)
@@ -252,16 +284,44 @@ impl ResultStore {
                     settlement.run().await?;
                 }
                 let _round_trip = crate::telemetry::redis_round_trip("store_result");
-                redis::pipe()
-                    .set_ex(result_key, result, ttl)
+                let mut pipe = redis::pipe();
+                pipe.set_ex(result_key, result, ttl)
                     .ignore()
                     .del(claim_key)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
+                    .ignore();
+                self.count(&mut pipe, keys, progress);
+                pipe.query_async::<()>(&mut conn).await
             }
             other => other,
         }
+    }
+
+    /// Adds a result to its batch's counters (nothing for a job outside a batch).
+    fn count(&self, pipe: &mut redis::Pipeline, keys: &JobKeys, progress: &Progress<'_>) {
+        if let Some(key) = &keys.progress {
+            pipe.hincr(key, progress.outcome, 1)
+                .ignore()
+                .hincr(key, "tokens", progress.tokens)
+                .ignore()
+                .expire(
+                    key,
+                    i64::try_from(self.cancel_ttl.as_secs()).unwrap_or(i64::MAX),
+                )
+                .ignore();
+        }
+    }
+
+    /// Counts a job answered without a stored result (cancelled) in its batch's progress:
+    /// one round trip, for a job of a batch only.
+    pub async fn count_only(&self, keys: &JobKeys, outcome: &str) -> redis::RedisResult<()> {
+        let Some(_) = &keys.progress else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        self.count(&mut pipe, keys, &Progress { outcome, tokens: 0 });
+        let mut conn = self.redis.clone();
+        let _round_trip = crate::telemetry::redis_round_trip("batch_progress");
+        pipe.query_async::<()>(&mut conn).await
     }
 
     /// Round-trips a PING: readiness.

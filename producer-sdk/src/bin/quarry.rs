@@ -1,7 +1,13 @@
 //! `quarry`: the command-line producer.
 //!
-//! `quarry submit --input jobs.jsonl --output results.jsonl` publishes one job per input line
-//! and writes one result line per job, with a progress bar and a final summary.
+//! - `quarry submit --input jobs.jsonl --output results.jsonl [--errors errors.jsonl]`
+//!   publishes one job per input line and writes one result line per job, with a progress bar
+//!   and a final report; `--resume` continues an interrupted run (lines that have a result are
+//!   not submitted again).
+//! - `quarry status BATCH`: the batch's progress counters, from the fleet.
+//! - `quarry cancel BATCH`: jobs of the batch not yet started end `CANCELLED`.
+//! - `quarry dead-letters list|redrive`: inspect the dead-letter queue, and publish its jobs
+//!   again.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -46,7 +52,41 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Submit a JSONL file of jobs and write their results as JSONL.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
+    /// Show a batch's progress (results stored so far by outcome, tokens) from the fleet.
+    Status {
+        /// The batch id (printed by `submit`).
+        batch_id: String,
+    },
+    /// Cancel a batch: its jobs not yet started end CANCELLED, jobs in flight finish.
+    Cancel {
+        /// The batch id.
+        batch_id: String,
+    },
+    /// List or re-drive dead-lettered messages (needs read access to `<ns>.dead`: run it
+    /// with the workers' broker user).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Print the dead letters (they stay in the queue).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Publish dead-lettered jobs again to their lane, then remove them from the dead-letter
+    /// queue. The job keeps its plugin when this runs as the workers' broker user.
+    Redrive {
+        /// Only letters with this reason (`delivery_limit`, `undecodable`, ...).
+        #[arg(long)]
+        reason: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +97,13 @@ struct SubmitArgs {
     /// Output: one result.v1 JSON object a line, in completion order.
     #[arg(long, short)]
     output: PathBuf,
+    /// Write failed results here instead of to `--output`.
+    #[arg(long)]
+    errors: Option<PathBuf>,
+    /// Continue an interrupted run: keep the result lines already in `--output` (and
+    /// `--errors`), and submit only the input lines without one, in the same batch.
+    #[arg(long)]
+    resume: bool,
     /// Default JSON Schema file for lines without `json_schema`.
     #[arg(long)]
     schema: Option<PathBuf>,
@@ -82,7 +129,8 @@ struct SubmitArgs {
     /// Jobs outstanding at once.
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
-    /// Batch id (default: a new UUID). Results go to the durable queue `<ns>.replies.<id>`.
+    /// Batch id (default: a new UUID, or the one of the results being resumed). Results go to
+    /// the durable queue `<ns>.replies.<user>.<id>`.
     #[arg(long)]
     batch_id: Option<String>,
     /// Give up after this many seconds without any progress.
@@ -130,19 +178,71 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Submit(ref args) => match submit(&cli, args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("quarry submit: {error:#}");
-                if error.downcast_ref::<InputError>().is_some() {
-                    ExitCode::from(2)
-                } else {
-                    ExitCode::FAILURE
-                }
+    let (name, outcome) = match &cli.command {
+        Command::Submit(args) => ("submit", submit(&cli, args).await),
+        Command::Status { batch_id } => ("status", status(&cli, batch_id).await),
+        Command::Cancel { batch_id } => ("cancel", cancel(&cli, batch_id).await),
+        Command::DeadLetters(command) => ("dead-letters", dead_letters(&cli, command).await),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("quarry {name}: {error:#}");
+            if error.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
-        },
+        }
     }
+}
+
+/// How long `status` and `cancel` wait for a worker's answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        namespace: cli.namespace.clone(),
+        connection_name: "quarry-cli".into(),
+    };
+    Ok(Client::connect_with(&cli.amqp_url, options).await?)
+}
+
+async fn status(cli: &Cli, batch_id: &str) -> anyhow::Result<()> {
+    let client = connect(cli).await?;
+    let counts = client.batch_status(batch_id, CONTROL_TIMEOUT).await?;
+    let _ = client.close().await;
+    if counts.is_empty() {
+        println!("batch {batch_id}: no results stored (unknown batch, or none finished yet)");
+        return Ok(());
+    }
+    let tokens = counts.get("tokens").copied().unwrap_or(0);
+    let ok = counts.get("ok").copied().unwrap_or(0);
+    let errors: Vec<(&String, &u64)> = counts
+        .iter()
+        .filter(|(k, _)| k.as_str() != "ok" && k.as_str() != "tokens")
+        .collect();
+    let failed: u64 = errors.iter().map(|(_, n)| **n).sum();
+    println!("batch {batch_id}: {} results stored", ok + failed);
+    println!("  ok:      {ok}");
+    let by_code: Vec<String> = errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    if by_code.is_empty() {
+        println!("  errors:  0");
+    } else {
+        println!("  errors:  {failed} ({})", by_code.join(", "));
+    }
+    println!("  tokens:  {tokens}");
+    Ok(())
+}
+
+async fn cancel(cli: &Cli, batch_id: &str) -> anyhow::Result<()> {
+    let client = connect(cli).await?;
+    client.cancel_batch(batch_id, CONTROL_TIMEOUT).await?;
+    let _ = client.close().await;
+    println!(
+        "batch {batch_id} cancelled: jobs not yet started end CANCELLED; jobs in flight finish"
+    );
+    Ok(())
 }
 
 struct Defaults {
@@ -198,7 +298,14 @@ fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
 
 /// Reads and checks every line before anything is published: a bad line stops the run with
 /// its line number, and nothing is half-submitted.
-fn read_jobs(path: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Job>> {
+/// A job's id when its line names none: derived from the batch and the line's custom id, so
+/// that a resumed run publishes the same ids and the fleet runs each job once.
+fn derived_job_id(batch_id: &str, custom_id: &str) -> String {
+    let name = format!("quarry:{batch_id}/{custom_id}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+fn read_jobs(path: &Path, defaults: &Defaults, batch_id: &str) -> anyhow::Result<Vec<Job>> {
     let shown = path.display().to_string();
     let file = std::fs::File::open(path).with_context(|| format!("cannot open --input {shown}"))?;
     let mut jobs = Vec::new();
@@ -230,7 +337,10 @@ fn read_jobs(path: &Path, defaults: &Defaults) -> anyhow::Result<Vec<Job>> {
             ))
             .into());
         }
-        let mut job = Job::new(parsed.id.unwrap_or_else(new_job_id), input);
+        let id = parsed
+            .id
+            .unwrap_or_else(|| derived_job_id(batch_id, &custom_id));
+        let mut job = Job::new(id, input);
         job.custom_id = Some(custom_id);
         job.instructions = parsed
             .instructions
@@ -258,30 +368,139 @@ struct Summary {
     errors: BTreeMap<String, u64>,
     input_tokens: u64,
     output_tokens: u64,
+    cost_usd: f64,
+}
+
+/// Result lines already written by an interrupted run.
+#[derive(Default)]
+struct Earlier {
+    /// Custom ids that have a result line.
+    custom_ids: HashSet<String>,
+    /// Their job ids.
+    job_ids: HashSet<String>,
+    /// The batch they belong to.
+    batch_id: Option<String>,
+}
+
+impl Earlier {
+    /// Reads a results file. A last line cut short by the interruption is removed from the
+    /// file (its job is submitted again).
+    fn read(&mut self, path: &Path) -> anyhow::Result<()> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            file.set_len(complete as u64)?;
+        }
+        for (n, line) in text[..complete].lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let result: quarry_producer::JobResult = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a result line", path.display(), n + 1))?;
+            if let Some(batch) = &result.batch_id {
+                match &self.batch_id {
+                    Some(known) if known != batch => anyhow::bail!(
+                        "{}:{}: results of two batches ({known} and {batch}); resume one run at a time",
+                        path.display(),
+                        n + 1
+                    ),
+                    _ => self.batch_id = Some(batch.clone()),
+                }
+            }
+            if let Some(custom) = result.custom_id {
+                self.custom_ids.insert(custom);
+            }
+            self.job_ids.insert(result.job_id);
+        }
+        Ok(())
+    }
+}
+
+/// Opens a results file: appended to when resuming, else created (refusing to overwrite
+/// results of an earlier run).
+fn open_results(path: &Path, resume: bool) -> anyhow::Result<BufWriter<std::fs::File>> {
+    let has_results = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+    anyhow::ensure!(
+        resume || !has_results,
+        "{} already holds results: pass --resume to continue that run, or choose another file",
+        path.display()
+    );
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(BufWriter::new(file))
 }
 
 async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
     let defaults = load_defaults(args)?;
-    let jobs = read_jobs(&args.input, &defaults)?;
+    let mut earlier = Earlier::default();
+    if args.resume {
+        earlier.read(&args.output)?;
+        if let Some(errors) = &args.errors {
+            earlier.read(errors)?;
+        }
+    }
+    let batch_id = match (&args.batch_id, &earlier.batch_id) {
+        (Some(given), Some(found)) if given != found => anyhow::bail!(
+            "--batch-id {given}, but the results being resumed belong to batch {found}"
+        ),
+        (Some(id), _) | (None, Some(id)) => id.clone(),
+        (None, None) => new_job_id(),
+    };
+    let all_jobs = read_jobs(&args.input, &defaults, &batch_id)?;
+    let mut output = open_results(&args.output, args.resume)?;
+    let mut errors_out = match &args.errors {
+        Some(path) => Some(open_results(path, args.resume)?),
+        None => None,
+    };
+    let jobs: Vec<Job> = all_jobs
+        .into_iter()
+        .filter(|j| {
+            !j.custom_id
+                .as_ref()
+                .is_some_and(|c| earlier.custom_ids.contains(c))
+        })
+        .collect();
     let total = jobs.len();
-    let output = std::fs::File::create(&args.output)
-        .with_context(|| format!("cannot create --output {}", args.output.display()))?;
-    let mut output = BufWriter::new(output);
+    if args.resume {
+        println!(
+            "quarry submit: resuming batch {batch_id}: {} results already written, {total} jobs to go",
+            earlier.custom_ids.len()
+        );
+    }
+    if total == 0 {
+        println!("quarry submit: nothing to submit");
+        return Ok(());
+    }
 
     let options = ClientOptions {
         namespace: cli.namespace.clone(),
         connection_name: "quarry-cli".into(),
     };
     let mut client = Client::connect_with(&cli.amqp_url, options.clone()).await?;
-    let batch_id = args.batch_id.clone().unwrap_or_else(new_job_id);
     let started = Instant::now();
     let batch_options = BatchOptions {
         lane: args.lane,
         max_in_flight: args.max_in_flight,
         idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),
     };
+    // Jobs published by an interrupted run may still be queued or done: publishing them again
+    // costs nothing (a worker runs a job id once), and copies of results already written
+    // are dropped.
     let mut results = client
-        .run_batch(&batch_id, jobs.clone(), batch_options)
+        .resume_batch(
+            &batch_id,
+            jobs.clone(),
+            earlier.job_ids.iter().cloned(),
+            batch_options,
+        )
         .await?;
     // Job ids whose result is written: after a lost connection the batch resumes without them.
     let mut answered: HashSet<String> = HashSet::new();
@@ -310,8 +529,9 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
                     .filter(|j| !answered.contains(&j.id))
                     .cloned()
                     .collect();
+                let received = answered.iter().chain(&earlier.job_ids).cloned();
                 results = client
-                    .resume_batch(&batch_id, unanswered, answered.clone(), batch_options)
+                    .resume_batch(&batch_id, unanswered, received, batch_options)
                     .await?;
                 continue;
             }
@@ -330,9 +550,14 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         }
         summary.input_tokens += result.usage.input_tokens;
         summary.output_tokens += result.usage.output_tokens;
-        serde_json::to_writer(&mut output, result)?;
-        output.write_all(b"\n")?;
-        output.flush()?;
+        summary.cost_usd += result.cost_usd.unwrap_or(0.0);
+        let sink = match (&result.error, errors_out.as_mut()) {
+            (Some(_), Some(errors)) => errors,
+            _ => &mut output,
+        };
+        serde_json::to_writer(&mut *sink, result)?;
+        sink.write_all(b"\n")?;
+        sink.flush()?;
         answered.insert(result.job_id.clone());
         // A failed ack (lost connection) is harmless: the result is written, and its copy
         // is dropped when the batch resumes.
@@ -374,9 +599,169 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
         "  tokens:  {} input, {} output",
         summary.input_tokens, summary.output_tokens
     );
+    if summary.cost_usd > 0.0 {
+        println!("  cost:    ${:.4}", summary.cost_usd);
+    }
     if duplicates > 0 {
         println!("  duplicate deliveries dropped: {duplicates}");
     }
     println!("  results: {}", args.output.display());
+    if let Some(errors) = &args.errors {
+        println!("  errors:  {}", errors.display());
+    }
+    Ok(())
+}
+
+async fn dead_letters(cli: &Cli, command: &DeadLetterCommand) -> anyhow::Result<()> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
+    use quarry_schemas::wire::{
+        HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER, HEADER_PLUGIN,
+        Topology,
+    };
+    let topology = Topology::new(cli.namespace.clone());
+    let connection = lapin::Connection::connect(
+        &cli.amqp_url,
+        lapin::ConnectionProperties::default().with_connection_name("quarry-dead-letters".into()),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    let login = cli
+        .amqp_url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.authority.userinfo.username)
+        .unwrap_or_default();
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    let header = |d: &lapin::message::BasicGetMessage, name: &str| -> Option<String> {
+        match d.properties.headers().as_ref()?.inner().get(name)? {
+            lapin::types::AMQPValue::LongString(s) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        }
+    };
+    // The broker's own reason (delivery_limit, expired, ...) when Quarry did not set one.
+    let reason_of = |d: &lapin::message::BasicGetMessage| {
+        header(d, HEADER_DEAD_REASON)
+            .or_else(|| header(d, "x-first-death-reason"))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let queue_of = |d: &lapin::message::BasicGetMessage| {
+        header(d, HEADER_DEAD_QUEUE).or_else(|| header(d, "x-first-death-queue"))
+    };
+    let (limit, redrive, only) = match command {
+        DeadLetterCommand::List { limit } => (*limit, false, None),
+        DeadLetterCommand::Redrive { reason, limit } => (*limit, true, reason.clone()),
+    };
+    let (mut seen, mut redriven, mut skipped) = (0usize, 0usize, 0usize);
+    let dead_queue = topology.dead_queue();
+    // Only the letters there now: a re-driven job that fails again comes back behind them.
+    let present = channel
+        .queue_declare(
+            dead_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .with_context(|| format!("{dead_queue} does not exist"))?
+        .message_count() as usize;
+    let limit = limit.min(present);
+    while seen < limit {
+        // Unacknowledged gets: the letters stay in the queue until this channel closes.
+        let Some(letter) = channel
+            .basic_get(
+                dead_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .with_context(|| format!("reading {dead_queue}"))?
+        else {
+            break;
+        };
+        seen += 1;
+        let reason = reason_of(&letter);
+        let queue = queue_of(&letter).unwrap_or_default();
+        let user = header(&letter, HEADER_DEAD_USER)
+            .or_else(|| {
+                letter
+                    .properties
+                    .user_id()
+                    .as_ref()
+                    .map(|u| u.as_str().to_owned())
+            })
+            .unwrap_or_default();
+        let job_id = letter
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        if !redrive {
+            let detail = header(&letter, HEADER_DEAD_DETAIL).unwrap_or_default();
+            println!("{reason}\tqueue={queue}\tplugin={user}\tjob={job_id}\t{detail}");
+            continue;
+        }
+        let lane = Lane::ALL
+            .into_iter()
+            .find(|&l| queue == topology.lane_queue(l));
+        let (Some(lane), true) = (lane, only.as_deref().is_none_or(|r| r == reason)) else {
+            skipped += 1;
+            continue;
+        };
+        // The job goes back to its lane under the login's user_id; the worker trusts the
+        // plugin header only from its own user, so the plugin is kept when this runs as the
+        // workers' user.
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            HEADER_PLUGIN.into(),
+            lapin::types::AMQPValue::LongString(user.as_str().into()),
+        );
+        let mut properties = lapin::BasicProperties::default()
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        if let Some(v) = letter.properties.reply_to() {
+            properties = properties.with_reply_to(v.clone());
+        }
+        if let Some(v) = letter.properties.correlation_id() {
+            properties = properties.with_correlation_id(v.clone());
+        }
+        if let Some(v) = letter.properties.message_id() {
+            properties = properties.with_message_id(v.clone());
+        }
+        if !login.is_empty() {
+            properties = properties.with_user_id(login.as_str().into());
+        }
+        let confirm = channel
+            .basic_publish(
+                topology.jobs_exchange().as_str().into(),
+                lane.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &letter.data,
+                properties,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(
+            matches!(confirm, lapin::Confirmation::Ack(None)),
+            "the broker did not take job {job_id} back ({confirm:?}); it stays dead-lettered"
+        );
+        letter.ack(BasicAckOptions::default()).await?;
+        redriven += 1;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    if redrive {
+        println!("re-drove {redriven} jobs to their lanes; {skipped} letters left in {dead_queue}");
+    } else {
+        println!("{seen} dead letters shown (of {dead_queue}; they stay there)");
+    }
     Ok(())
 }

@@ -158,3 +158,238 @@ async fn submit_refuses_bad_input_with_the_line_number() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.jsonl"));
     assert!(!Path::new("/nonexistent.jsonl").exists());
 }
+
+fn read_results(path: &Path) -> Vec<JobResult> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_submit_resumes_without_paying_twice_and_reports_status() {
+    let fleet = Fleet::start(FakeConfig {
+        latency: std::time::Duration::from_millis(200),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    config.worker.concurrency = 8;
+    let worker = fleet.spawn_task_worker(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("jobs.jsonl");
+    let mut lines = String::new();
+    for n in 0..200 {
+        // Every tenth job fails (unknown alias): its result goes to the errors file.
+        let model = if n % 10 == 0 {
+            ", \"model\": \"nope\""
+        } else {
+            ""
+        };
+        lines.push_str(&format!(
+            "{{\"custom_id\": \"c{n}\", \"text\": \"Cafe {n}, TOTAL {n}.00\"{model}}}\n"
+        ));
+    }
+    std::fs::write(&input, lines).unwrap();
+    let output = dir.path().join("results.jsonl");
+    let errors = dir.path().join("errors.jsonl");
+    let (input_s, output_s, errors_s) = (
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        errors.to_str().unwrap(),
+    );
+
+    // The first run is killed once 60 results are written.
+    let mut first = Command::new(binary("quarry"))
+        .env("QUARRY_AMQP_URL", amqp_url())
+        .args(["--namespace", &fleet.namespace])
+        .args([
+            "submit", "--input", input_s, "--output", output_s, "--errors", errors_s,
+        ])
+        .args(["--max-in-flight", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    within(60, "60 result lines", async {
+        loop {
+            let written = read_results(&output).len() + read_results(&errors).len();
+            if written >= 60 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let before: Vec<JobResult> = read_results(&output)
+        .into_iter()
+        .chain(read_results(&errors))
+        .collect();
+    let batch_id = before[0].batch_id.clone().unwrap();
+
+    // Without --resume the files are not overwritten.
+    let refused = quarry(
+        &fleet.namespace,
+        &["submit", "--input", input_s, "--output", output_s],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+
+    // The status of the interrupted batch, from the fleet.
+    let status = quarry(&fleet.namespace, &["status", &batch_id]).await;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.contains("ok:") && text.contains("MODEL_UNRESOLVED"),
+        "{text}"
+    );
+
+    let resumed = quarry(
+        &fleet.namespace,
+        &[
+            "submit", "--input", input_s, "--output", output_s, "--errors", errors_s, "--resume",
+        ],
+    )
+    .await;
+    let report = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        report.contains(&format!("resuming batch {batch_id}")),
+        "{report}"
+    );
+
+    let ok = read_results(&output);
+    let failed = read_results(&errors);
+    let mut custom: Vec<String> = ok
+        .iter()
+        .chain(&failed)
+        .map(|r| r.custom_id.clone().unwrap())
+        .collect();
+    custom.sort();
+    let unique: HashSet<&String> = custom.iter().collect();
+    assert_eq!(custom.len(), 200, "one line per input line");
+    assert_eq!(unique.len(), 200, "no line twice");
+    assert!(ok.iter().all(|r| r.status == Status::Ok));
+    assert_eq!(failed.len(), 20);
+    assert!(failed.iter().all(|r| r.status == Status::Error));
+    // Jobs published by the first run and by the resumed one ran once.
+    assert_eq!(fleet.fake.stats.snapshot().requests, 180);
+
+    // The status now counts every job.
+    let status = quarry(&fleet.namespace, &["status", &batch_id]).await;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("200 results stored"), "{text}");
+    assert!(text.contains("ok:      180"), "{text}");
+
+    // A second resume has nothing to do.
+    let again = quarry(
+        &fleet.namespace,
+        &[
+            "submit", "--input", input_s, "--output", output_s, "--errors", errors_s, "--resume",
+        ],
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to submit"));
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_dead_letters_from_the_command_line() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    config.amqp.delivery_limit = 1;
+    let worker = fleet.spawn_task_worker(config).await;
+
+    let cancelled = quarry(&fleet.namespace, &["cancel", "some-batch"]).await;
+    assert!(
+        cancelled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancelled.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cancelled.stdout).contains("cancelled"));
+
+    // Two dead letters: one without reply_to (the worker's), one undecodable.
+    let topology = fleet.topology();
+    let replies = fleet.reply_queue().await;
+    let channel = fleet.channel().await;
+    channel.confirm_select(Default::default()).await.unwrap();
+    let job = quarry_producer::Job::new(
+        "dead-1",
+        vec![quarry_producer::InputPart::Text {
+            text: "hello".into(),
+        }],
+    );
+    for (body, properties) in [
+        (
+            serde_json::to_vec(&job).unwrap(),
+            lapin::BasicProperties::default()
+                .with_message_id("dead-1".into())
+                .with_user_id("guest".into()),
+        ),
+        (
+            b"not json".to_vec(),
+            lapin::BasicProperties::default().with_user_id("guest".into()),
+        ),
+    ] {
+        channel
+            .basic_publish(
+                topology.jobs_exchange().as_str().into(),
+                "batch".into(),
+                Default::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let list = within(30, "two dead letters listed", async {
+        loop {
+            let out = quarry(&fleet.namespace, &["dead-letters", "list"]).await;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("2 dead letters shown") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        list.contains("missing_reply_to") && list.contains("undecodable"),
+        "{list}"
+    );
+    assert!(
+        list.contains("job=dead-1") && list.contains("plugin=guest"),
+        "{list}"
+    );
+
+    // Re-drive the job without reply_to only: back in its lane, the worker dead-letters it
+    // again (it still has no reply_to); the undecodable letter stays where it was.
+    let redrive = quarry(
+        &fleet.namespace,
+        &["dead-letters", "redrive", "--reason", "missing_reply_to"],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&redrive.stdout);
+    assert!(
+        text.contains("re-drove 1 jobs"),
+        "{text}{}",
+        String::from_utf8_lossy(&redrive.stderr)
+    );
+    // The re-driven job came back to its lane and was dead-lettered again for the same reason.
+    let again = fleet.take(&topology.dead_queue(), 2, 30).await;
+    assert_eq!(again.len(), 2);
+    worker.stop().await.unwrap();
+    fleet.teardown(&[replies]).await;
+}
