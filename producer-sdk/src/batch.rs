@@ -7,7 +7,7 @@
 //! producer loses nothing. A job's result is handed over once even if the fleet delivers it
 //! twice (at-least-once delivery); the extra copy is acknowledged and counted.
 
-use crate::publish::{publish_confirmed, unless_lost};
+use crate::publish::{Envelope, publish_confirmed, unless_lost};
 use crate::{Client, Error};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -35,6 +35,9 @@ pub struct BatchOptions {
     pub max_in_flight: usize,
     /// Give up when nothing happens (no confirm, no result) for this long.
     pub idle_timeout: Option<Duration>,
+    /// The trace the batch belongs to: each job is published as a child span of it. `None`:
+    /// a new trace per job.
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl Default for BatchOptions {
@@ -43,6 +46,7 @@ impl Default for BatchOptions {
             lane: Lane::Batch,
             max_in_flight: 256,
             idle_timeout: None,
+            trace: None,
         }
     }
 }
@@ -211,6 +215,7 @@ impl Driver {
     ) -> Result<(), Failed> {
         let fail = |e: Error| (e, self.tx.clone());
         let lane = self.options.lane;
+        let trace = self.options.trace;
         let mut delivered = received;
         let mut confirms = FuturesUnordered::new();
         let mut next_job = jobs.next();
@@ -230,7 +235,8 @@ impl Driver {
                     pending.insert(job.id.clone());
                     let (lost, channel, exchange, reply_queue, user_id) = (self.lost.clone(), self.publish.clone(), self.exchange.clone(), self.reply_queue.clone(), self.user_id.clone());
                     confirms.push(async move {
-                        publish_confirmed(&lost, &channel, &exchange, lane, &job, &reply_queue, user_id.as_deref()).await
+                        let envelope = Envelope { exchange: &exchange, lane, reply_to: &reply_queue, user_id: user_id.as_deref(), trace };
+                        publish_confirmed(&lost, &channel, &job, envelope).await
                     });
                     next_job = jobs.next();
                 }

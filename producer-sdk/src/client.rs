@@ -1,6 +1,6 @@
 //! The connection, single calls, and the reply router for them.
 
-use crate::publish::{publish_confirmed, unless_lost, watch_connection};
+use crate::publish::{Envelope, publish_confirmed, unless_lost, watch_connection};
 use crate::{BatchOptions, BatchStream, Error};
 use futures::StreamExt;
 use lapin::options::{
@@ -43,6 +43,10 @@ pub struct CallOptions {
     pub lane: Lane,
     /// How long to wait for the result.
     pub timeout: Duration,
+    /// The trace the job belongs to (e.g. of the request the plugin is serving): the job is
+    /// published as a child span of it, and workers continue it to the provider. `None`: a
+    /// new trace per job.
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl Default for CallOptions {
@@ -50,6 +54,7 @@ impl Default for CallOptions {
         Self {
             lane: Lane::Interactive,
             timeout: Duration::from_secs(120),
+            trace: None,
         }
     }
 }
@@ -213,16 +218,14 @@ impl Client {
         options: CallOptions,
         rx: oneshot::Receiver<JobResult>,
     ) -> Result<JobResult, Error> {
-        publish_confirmed(
-            &self.lost,
-            &self.channel,
-            &self.topology.jobs_exchange(),
-            options.lane,
-            job,
-            &self.reply_queue,
-            self.user_id.as_deref(),
-        )
-        .await?;
+        let envelope = Envelope {
+            exchange: &self.topology.jobs_exchange(),
+            lane: options.lane,
+            reply_to: &self.reply_queue,
+            user_id: self.user_id.as_deref(),
+            trace: options.trace,
+        };
+        publish_confirmed(&self.lost, &self.channel, job, envelope).await?;
         match unless_lost(&self.lost, tokio::time::timeout(options.timeout, rx)).await? {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Closed),
@@ -236,16 +239,14 @@ impl Client {
     /// Publishes one job without waiting for its result; the result goes to `reply_to`.
     /// Returns once the broker confirmed the job.
     pub async fn publish(&self, job: &Job, lane: Lane, reply_to: &str) -> Result<(), Error> {
-        publish_confirmed(
-            &self.lost,
-            &self.channel,
-            &self.topology.jobs_exchange(),
+        let envelope = Envelope {
+            exchange: &self.topology.jobs_exchange(),
             lane,
-            job,
             reply_to,
-            self.user_id.as_deref(),
-        )
-        .await
+            user_id: self.user_id.as_deref(),
+            trace: None,
+        };
+        publish_confirmed(&self.lost, &self.channel, job, envelope).await
     }
 
     /// Runs a batch: publishes `jobs` with at most `options.max_in_flight` outstanding and

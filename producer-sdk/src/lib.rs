@@ -22,6 +22,7 @@ mod batch;
 mod client;
 mod error;
 mod publish;
+mod trace;
 
 pub use batch::{BatchItem, BatchOptions, BatchStream};
 pub use client::{CallOptions, Client, ClientOptions};
@@ -30,6 +31,7 @@ pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{
     ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, Status, Usage,
 };
+pub use trace::TraceContext;
 
 /// A fresh job id: a UUID v7 (time-ordered, unique).
 pub fn new_job_id() -> String {

@@ -1,25 +1,47 @@
 //! Publishing one job: persistent, mandatory, with publisher confirms.
 
 use crate::Error;
+use crate::TraceContext;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use quarry_schemas::Job;
-use quarry_schemas::wire::{CONTENT_TYPE_JSON, HEADER_PUBLISHED_MS, Lane, MESSAGE_TYPE_JOB};
+use quarry_schemas::wire::{
+    CONTENT_TYPE_JSON, HEADER_PUBLISHED_MS, HEADER_TRACEPARENT, Lane, MESSAGE_TYPE_JOB,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
 
+/// Where and as whom a job is published.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Envelope<'a> {
+    /// The work exchange.
+    pub exchange: &'a str,
+    /// The lane (routing key).
+    pub lane: Lane,
+    /// The queue its result goes to.
+    pub reply_to: &'a str,
+    /// The login user: the plugin identity the broker checks.
+    pub user_id: Option<&'a str>,
+    /// The trace it is published in (`None`: a new one).
+    pub trace: Option<TraceContext>,
+}
+
 /// Sends a job and returns the pending confirm. The job is checked against the contract
 /// first; nothing invalid leaves the process.
 pub(crate) async fn send(
     channel: &Channel,
-    exchange: &str,
-    lane: Lane,
     job: &Job,
-    reply_to: &str,
-    user_id: Option<&str>,
+    envelope: Envelope<'_>,
 ) -> Result<PublisherConfirm, Error> {
+    let Envelope {
+        exchange,
+        lane,
+        reply_to,
+        user_id,
+        trace,
+    } = envelope;
     job.check().map_err(|source| Error::InvalidJob {
         job_id: job.id.clone(),
         source,
@@ -39,6 +61,11 @@ pub(crate) async fn send(
     headers.insert(
         HEADER_PUBLISHED_MS.into(),
         lapin::types::AMQPValue::LongLongInt(published_ms),
+    );
+    let traceparent = trace.unwrap_or_else(TraceContext::new_root).child();
+    headers.insert(
+        HEADER_TRACEPARENT.into(),
+        lapin::types::AMQPValue::LongString(traceparent.as_str().into()),
     );
     let mut properties = BasicProperties::default()
         .with_headers(headers)
@@ -85,15 +112,12 @@ pub(crate) fn settle(confirmation: Confirmation, job_id: &str, lane: Lane) -> Re
 pub(crate) async fn publish_confirmed(
     lost: &CancellationToken,
     channel: &Channel,
-    exchange: &str,
-    lane: Lane,
     job: &Job,
-    reply_to: &str,
-    user_id: Option<&str>,
+    envelope: Envelope<'_>,
 ) -> Result<(), Error> {
     let published = async {
-        let confirm = send(channel, exchange, lane, job, reply_to, user_id).await?;
-        settle(confirm.await?, &job.id, lane)
+        let confirm = send(channel, job, envelope).await?;
+        settle(confirm.await?, &job.id, envelope.lane)
     };
     unless_lost(lost, published).await?
 }

@@ -30,6 +30,12 @@ pub const HEADER_DEFERRALS: &str = "x-quarry-deferrals";
 /// it; workers measure end-to-end latency from it).
 pub const HEADER_PUBLISHED_MS: &str = "x-quarry-published-ms";
 
+/// Header on a job: its W3C Trace Context parent (`00-<trace id>-<span id>-<flags>`). Workers
+/// continue the trace into provider requests.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// Header on a job: W3C Trace Context vendor state, passed on unchanged.
+pub const HEADER_TRACESTATE: &str = "tracestate";
+
 /// `content_type` property of jobs and results.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// `type` property of a job message.

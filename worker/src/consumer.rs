@@ -290,7 +290,9 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             return Ok(());
         }
     };
-    let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str());
+    let trace = crate::trace::TraceContext::from_headers(properties.headers())
+        .unwrap_or_else(crate::trace::TraceContext::new_root);
+    let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str(), trace_id = %trace.trace_id);
 
     async move {
         // The idempotency record: a finished job is answered from the store, one in flight
@@ -380,7 +382,10 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 telemetry::redis_error("release_claim", &error);
             }
         };
-        let execution = shared.pipeline.execute(job, &policy, started).await;
+        let execution = shared
+            .pipeline
+            .execute_traced(job, &policy, started, Some(&trace))
+            .await;
         if execution.retry_later {
             // Never spend without a limit check: back to the queue, after a pause so that a
             // Redis outage does not turn into a hot loop of redeliveries.

@@ -24,6 +24,7 @@ pub mod result_store;
 pub mod retry;
 pub mod schema_cache;
 pub mod telemetry;
+pub mod trace;
 
 use anyhow::Context;
 use config::Config;

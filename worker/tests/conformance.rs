@@ -63,8 +63,16 @@ fn request<'a>(
         timeout: Duration::from_secs(10),
         api_key: Some(key),
         repairs: &[],
+        trace: Some((
+            quarry_worker::trace::TraceContext::parse(TRACEPARENT)
+                .unwrap()
+                .child(),
+            Some("quarry=test"),
+        )),
     }
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn text(s: &str) -> Vec<InputPart> {
     vec![InputPart::Text { text: s.to_owned() }]
@@ -77,6 +85,13 @@ fn last_request(fake: &FakeProvider) -> Recorded {
 /// The request each module sends, in its provider's published format.
 fn assert_wire_shape(kind: ProviderKind, sent: &Recorded, json_mode: bool, images: usize) {
     let body = &sent.body;
+    // Every format carries the W3C trace context as HTTP headers.
+    let sent_parent = &sent.headers["traceparent"];
+    assert!(
+        sent_parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent_parent.len() == 55,
+        "{sent_parent}"
+    );
+    assert_eq!(sent.headers["tracestate"], "quarry=test");
     match kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
             assert_eq!(sent.path, "/v1/chat/completions");

@@ -136,6 +136,9 @@ struct SubmitArgs {
     /// Give up after this many seconds without any progress.
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// W3C `traceparent` of the trace the batch belongs to (default: a new trace per job).
+    #[arg(long, env = "TRACEPARENT")]
+    traceparent: Option<String>,
 }
 
 /// One input line. Every field but the content is optional and falls back to the flags.
@@ -486,7 +489,15 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
     };
     let mut client = Client::connect_with(&cli.amqp_url, options.clone()).await?;
     let started = Instant::now();
+    let trace = match &args.traceparent {
+        Some(value) => Some(
+            quarry_producer::TraceContext::from_traceparent(value)
+                .with_context(|| format!("--traceparent `{value}` is not a W3C traceparent"))?,
+        ),
+        None => None,
+    };
     let batch_options = BatchOptions {
+        trace,
         lane: args.lane,
         max_in_flight: args.max_in_flight,
         idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),

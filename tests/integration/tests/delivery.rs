@@ -102,6 +102,7 @@ async fn sigterm_finishes_jobs_in_flight_and_exits_zero() {
         lane: Lane::Batch,
         max_in_flight: jobs,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let mut stream = client
         .run_batch(
@@ -234,6 +235,7 @@ async fn a_resumed_batch_gets_every_result_once_and_pays_once() {
         lane: Lane::Batch,
         max_in_flight: 100,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
 
     // A producer takes 80 results, then loses its connection (here: closes it) with jobs
@@ -302,6 +304,7 @@ async fn a_cancelled_batch_ends_its_unstarted_jobs_cancelled_and_finishes_the_re
         lane: Lane::Batch,
         max_in_flight: 300,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let client = fleet.client().await;
     let mut stream = client

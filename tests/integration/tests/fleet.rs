@@ -48,6 +48,7 @@ async fn collect(client: &Client, jobs: Vec<Job>, secs: u64) -> (HashMap<String,
         lane: Lane::Batch,
         max_in_flight: 300,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let mut stream = client
         .run_batch(&batch_id, jobs, options)
@@ -255,6 +256,7 @@ async fn worker_killed_mid_batch_loses_nothing() {
         lane: Lane::Batch,
         max_in_flight: 400,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let mut stream = client
         .run_batch(
@@ -527,6 +529,7 @@ async fn a_restarted_producer_collects_the_rest_of_its_batch() {
         lane: Lane::Batch,
         max_in_flight: 50,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let mut stream = first
         .attach_batch(&batch_id, ids.clone(), options)

@@ -351,6 +351,7 @@ async fn run_all(fleet: &Fleet, jobs: Vec<Job>) -> Vec<JobResult> {
         lane: Lane::Batch,
         max_in_flight: 100,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let mut stream = client
         .run_batch(&new_job_id(), jobs, options)
@@ -661,6 +662,7 @@ async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
     let options = quarry_producer::CallOptions {
         lane: Lane::Interactive,
         timeout: Duration::from_secs(60),
+        trace: None,
     };
 
     let first = client

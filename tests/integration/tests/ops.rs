@@ -70,6 +70,7 @@ async fn exercised_worker(fleet: &Fleet) -> quarry_integration::TaskWorker {
         lane: Lane::Batch,
         max_in_flight: 64,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let batch = unique("ops");
     let mut stream = client.run_batch(&batch, jobs, options).await.unwrap();
@@ -597,4 +598,65 @@ async fn the_kubernetes_manifests_are_schema_valid_and_consistent() {
             .all(|(k, v)| &service_labels[k] == v),
         "the ServiceMonitor selects the Service"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugins_trace_continues_through_the_worker_to_the_provider() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let worker = fleet.spawn_task_worker(fleet.worker_config()).await;
+    let client = fleet.client().await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let options = quarry_producer::CallOptions {
+        trace: quarry_producer::TraceContext::from_traceparent(parent),
+        ..Default::default()
+    };
+    // A retried attempt: two provider requests for one job.
+    let job = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: "[[fake:server_error]] Dana called".into(),
+        }],
+    );
+    let result = client.extract(job, options).await.unwrap();
+    assert_eq!(result.status, quarry_producer::Status::Ok, "{result:?}");
+    let sent: Vec<String> = fleet
+        .fake
+        .stats
+        .requests()
+        .iter()
+        .map(|r| r.headers.get("traceparent").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for traceparent in &sent {
+        let fields: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{traceparent}");
+        assert_eq!(
+            fields[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "the same trace"
+        );
+        assert_ne!(fields[2], "00f067aa0ba902b7", "a span of its own");
+        assert_eq!(fields[3], "01");
+    }
+    assert_ne!(sent[0], sent[1], "each attempt is its own span");
+
+    // Without a trace, each job starts one of its own.
+    let plain = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: "no trace given".into(),
+        }],
+    );
+    client
+        .extract(plain, quarry_producer::CallOptions::default())
+        .await
+        .unwrap();
+    let last = fleet.fake.stats.requests().pop().unwrap();
+    let traceparent = &last.headers["traceparent"];
+    assert!(
+        traceparent.len() == 55 && !traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{traceparent}"
+    );
+    let _ = client.close().await;
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
 }

@@ -101,6 +101,7 @@ async fn run(client: &Client, jobs: Vec<Job>) -> HashMap<String, JobResult> {
         lane: Lane::Batch,
         max_in_flight: 200,
         idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
     };
     let mut stream = client
         .run_batch(&new_job_id(), jobs, options)

@@ -30,6 +30,7 @@ use crate::providers::{
 use crate::retry::RetryPolicy;
 use crate::schema_cache::{InvalidSchema, SchemaCache, Violation, violations};
 use crate::telemetry;
+use crate::trace::TraceContext;
 use admission::{Admission, Keys, Refused};
 use cost::{CostTally, PriceTable};
 use jsonschema::Validator;
@@ -120,6 +121,8 @@ struct Tally {
     settlement: Option<Settlement>,
     /// The limits asked for a wait too long to hold the delivery.
     defer: Option<Duration>,
+    /// The job's trace: each attempt is a child span of it.
+    trace: Option<TraceContext>,
 }
 
 /// One target of the route, as the attempt loop sees it.
@@ -219,8 +222,22 @@ impl Pipeline {
     /// Runs a job of the plugin `policy` belongs to, to its result. Never fails: every
     /// failure is a result with an error.
     pub async fn execute(&self, job: Job, policy: &Policy, started: Instant) -> Execution {
+        self.execute_traced(job, policy, started, None).await
+    }
+
+    /// [`Pipeline::execute`], continuing the job's trace into every provider request.
+    pub async fn execute_traced(
+        &self,
+        job: Job,
+        policy: &Policy,
+        started: Instant,
+        trace: Option<&TraceContext>,
+    ) -> Execution {
         let plugin = policy.name.as_str();
-        let mut tally = Tally::default();
+        let mut tally = Tally {
+            trace: trace.cloned(),
+            ..Tally::default()
+        };
         let outcome = self.run_stages(&job, policy, &mut tally).await;
         // A failed job's last settlement cannot wait for the result's write.
         if outcome.is_err()
@@ -463,6 +480,7 @@ impl Pipeline {
                 timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
                 api_key: None,
                 repairs: &repairs,
+                trace: None,
             };
             let response = self
                 .call_with_retry(leg, request, deadline, tally)
@@ -569,6 +587,10 @@ impl Pipeline {
                 .keys
                 .get(admitted.key)
                 .and_then(|k| k.secret.as_ref());
+            request.trace = tally
+                .trace
+                .as_ref()
+                .map(|t| (t.child(), t.state.as_deref()));
             tally.attempts += 1;
             attempts_here += 1;
             let began = Instant::now();

@@ -109,7 +109,13 @@ impl Anthropic {
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
-            .post_json(&self.url, body, request.timeout, request.api_key)
+            .post_json(
+                &self.url,
+                body,
+                request.timeout,
+                request.api_key,
+                request.trace.as_ref(),
+            )
             .await?;
         if !raw.status.is_success() {
             return Err(self.classify(&raw, request.api_key));

@@ -114,7 +114,13 @@ impl Gemini {
         let url = format!("{}/models/{}:generateContent", self.base_url, request.model);
         let raw = self
             .http
-            .post_json(&url, body, request.timeout, request.api_key)
+            .post_json(
+                &url,
+                body,
+                request.timeout,
+                request.api_key,
+                request.trace.as_ref(),
+            )
             .await?;
         if !raw.status.is_success() {
             return Err(self.classify(&raw, request.api_key));

@@ -77,6 +77,7 @@ impl HttpClient {
         body: Vec<u8>,
         timeout: Duration,
         key: Option<&SecretString>,
+        trace: Option<&(crate::trace::TraceParent, Option<&str>)>,
     ) -> Result<RawResponse, ProviderError> {
         let mut request = self
             .client
@@ -84,6 +85,12 @@ impl HttpClient {
             .timeout(timeout)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some((parent, state)) = trace {
+            request = request.header("traceparent", parent.as_str().to_owned());
+            if let Some(state) = state {
+                request = request.header("tracestate", *state);
+            }
+        }
         if let Some(key) = key {
             let (name, text) = match self.auth {
                 Auth::Bearer => (AUTHORIZATION, format!("Bearer {}", key.expose_secret())),

@@ -52,6 +52,9 @@ pub struct ProviderRequest<'a> {
     /// Earlier answers of this job that were rejected, oldest first: each becomes an
     /// assistant turn followed by a user turn asking for a corrected answer.
     pub repairs: &'a [Repair],
+    /// W3C trace context of this attempt: `traceparent` (a child span of the job's) and
+    /// `tracestate`, sent as HTTP headers.
+    pub trace: Option<(crate::trace::TraceParent, Option<&'a str>)>,
 }
 
 /// A rejected answer and what is wrong with it.

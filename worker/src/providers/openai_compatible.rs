@@ -132,7 +132,13 @@ impl OpenAiCompatible {
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
-            .post_json(&self.url, body, request.timeout, request.api_key)
+            .post_json(
+                &self.url,
+                body,
+                request.timeout,
+                request.api_key,
+                request.trace.as_ref(),
+            )
             .await?;
         if !raw.status.is_success() {
             return Err(self.classify(&raw, request.api_key));
@@ -436,6 +442,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             api_key: None,
             repairs,
+            trace: None,
         }
     }
 

@@ -158,6 +158,7 @@ async fn scenario(workers: usize, rpm: u64, seconds: u64, keys: usize) -> Scenar
         lane: Lane::Batch,
         max_in_flight: total,
         idle_timeout: None,
+        trace: None,
     };
     let mut stream = client
         .run_batch(&new_job_id(), jobs, options)

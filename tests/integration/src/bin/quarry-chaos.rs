@@ -262,6 +262,7 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
         lane: Lane::Batch,
         max_in_flight: 1000,
         idle_timeout: Some(Duration::from_secs(cli.timeout_secs)),
+        trace: None,
     };
     let mut client = producer(&namespace).await;
     let mut stream = client
