@@ -370,7 +370,7 @@ base_url = "{fake}"
             .await
             .expect("consume");
         let mut out = Vec::with_capacity(n);
-        within(secs, &format!("{n} messages on {queue}"), async {
+        let taking = async {
             while out.len() < n {
                 let delivery = consumer
                     .next()
@@ -380,8 +380,29 @@ base_url = "{fake}"
                 delivery.ack(BasicAckOptions::default()).await.expect("ack");
                 out.push(delivery);
             }
-        })
-        .await;
+        };
+        if tokio::time::timeout(Duration::from_secs(secs), taking)
+            .await
+            .is_err()
+        {
+            // Say what did arrive: which message is missing is the clue.
+            let arrived: Vec<String> = out
+                .iter()
+                .map(|d| {
+                    let id = d.properties.message_id().as_ref().map(|s| s.to_string());
+                    let reason = d
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get("x-quarry-dead-reason").cloned());
+                    format!("message_id {id:?} reason {reason:?}")
+                })
+                .collect();
+            panic!(
+                "timed out after {secs}s waiting for {n} messages on {queue}; {} arrived: {arrived:?}",
+                out.len()
+            );
+        }
         let _ = channel.close(200, "done".into()).await;
         out
     }
