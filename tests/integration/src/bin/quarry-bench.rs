@@ -5,8 +5,13 @@
 //! Redis round trips per job. Needs the local RabbitMQ and Redis (`scripts/test` sets them up)
 //! and the release binaries (`cargo build --release --bins`).
 //!
+//! `quarry-bench ceiling`: the raw AMQP round trip (a minimal lapin echo responder on the same
+//! broker, queue type, lane arguments, confirms and payload) against Quarry end to end
+//! (SDK → one worker process → zero-latency fake provider → result), side by side in one run.
+//!
 //! ```text
 //! cargo build --release --bins && target/release/quarry-bench limits --workers 4 --rpm 300
+//! target/release/quarry-bench ceiling --jobs 20000 --in-flight 512
 //! ```
 
 #![allow(
@@ -31,6 +36,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The broker's ceiling (raw AMQP echo) against Quarry end to end, and their ratio.
+    Ceiling {
+        /// Jobs per measured run.
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        /// Jobs outstanding at once (producer side), for both.
+        #[arg(long, default_value_t = 512)]
+        in_flight: usize,
+        /// Rounds: raw and Quarry alternate this many times; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/ceiling.json")]
+        json: PathBuf,
+    },
     /// Fleet-wide limits and the key pool under saturation.
     Limits {
         /// Worker processes.
@@ -54,6 +74,12 @@ enum Command {
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
+        Command::Ceiling {
+            jobs,
+            in_flight,
+            rounds,
+            json,
+        } => ceiling(jobs, in_flight, rounds, &json).await,
         Command::Limits {
             workers,
             rpm,
@@ -231,4 +257,239 @@ async fn scenario(workers: usize, rpm: u64, seconds: u64, keys: usize) -> Scenar
         },
         jobs_ok,
     }
+}
+
+/// The job both sides carry: a receipt extraction with its schema, as plugins send.
+fn ceiling_job(n: usize) -> Job {
+    let mut job = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: format!(
+                "Cafe Central, 2 coffees 7.00, 1 cake 4.50, TOTAL 11.50 EUR, receipt {n}"
+            ),
+        }],
+    );
+    job.custom_id = Some(format!("c{n}"));
+    job.instructions = Some("Extract the expense record.".into());
+    job.json_schema = Some(serde_json::from_str(quarry_schemas::examples::RECEIPT).unwrap());
+    job.schema_name = Some("receipt".into());
+    job
+}
+
+async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &PathBuf) {
+    println!("quarry-bench ceiling: {jobs} jobs per run, {in_flight} in flight, {rounds} rounds");
+    let (mut raw, mut quarry) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let r = raw_round_trip(jobs, in_flight).await;
+        println!("round {round}: raw AMQP echo     {r:>9.0} jobs/s");
+        raw.push(r);
+        let q = quarry_end_to_end(jobs, in_flight).await;
+        println!("round {round}: Quarry end to end {q:>9.0} jobs/s");
+        quarry.push(q);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (raw_best, quarry_best) = (best(&raw), best(&quarry));
+    let ratio = quarry_best / raw_best;
+    println!();
+    println!("| measure | jobs/s (best of {rounds}) |");
+    println!("|---|---|");
+    println!("| raw AMQP round trip (echo responder) | {raw_best:.0} |");
+    println!("| Quarry end to end (1 worker process) | {quarry_best:.0} |");
+    println!("| ratio | {:.1}% (target ≥ 60%) |", ratio * 100.0);
+    let report = json!({
+        "jobs": jobs, "in_flight": in_flight, "rounds": rounds,
+        "raw_jobs_per_s": raw, "quarry_jobs_per_s": quarry,
+        "raw_best": raw_best, "quarry_best": quarry_best, "ratio": ratio,
+    });
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(json_path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("\nfigures written to {}", json_path.display());
+}
+
+/// A lapin echo responder with the worker's shape: a quorum queue with the lane's arguments,
+/// prefetch = the worker's default concurrency, each reply published persistent and mandatory
+/// with a confirm, the job acked after the confirm. The producer publishes the same job bodies
+/// with confirms, `in_flight` at a time. Returns jobs/s from first publish to last reply.
+async fn raw_round_trip(jobs: usize, in_flight: usize) -> f64 {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use std::sync::Arc;
+
+    let url = quarry_integration::amqp_url();
+    let queue = quarry_integration::unique("bench-raw.jobs");
+    let replies = quarry_integration::unique("bench-raw.replies");
+    let responder = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let setup = responder.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(5));
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    setup
+        .queue_declare(queue.as_str().into(), durable, args)
+        .await
+        .unwrap();
+    setup
+        .queue_declare(replies.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+
+    // The responder: consume, reply with a confirm, ack.
+    let consume = responder.create_channel().await.unwrap();
+    consume
+        .basic_qos(256, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let publish = Arc::new(responder.create_channel().await.unwrap());
+    publish.confirm_select(Default::default()).await.unwrap();
+    let mut deliveries = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "echo".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let echo = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = deliveries.next().await {
+            let publish = publish.clone();
+            tokio::spawn(async move {
+                let reply_to = delivery.properties.reply_to().clone().unwrap();
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into());
+                publish
+                    .basic_publish(
+                        "".into(),
+                        reply_to.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &delivery.data,
+                        properties,
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+            });
+        }
+    });
+
+    // The producer: the same payloads, confirmed, `in_flight` outstanding.
+    let producer = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let out = producer.create_channel().await.unwrap();
+    out.confirm_select(Default::default()).await.unwrap();
+    let inbox = producer.create_channel().await.unwrap();
+    let mut answers = inbox
+        .basic_consume(
+            replies.as_str().into(),
+            "answers".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..jobs)
+        .map(|n| serde_json::to_vec(&ceiling_job(n)).unwrap())
+        .collect();
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let started = Instant::now();
+    let publisher = {
+        let (out, slots, replies) = (out.clone(), slots.clone(), replies.clone());
+        tokio::spawn(async move {
+            for body in bodies {
+                slots.acquire().await.unwrap().forget();
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_reply_to(replies.as_str().into());
+                let confirm = out
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &body,
+                        properties,
+                    )
+                    .await
+                    .unwrap();
+                tokio::spawn(async move { confirm.await.unwrap() });
+            }
+            queue
+        })
+    };
+    for _ in 0..jobs {
+        let answer = answers.next().await.unwrap().unwrap();
+        answer.ack(BasicAckOptions::default()).await.unwrap();
+        slots.add_permits(1);
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    let queue = publisher.await.unwrap();
+    echo.abort();
+    for name in [queue, replies] {
+        let _ = setup
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = producer.close(200, "done".into()).await;
+    let _ = responder.close(200, "done".into()).await;
+    rate
+}
+
+/// SDK batch → one `quarry-worker` process → zero-latency fake provider → results. Returns
+/// jobs/s from the first publish to the last result.
+async fn quarry_end_to_end(jobs: usize, in_flight: usize) -> f64 {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut worker = fleet.spawn_process_worker().await;
+    let client = fleet.client().await;
+    let batch: Vec<Job> = (0..jobs).map(ceiling_job).collect();
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight: in_flight,
+        idle_timeout: Some(Duration::from_secs(120)),
+        trace: None,
+    };
+    let started = Instant::now();
+    let mut stream = client
+        .run_batch(&new_job_id(), batch, options)
+        .await
+        .unwrap();
+    let reply_queue = stream.reply_queue().to_owned();
+    let mut ok = 0usize;
+    for _ in 0..jobs {
+        let item = stream.next().await.unwrap().unwrap();
+        ok += usize::from(item.result.status == Status::Ok);
+        item.ack().await.unwrap();
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(ok, jobs, "every job must succeed for the figure to count");
+    stream.finish().await.unwrap();
+    let _ = client.close().await;
+    let status = worker.terminate(60).await;
+    assert!(status.success());
+    fleet.teardown(&[reply_queue]).await;
+    rate
 }
