@@ -16,28 +16,10 @@ impl TraceContext {
     /// The trace of a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), e.g. the one of
     /// the request the plugin is serving; `None` when it is malformed.
     pub fn from_traceparent(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if !(hex(version, 2)
-            && version != "ff"
-            && hex(trace, 32)
-            && hex(parent, 16)
-            && hex(flags, 2))
-            || (version == "00" && parts.next().is_some())
-        {
-            return None;
-        }
-        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-        u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
+        let fields = quarry_schemas::wire::parse_traceparent(value)?;
         Some(Self {
-            trace_id,
-            flags: u8::from_str_radix(flags, 16).ok()?,
+            trace_id: fields.trace_id,
+            flags: fields.flags,
         })
     }
 

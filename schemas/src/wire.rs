@@ -36,6 +36,45 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// Header on a job: W3C Trace Context vendor state, passed on unchanged.
 pub const HEADER_TRACESTATE: &str = "tracestate";
 
+/// The fields of a W3C `traceparent` header (<https://www.w3.org/TR/trace-context/>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceparentFields {
+    /// The trace id (not zero).
+    pub trace_id: u128,
+    /// The parent span id (not zero).
+    pub parent_id: u64,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+/// Parses a `traceparent` value: version `00` with exactly four lower-case hex fields; a later
+/// version by its first four fields, as the specification asks; `ff`, zero ids and anything
+/// malformed are `None`.
+pub fn parse_traceparent(value: &str) -> Option<TraceparentFields> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let well_formed = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2);
+    if !well_formed {
+        return None;
+    }
+    Some(TraceparentFields {
+        trace_id: u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?,
+        parent_id: u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?,
+        flags: u8::from_str_radix(flags, 16).ok()?,
+    })
+}
+
 /// `content_type` property of jobs and results.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// `type` property of a job message.

@@ -309,16 +309,13 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 {
                     telemetry::redis_error("batch_progress", &error);
                 }
-                let mut result = JobResult::failed(
-                    &job.id,
+                let result = failed_without_a_call(
+                    job,
                     ErrorInfo::new(
                         ErrorCode::Cancelled,
                         "the job's batch was cancelled before the job started",
                     ),
                 );
-                result.custom_id = job.custom_id;
-                result.batch_id = job.batch_id;
-                result.metadata = job.metadata;
                 shared
                     .publisher
                     .reply(reply_to, correlation_id, &encode(&result))
@@ -564,8 +561,8 @@ async fn expired(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
         return Ok(());
     };
     let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
-    let mut result = JobResult::failed(
-        &job.id,
+    let result = failed_without_a_call(
+        job,
         ErrorInfo::new(
             ErrorCode::DeadlineExceeded,
             format!(
@@ -574,9 +571,6 @@ async fn expired(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
             ),
         ),
     );
-    result.custom_id = job.custom_id;
-    result.batch_id = job.batch_id;
-    result.metadata = job.metadata;
     shared
         .publisher
         .reply(reply_to, correlation_id, &encode(&result))
@@ -609,6 +603,15 @@ async fn dead_letter(
         properties: &delivery.properties,
     };
     shared.publisher.dead_letter(&letter).await
+}
+
+/// The result of a job that ends before the pipeline: its ids and metadata echoed.
+fn failed_without_a_call(job: Job, error: ErrorInfo) -> JobResult {
+    let mut result = JobResult::failed(&job.id, error);
+    result.custom_id = job.custom_id;
+    result.batch_id = job.batch_id;
+    result.metadata = job.metadata;
+    result
 }
 
 /// When the producer published the job (the SDK's `x-quarry-published-ms` header).

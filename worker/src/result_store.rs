@@ -314,9 +314,9 @@ impl ResultStore {
     /// Counts a job answered without a stored result (cancelled) in its batch's progress:
     /// one round trip, for a job of a batch only.
     pub async fn count_only(&self, keys: &JobKeys, outcome: &str) -> redis::RedisResult<()> {
-        let Some(_) = &keys.progress else {
+        if keys.progress.is_none() {
             return Ok(());
-        };
+        }
         let mut pipe = redis::pipe();
         self.count(&mut pipe, keys, &Progress { outcome, tokens: 0 });
         let mut conn = self.redis.clone();

@@ -3,8 +3,9 @@
 //! each attempt as its own child span, so a plugin's trace runs through the fleet. A job
 //! without a valid `traceparent` starts a new trace.
 
-use lapin::types::{AMQPValue, FieldTable};
-use quarry_schemas::wire::{HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use crate::amqp::publisher::header_text;
+use lapin::types::FieldTable;
+use quarry_schemas::wire::{HEADER_TRACEPARENT, HEADER_TRACESTATE, parse_traceparent};
 
 /// The trace a job belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,41 +23,19 @@ pub struct TraceContext {
 impl TraceContext {
     /// From a job's headers; `None` when absent or malformed.
     pub fn from_headers(headers: &Option<FieldTable>) -> Option<Self> {
-        let headers = headers.as_ref()?.inner();
-        let text = |name: &str| match headers.get(name)? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        };
-        let mut context = Self::parse(&text(HEADER_TRACEPARENT)?)?;
-        context.state = text(HEADER_TRACESTATE).filter(|s| s.len() <= 512 && s.is_ascii());
+        let mut context = Self::parse(&header_text(headers, HEADER_TRACEPARENT)?)?;
+        context.state =
+            header_text(headers, HEADER_TRACESTATE).filter(|s| s.len() <= 512 && s.is_ascii());
         Some(context)
     }
 
-    /// Parses a `traceparent` value (version `00`; later versions by their first four
-    /// fields, as the specification asks).
+    /// Parses a `traceparent` value ([`parse_traceparent`]).
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let (version, trace_id, parent_id, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        let zero = |s: &str| s.bytes().all(|b| b == b'0');
-        let valid = hex(version, 2)
-            && version != "ff"
-            && (version != "00" || parts.next().is_none())
-            && hex(trace_id, 32)
-            && !zero(trace_id)
-            && hex(parent_id, 16)
-            && !zero(parent_id)
-            && hex(flags, 2);
-        valid.then(|| Self {
-            trace_id: trace_id.to_owned(),
-            parent_id: parent_id.to_owned(),
-            flags: u8::from_str_radix(flags, 16).unwrap_or(0),
+        let fields = parse_traceparent(value)?;
+        Some(Self {
+            trace_id: format!("{:032x}", fields.trace_id),
+            parent_id: format!("{:016x}", fields.parent_id),
+            flags: fields.flags,
             state: None,
         })
     }

@@ -9,7 +9,8 @@
 //! 5. check images: count, size, type, and that a target takes them   → `INVALID_REQUEST`
 //! 6. keep the targets the plugin may reach (`allowed_models`, checked on every target that
 //!    could be dispatched, fallbacks included) and that have keys of the granted profile
-//!    (→ `NOT_AUTHORIZED` / `MODEL_UNRESOLVED`); then for each target in order, while it answers `MODEL_UNAVAILABLE` the next one is tried:
+//!    (→ `NOT_AUTHORIZED` / `MODEL_UNRESOLVED`); then for each target in order, while it
+//!    answers `MODEL_UNAVAILABLE` the next one is tried:
 //!    call the provider, retrying per the error's disposition within the deadline; then
 //!    parse and validate the answer, and on failure ask again with the answer and the
 //!    validator's errors (the repair loop)                           → `OUTPUT_INVALID`
@@ -121,8 +122,6 @@ struct Tally {
     settlement: Option<Settlement>,
     /// The limits asked for a wait too long to hold the delivery.
     defer: Option<Duration>,
-    /// The job's trace: each attempt is a child span of it.
-    trace: Option<TraceContext>,
 }
 
 /// One target of the route, as the attempt loop sees it.
@@ -133,6 +132,8 @@ struct Leg<'t> {
     keys: &'t Keys,
     /// The output bound the policy granted.
     max_tokens: Option<u32>,
+    /// The job's trace: each attempt is a child span of it.
+    trace: Option<&'t TraceContext>,
     /// Another target follows: an unavailable model is left at once instead of retried.
     has_fallback: bool,
     /// The publishing plugin, for its quotas.
@@ -234,11 +235,8 @@ impl Pipeline {
         trace: Option<&TraceContext>,
     ) -> Execution {
         let plugin = policy.name.as_str();
-        let mut tally = Tally {
-            trace: trace.cloned(),
-            ..Tally::default()
-        };
-        let outcome = self.run_stages(&job, policy, &mut tally).await;
+        let mut tally = Tally::default();
+        let outcome = self.run_stages(&job, policy, trace, &mut tally).await;
         // A failed job's last settlement cannot wait for the result's write.
         if outcome.is_err()
             && let Some(settlement) = tally.settlement.take()
@@ -303,6 +301,7 @@ impl Pipeline {
         &self,
         job: &Job,
         policy: &Policy,
+        trace: Option<&TraceContext>,
         tally: &mut Tally,
     ) -> Result<Answer, Failure> {
         // 1. contract, then the plugin's policy
@@ -374,6 +373,7 @@ impl Pipeline {
                 entry,
                 keys,
                 max_tokens: grant.max_tokens,
+                trace,
                 has_fallback: i + 1 < legs.len(),
                 plugin: &policy.name,
             };
@@ -587,10 +587,7 @@ impl Pipeline {
                 .keys
                 .get(admitted.key)
                 .and_then(|k| k.secret.as_ref());
-            request.trace = tally
-                .trace
-                .as_ref()
-                .map(|t| (t.child(), t.state.as_deref()));
+            request.trace = leg.trace.map(|t| (t.child(), t.state.as_deref()));
             tally.attempts += 1;
             attempts_here += 1;
             let began = Instant::now();
