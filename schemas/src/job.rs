@@ -293,9 +293,17 @@ fn is_base64(s: &str) -> bool {
         return false;
     }
     let body_end = b.len() - b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
-    b[..body_end]
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    // Images are megabytes: test a chunk at a time without branching per byte, which the
+    // compiler turns into vector compares (an order of magnitude faster than `all`).
+    b[..body_end].chunks(64).all(|chunk| {
+        chunk.iter().fold(true, |ok, &c| {
+            ok & ((c.wrapping_sub(b'A') < 26)
+                | (c.wrapping_sub(b'a') < 26)
+                | (c.wrapping_sub(b'0') < 10)
+                | (c == b'+')
+                | (c == b'/'))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -313,6 +321,14 @@ mod tests {
         assert!(!is_base64("aGV=bG8h"));
         assert!(!is_base64("a==="));
         assert!(!is_base64("aGVsbG8*"));
+        // Long inputs, with the bad byte in every position of a 64-byte chunk.
+        let long = "QUJD".repeat(64);
+        assert!(is_base64(&long));
+        for at in 0..long.len() {
+            let mut bad = long.clone().into_bytes();
+            bad[at] = b'-';
+            assert!(!is_base64(std::str::from_utf8(&bad).unwrap()), "{at}");
+        }
     }
 
     #[test]

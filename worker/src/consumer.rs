@@ -25,7 +25,7 @@
 use crate::amqp::publisher::{header_text, header_u32};
 use crate::amqp::{DeadLetter, PublishError, Publisher};
 use crate::pipeline::Pipeline;
-use crate::result_store::{Claim, ClaimGuard, ResultStore};
+use crate::result_store::{Claim, ClaimGuard, ClaimState, ResultStore};
 use crate::telemetry;
 use futures::FutureExt;
 use lapin::message::Delivery;
@@ -295,13 +295,25 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
     let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin, lane = lane.as_str(), trace_id = %trace.trace_id);
 
     async move {
-        // The idempotency record: a finished job is answered from the store, one in flight
-        // elsewhere waits in a delay queue, any other is claimed for this delivery.
+        // The idempotency record: the job is claimed before its first provider call, in the
+        // round trip of its first limiter reservation. A job finished before is answered from
+        // the store, one in flight elsewhere waits in a delay queue, one of a cancelled batch
+        // ends `CANCELLED`.
         let keys = shared
             .store
             .job_keys(plugin, job.batch_id.as_deref(), &job.id);
-        let guard = match shared.store.claim(&keys).await {
-            Ok(Claim::Cancelled) => {
+        let mut execution = shared
+            .pipeline
+            .execute_claimed(
+                job,
+                &policy,
+                started,
+                Some(&trace),
+                ClaimState::Pending(&shared.store, &keys),
+            )
+            .await;
+        match execution.stopped.take() {
+            Some(Claim::Cancelled) => {
                 if let Err(error) = shared
                     .store
                     .count_only(&keys, ErrorCode::Cancelled.as_str())
@@ -309,8 +321,8 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 {
                     telemetry::redis_error("batch_progress", &error);
                 }
-                let result = failed_without_a_call(
-                    job,
+                let result = failed_as(
+                    &execution.result,
                     ErrorInfo::new(
                         ErrorCode::Cancelled,
                         "the job's batch was cancelled before the job started",
@@ -331,7 +343,7 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 });
                 return Ok(());
             }
-            Ok(Claim::Stored(stored)) => {
+            Some(Claim::Stored(stored)) => {
                 if delivery.acker.usable() {
                     shared
                         .publisher
@@ -341,7 +353,7 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 telemetry::replayed();
                 return Ok(());
             }
-            Ok(Claim::Held(left)) => {
+            Some(Claim::Held(left)) => {
                 // The holder is usually seconds from done, so the shortest delay; a crashed
                 // holder's claim lapses within `claim_ttl_secs`. Not a deferral for limits:
                 // the count stays as it was.
@@ -366,12 +378,9 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 telemetry::claim_conflict(lane);
                 return Ok(());
             }
-            Ok(Claim::Claimed(guard)) => Some(guard),
-            Err(error) => {
-                telemetry::redis_error("claim", &error);
-                None
-            }
-        };
+            Some(Claim::Claimed(_)) | None => {}
+        }
+        let guard = execution.claim.take();
         let release = |guard: Option<ClaimGuard>| async move {
             if let Some(guard) = guard
                 && let Err(error) = shared.store.release(guard).await
@@ -379,10 +388,6 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 telemetry::redis_error("release_claim", &error);
             }
         };
-        let execution = shared
-            .pipeline
-            .execute_traced(job, &policy, started, Some(&trace))
-            .await;
         if execution.retry_later {
             // Never spend without a limit check: back to the queue, after a pause so that a
             // Redis outage does not turn into a hot loop of redeliveries.
@@ -390,7 +395,6 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
             return Err(PublishError::Requeue);
         }
-        let mut execution = execution;
         if let Some(wait) = execution.defer {
             if deferrals < shared.deferral.max {
                 let step = shared.deferral.step_for(wait);
@@ -606,6 +610,15 @@ async fn dead_letter(
 }
 
 /// The result of a job that ends before the pipeline: its ids and metadata echoed.
+/// A failed result for the job `ran` answered: same job, batch, custom id and metadata.
+fn failed_as(ran: &JobResult, error: ErrorInfo) -> JobResult {
+    let mut result = JobResult::failed(&ran.job_id, error);
+    result.custom_id.clone_from(&ran.custom_id);
+    result.batch_id.clone_from(&ran.batch_id);
+    result.metadata.clone_from(&ran.metadata);
+    result
+}
+
 fn failed_without_a_call(job: Job, error: ErrorInfo) -> JobResult {
     let mut result = JobResult::failed(&job.id, error);
     result.custom_id = job.custom_id;

@@ -39,6 +39,65 @@ pub enum Claim {
     Cancelled,
 }
 
+/// Where a job's idempotency claim stands while the pipeline runs it. The claim is made
+/// before the job's first provider call — in the same round trip as its first limiter
+/// reservation when it has one — so that a job costs two Redis round trips: that one, and
+/// the result's write. A job that ends before any call is claimed when it ends.
+#[derive(Default)]
+pub enum ClaimState<'k> {
+    /// No claim is wanted (a pipeline without a result store).
+    #[default]
+    Unwanted,
+    /// To be made before the first provider call.
+    Pending(&'k ResultStore, &'k JobKeys),
+    /// This delivery holds the job (`None`: Redis did not answer the claim, and the job goes
+    /// on without one).
+    Held(Option<ClaimGuard>),
+    /// The claim stopped the job before any call: its result is stored, its batch is
+    /// cancelled, or another delivery holds it.
+    Stopped(Claim),
+}
+
+impl ClaimState<'_> {
+    /// The claim command to send with the first reservation, while one is pending.
+    pub fn command(&self) -> Option<redis::Cmd> {
+        match self {
+            Self::Pending(store, keys) => Some(store.claim_command(keys)),
+            _ => None,
+        }
+    }
+
+    /// Takes the reply to [`ClaimState::command`].
+    pub async fn answer(&mut self, reply: redis::RedisResult<redis::Value>) {
+        if let Self::Pending(store, keys) = *self {
+            *self = Self::from_claim(store.claim_from(keys, reply).await);
+        }
+    }
+
+    /// Claims in a round trip of its own if the claim is still pending.
+    pub async fn make(&mut self) {
+        if let Self::Pending(store, keys) = *self {
+            *self = Self::from_claim(store.claim(keys).await);
+        }
+    }
+
+    /// The claim stopped the job.
+    pub fn stopped(&self) -> bool {
+        matches!(self, Self::Stopped(_))
+    }
+
+    fn from_claim(claim: redis::RedisResult<Claim>) -> Self {
+        match claim {
+            Ok(Claim::Claimed(guard)) => Self::Held(Some(guard)),
+            Ok(other) => Self::Stopped(other),
+            Err(error) => {
+                crate::telemetry::redis_error("claim", &error);
+                Self::Held(None)
+            }
+        }
+    }
+}
+
 /// The Redis keys of one job.
 pub struct JobKeys {
     result: String,
@@ -80,6 +139,25 @@ struct Claims {
 pub struct ClaimGuard {
     claims: Arc<Claims>,
     key: String,
+}
+
+impl std::fmt::Debug for ClaimGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimGuard")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stored(result) => write!(f, "Stored({} bytes)", result.len()),
+            Self::Claimed(guard) => f.debug_tuple("Claimed").field(guard).finish(),
+            Self::Held(left) => f.debug_tuple("Held").field(left).finish(),
+            Self::Cancelled => f.write_str("Cancelled"),
+        }
+    }
 }
 
 impl Drop for ClaimGuard {
@@ -171,25 +249,78 @@ impl ResultStore {
     }
 
     /// The idempotency check of one delivery: its stored result, its batch's cancellation, a
-    /// new claim, or the time left on another delivery's claim.
+    /// new claim, or the time left on another delivery's claim. One round trip of its own;
+    /// [`ResultStore::claim_command`] sends it with other work instead.
     pub async fn claim(&self, keys: &JobKeys) -> redis::RedisResult<Claim> {
         let mut conn = self.redis.clone();
-        let claim_key = keys.claim.clone();
-        let owner = format!(
-            "{}-{}",
-            self.claims.owner,
-            self.claims.next.fetch_add(1, Ordering::Relaxed)
-        );
         let _round_trip = crate::telemetry::redis_round_trip("claim");
         let reply: Vec<Vec<u8>> = self
             .script
             .key(&keys.result)
-            .key(&claim_key)
+            .key(&keys.claim)
             .key(&keys.cancelled)
-            .arg(owner)
-            .arg(u64::try_from(self.claims.lifetime.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.next_owner())
+            .arg(self.lifetime_ms())
             .invoke_async(&mut conn)
             .await?;
+        self.read_claim(keys, reply)
+    }
+
+    /// The claim as one `EVALSHA` command, to pipeline with the job's first limiter
+    /// reservation; its reply goes to [`ResultStore::claim_from`].
+    pub fn claim_command(&self, keys: &JobKeys) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(3)
+            .arg(&keys.result)
+            .arg(&keys.claim)
+            .arg(&keys.cancelled)
+            .arg(self.next_owner())
+            .arg(self.lifetime_ms());
+        cmd
+    }
+
+    /// Reads the reply to [`ResultStore::claim_command`]. If Redis had lost the script
+    /// (`NOSCRIPT`: the command did not run), claims in a round trip of its own.
+    pub async fn claim_from(
+        &self,
+        keys: &JobKeys,
+        reply: redis::RedisResult<redis::Value>,
+    ) -> redis::RedisResult<Claim> {
+        match reply {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.claim(keys).await
+            }
+            Err(error) => Err(error),
+            Ok(value) => {
+                let reply: Vec<Vec<u8>> =
+                    redis::FromRedisValue::from_redis_value(value).map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Parse,
+                            "unexpected reply from claim.v2",
+                            e.to_string(),
+                        ))
+                    })?;
+                self.read_claim(keys, reply)
+            }
+        }
+    }
+
+    fn next_owner(&self) -> String {
+        format!(
+            "{}-{}",
+            self.claims.owner,
+            self.claims.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn lifetime_ms(&self) -> u64 {
+        u64::try_from(self.claims.lifetime.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn read_claim(&self, keys: &JobKeys, reply: Vec<Vec<u8>>) -> redis::RedisResult<Claim> {
         let mut reply = reply.into_iter();
         match (reply.next().as_deref(), reply.next()) {
             (Some(b"stored"), Some(result)) => Ok(Claim::Stored(result)),
@@ -199,10 +330,10 @@ impl ResultStore {
                     .held
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(claim_key.clone());
+                    .insert(keys.claim.clone());
                 Ok(Claim::Claimed(ClaimGuard {
                     claims: self.claims.clone(),
-                    key: claim_key,
+                    key: keys.claim.clone(),
                 }))
             }
             (Some(b"held"), Some(ms)) => {

@@ -19,7 +19,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use quarry_fake_provider::{FakeConfig, FakeProvider};
-use quarry_producer::{Client, ClientOptions};
+use quarry_producer::{BatchOptions, Client, ClientOptions, Job, JobResult};
 use quarry_schemas::wire::{Lane, Topology};
 use quarry_worker::config::Config;
 use secrecy::SecretString;
@@ -467,6 +467,105 @@ base_url = "{fake}"
             }
         }
     }
+}
+
+/// A `redis-server` of the caller's own, without persistence, for tests that stop and restart
+/// Redis without disturbing the shared one.
+pub struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free port.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` and waits (at most 20 s) until it accepts connections.
+    pub async fn start_on(port: u16) -> Self {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        within(20, "the private Redis to accept connections", async {
+            while let Some(line) = lines.next_line().await.expect("its log") {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server on port {port} exited before it was ready");
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, port }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (everything it held is lost, as in a crash of a Redis without persistence)
+    /// and returns its port, for a later [`PrivateRedis::start_on`].
+    pub async fn stop(mut self) -> u16 {
+        self.child.kill().await.expect("kill redis-server");
+        self.port
+    }
+
+    /// Kills it, leaves it down for `downtime`, and starts it again on the same port.
+    pub async fn restart(self, downtime: Duration) -> Self {
+        let port = self.stop().await;
+        tokio::time::sleep(downtime).await; // the outage itself
+        Self::start_on(port).await
+    }
+}
+
+/// Runs `jobs` as one batch on the batch lane with `max_in_flight` outstanding, acks every
+/// result, and returns them in arrival order; fails if they are not all in within `secs`.
+pub async fn batch_results(
+    client: &Client,
+    jobs: Vec<Job>,
+    max_in_flight: usize,
+    secs: u64,
+) -> Vec<JobResult> {
+    let expected = jobs.len();
+    let options = BatchOptions {
+        lane: Lane::Batch,
+        max_in_flight,
+        idle_timeout: Some(Duration::from_secs(60)),
+        trace: None,
+    };
+    let mut stream = client
+        .run_batch(&quarry_producer::new_job_id(), jobs, options)
+        .await
+        .expect("publish the batch");
+    let mut results = Vec::with_capacity(expected);
+    within(secs, &format!("{expected} results"), async {
+        while let Some(item) = stream.next().await {
+            let item = item.expect("a result");
+            results.push(item.result.clone());
+            item.ack().await.expect("ack");
+        }
+    })
+    .await;
+    stream.finish().await.expect("finish the batch");
+    assert_eq!(results.len(), expected, "every job has a result");
+    results
 }
 
 /// A binary of this workspace next to this test's executable (`cargo build --bins` builds

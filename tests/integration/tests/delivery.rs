@@ -32,8 +32,42 @@ fn text_job(n: usize) -> Job {
     job
 }
 
+/// Provider limits that never bind: with them, a job's claim travels with its first limiter
+/// reservation (one round trip) instead of going on its own.
+fn with_limits(config: &mut quarry_worker::config::Config) {
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.limits = quarry_worker::config::Limits {
+            requests_per_minute: Some(100_000),
+            tokens_per_minute: Some(100_000_000),
+            concurrent: None,
+        };
+    }
+}
+
+/// Round trips the claim made, on its own and with a reservation.
+async fn claim_trips(worker: std::net::SocketAddr) -> (f64, f64) {
+    let metrics = parse_metrics(&http_get(worker, "/metrics").await.1);
+    let trips = |op: &str| {
+        counter_sum(
+            &metrics,
+            "quarry_redis_round_trips_total",
+            &[("operation", op)],
+        )
+    };
+    (trips("claim"), trips("claim_and_reserve"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_twice_at_once_is_paid_for_once() {
+    delivered_twice(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_delivered_twice_at_once_is_paid_for_once_when_its_claim_rides_a_reservation() {
+    delivered_twice(true).await;
+}
+
+async fn delivered_twice(limited: bool) {
     let fleet = Fleet::start(FakeConfig {
         latency: Duration::from_millis(1500),
         ..FakeConfig::default()
@@ -41,6 +75,9 @@ async fn a_job_delivered_twice_at_once_is_paid_for_once() {
     .await;
     let mut config = fleet.worker_config();
     config.limits.delay_steps_secs = vec![1];
+    if limited {
+        with_limits(&mut config);
+    }
     let worker = fleet.spawn_task_worker(config).await;
     let topology = fleet.topology();
     let replies = fleet.reply_queue().await;
@@ -83,6 +120,20 @@ async fn a_job_delivered_twice_at_once_is_paid_for_once() {
     let metrics = parse_metrics(&http_get(worker.http, "/metrics").await.1);
     assert!(counter_sum(&metrics, "quarry_claim_conflicts_total", &[]) >= 1.0);
     assert!(counter_sum(&metrics, "quarry_result_replays_total", &[]) >= 1.0);
+    // Each delivery claimed once at least (the deferred copy again when it came back), by
+    // the path the configuration implies.
+    let (alone, with_reservation) = claim_trips(worker.http).await;
+    if limited {
+        assert!(
+            with_reservation >= 2.0 && alone == 0.0,
+            "{alone} {with_reservation}"
+        );
+    } else {
+        assert!(
+            alone >= 2.0 && with_reservation == 0.0,
+            "{alone} {with_reservation}"
+        );
+    }
     worker.stop().await.unwrap();
     fleet.teardown(&[replies]).await;
 }
@@ -290,6 +341,15 @@ async fn a_resumed_batch_gets_every_result_once_and_pays_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_batch_ends_its_unstarted_jobs_cancelled_and_finishes_the_rest() {
+    cancelled_batch(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_ends_its_unstarted_jobs_cancelled_when_claims_ride_reservations() {
+    cancelled_batch(true).await;
+}
+
+async fn cancelled_batch(limited: bool) {
     let fleet = Fleet::start(FakeConfig {
         latency: Duration::from_millis(300),
         ..FakeConfig::default()
@@ -297,6 +357,9 @@ async fn a_cancelled_batch_ends_its_unstarted_jobs_cancelled_and_finishes_the_re
     .await;
     let mut config = fleet.worker_config();
     config.worker.concurrency = 16;
+    if limited {
+        with_limits(&mut config);
+    }
     let worker = fleet.spawn_task_worker(config).await;
     let jobs: Vec<Job> = (0..300).map(text_job).collect();
     let batch_id = unique("cancel");
@@ -356,6 +419,12 @@ async fn a_cancelled_batch_ends_its_unstarted_jobs_cancelled_and_finishes_the_re
         assert_eq!(result.batch_id.as_deref(), Some(batch_id.as_str()));
         assert!(result.custom_id.is_some());
     }
+    let (alone, with_reservation) = claim_trips(worker.http).await;
+    let claims = if limited { with_reservation } else { alone };
+    assert!(
+        claims >= jobs.len() as f64,
+        "every job was claimed by the configured path: {alone} alone, {with_reservation} with a reservation"
+    );
     stream.finish().await.unwrap();
     let _ = client.close().await;
     worker.stop().await.unwrap();

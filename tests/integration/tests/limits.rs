@@ -322,10 +322,8 @@ async fn a_crashed_holders_lease_expires_and_budgets_stop_spending() {
 // ---- the limiter inside the fleet ----
 
 use quarry_fake_provider::FakeConfig;
-use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics};
-use quarry_producer::{
-    BatchOptions, ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id,
-};
+use quarry_integration::{Fleet, PrivateRedis, counter_sum, http_get, parse_metrics};
+use quarry_producer::{ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id};
 use quarry_worker::config::{KeyConfig, Limits, PluginConfig};
 use secrecy::SecretString;
 
@@ -347,26 +345,7 @@ fn text_jobs(n: usize) -> Vec<Job> {
 
 async fn run_all(fleet: &Fleet, jobs: Vec<Job>) -> Vec<JobResult> {
     let client = fleet.client().await;
-    let options = BatchOptions {
-        lane: Lane::Batch,
-        max_in_flight: 100,
-        idle_timeout: Some(Duration::from_secs(60)),
-        trace: None,
-    };
-    let mut stream = client
-        .run_batch(&new_job_id(), jobs, options)
-        .await
-        .unwrap();
-    let mut results = Vec::new();
-    within(120, "every result", async {
-        while let Some(item) = stream.next().await {
-            let item = item.unwrap();
-            results.push(item.result.clone());
-            item.ack().await.unwrap();
-        }
-    })
-    .await;
-    stream.finish().await.unwrap();
+    let results = quarry_integration::batch_results(&client, jobs, 100, 120).await;
     client.close().await.unwrap();
     results
 }
@@ -547,7 +526,7 @@ async fn a_plugins_daily_budget_ends_jobs_budget_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_happy_path_costs_three_redis_round_trips_per_job() {
+async fn the_happy_path_costs_two_redis_round_trips_per_job() {
     let fleet = Fleet::start(FakeConfig::default()).await;
     let mut config = fleet.worker_config();
     if let Some(fake) = config.providers.get_mut("fake") {
@@ -578,6 +557,7 @@ async fn the_happy_path_costs_three_redis_round_trips_per_job() {
     let trips = |s: &prometheus_parse::Scrape| {
         [
             "claim",
+            "claim_and_reserve",
             "limiter_reserve",
             "limiter_finish",
             "store_result",
@@ -590,67 +570,28 @@ async fn the_happy_path_costs_three_redis_round_trips_per_job() {
     };
     let per_job = (trips(&after) - trips(&before)) / jobs as f64;
     eprintln!("Redis round trips per job with limits, quotas and two keys: {per_job:.2}");
-    // The idempotency claim, the one reservation, the result's write with the settlement.
-    assert!(per_job <= 3.0, "{per_job} round trips per job");
+    // The idempotency claim with the one reservation, the result's write with the settlement.
+    assert!(per_job <= 2.0, "{per_job} round trips per job");
+    let claimed_with_reservation = counter_sum(
+        &after,
+        "quarry_redis_round_trips_total",
+        &[("operation", "claim_and_reserve")],
+    ) - counter_sum(
+        &before,
+        "quarry_redis_round_trips_total",
+        &[("operation", "claim_and_reserve")],
+    );
+    assert_eq!(claimed_with_reservation, jobs as f64);
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
 
-/// A private Redis on its own port, so that this test can stop and restart it without
-/// disturbing the other tests.
-struct PrivateRedis {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    async fn start(port: u16) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        within(20, "the private Redis to accept connections", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("Ready to accept connections") {
-                    break;
-                }
-            }
-        })
-        .await;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, port }
-    }
-
-    async fn stop(mut self) -> u16 {
-        self.child.kill().await.unwrap();
-        self.port
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let redis = PrivateRedis::start(port).await;
+    let redis = PrivateRedis::start().await;
     let fleet = Fleet::start(FakeConfig::default()).await;
     let mut config = fleet.worker_config();
-    config.redis.url = SecretString::from(format!("redis://127.0.0.1:{port}"));
+    config.redis.url = SecretString::from(redis.url());
     if let Some(fake) = config.providers.get_mut("fake") {
         fake.limits = Limits {
             requests_per_minute: Some(1000),
@@ -706,7 +647,7 @@ async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
     );
 
     // Redis comes back: the job, requeued meanwhile, goes through.
-    let _redis = PrivateRedis::start(port).await;
+    let _redis = PrivateRedis::start_on(port).await;
     let second = within(60, "the waiting job", waiting)
         .await
         .unwrap()

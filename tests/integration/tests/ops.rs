@@ -28,8 +28,14 @@ fn tool(name: &str) -> PathBuf {
     let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join(name))
         .find(|p| p.exists());
+    let install = match name {
+        "prometheus" | "promtool" => "apt-get install prometheus",
+        "docker-compose" => "apt-get install docker-compose",
+        "kubernetes-validate" => "pip install kubernetes-validate",
+        _ => "install it",
+    };
     found.unwrap_or_else(|| {
-        panic!("`{name}` is not installed: run scripts/test (it installs the Debian package `prometheus`), or apt-get install prometheus")
+        panic!("`{name}` is not installed: run scripts/test (which installs it), or {install}")
     })
 }
 

@@ -7,16 +7,13 @@
 )]
 
 use quarry_fake_provider::FakeConfig;
-use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics, within};
-use quarry_producer::{
-    BatchOptions, Client, ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id,
-};
+use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics};
+use quarry_producer::{Client, ErrorCode, InputPart, Job, JobResult, Status, new_job_id};
 use quarry_schemas::examples;
 use quarry_schemas::job::{ImageMime, ImagePart};
 use quarry_worker::config::{Config, Price, ProviderConfig, ProviderKind, Route};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::time::Duration;
 
 const KINDS: [(&str, ProviderKind); 4] = [
     ("openai", ProviderKind::Openai),
@@ -96,29 +93,11 @@ fn jobs(alias: &str, n: usize) -> Vec<Job> {
 }
 
 async fn run(client: &Client, jobs: Vec<Job>) -> HashMap<String, JobResult> {
-    let expected = jobs.len();
-    let options = BatchOptions {
-        lane: Lane::Batch,
-        max_in_flight: 200,
-        idle_timeout: Some(Duration::from_secs(60)),
-        trace: None,
-    };
-    let mut stream = client
-        .run_batch(&new_job_id(), jobs, options)
+    quarry_integration::batch_results(client, jobs, 200, 180)
         .await
-        .unwrap();
-    let mut results = HashMap::new();
-    within(180, &format!("{expected} results"), async {
-        while let Some(item) = stream.next().await {
-            let item = item.unwrap();
-            results.insert(item.result.custom_id.clone().unwrap(), item.result.clone());
-            item.ack().await.unwrap();
-        }
-    })
-    .await;
-    stream.finish().await.unwrap();
-    assert_eq!(results.len(), expected);
-    results
+        .into_iter()
+        .map(|r| (r.custom_id.clone().unwrap(), r))
+        .collect()
 }
 
 fn validator_for(schema_name: &str) -> jsonschema::Validator {

@@ -158,6 +158,80 @@ impl Limiter {
         shared: &[Charge],
         candidates: &[Candidate],
     ) -> redis::RedisResult<Decision> {
+        let (keys, spec) = self.reserve_args(shared, candidates);
+        let _round_trip = crate::telemetry::redis_round_trip("limiter_reserve");
+        let mut invocation = self.reserve.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(id).arg(spec);
+        let mut conn = self.redis.clone();
+        let reply: (u8, i64, u64) = invocation.invoke_async(&mut conn).await?;
+        Ok(decision(reply, id, shared, candidates))
+    }
+
+    /// [`Limiter::reserve`] with `first` sent ahead of it in the same round trip (a job's
+    /// idempotency claim). Returns `first`'s reply, and the decision. If Redis had lost the
+    /// reservation script (`NOSCRIPT`: it did not run), the reservation goes again on its
+    /// own, loading the script.
+    pub async fn reserve_after(
+        &self,
+        first: redis::Cmd,
+        id: &str,
+        shared: &[Charge],
+        candidates: &[Candidate],
+    ) -> (
+        redis::RedisResult<redis::Value>,
+        redis::RedisResult<Decision>,
+    ) {
+        let (keys, spec) = self.reserve_args(shared, candidates);
+        let mut reserve = redis::cmd("EVALSHA");
+        reserve
+            .arg(self.reserve.get_hash())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(id)
+            .arg(&spec);
+        let mut pipe = redis::pipe();
+        pipe.add_command(first).add_command(reserve).ignore_errors();
+        let mut conn = self.redis.clone();
+        let replies: redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> = {
+            let _round_trip = crate::telemetry::redis_round_trip("claim_and_reserve");
+            pipe.query_async(&mut conn).await
+        };
+        let mut replies = match replies {
+            Ok(replies) => replies.into_iter(),
+            Err(error) => return (Err(error.clone()), Err(error)),
+        };
+        let missing = || {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "a pipelined reply is missing",
+            )))
+        };
+        let first = replies.next().unwrap_or_else(missing);
+        let decided = match replies.next().unwrap_or_else(missing) {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.reserve(id, shared, candidates).await
+            }
+            Err(error) => Err(error),
+            Ok(value) => redis::FromRedisValue::from_redis_value(value)
+                .map(|reply| decision(reply, id, shared, candidates))
+                .map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "unexpected reply from reserve.v1",
+                        e.to_string(),
+                    ))
+                }),
+        };
+        (first, decided)
+    }
+
+    /// The reservation script's keys and its JSON spec.
+    fn reserve_args(&self, shared: &[Charge], candidates: &[Candidate]) -> (Vec<String>, String) {
         let mut keys: Vec<String> = Vec::new();
         let encode = |charge: &Charge, keys: &mut Vec<String>| -> Value {
             let mut add = |key: String| {
@@ -198,36 +272,7 @@ impl Limiter {
             candidate_specs.push(json!({"cool": cool, "disabled": disabled, "buckets": buckets}));
         }
         let spec = json!({"shared": shared_spec, "candidates": candidate_specs}).to_string();
-        let _round_trip = crate::telemetry::redis_round_trip("limiter_reserve");
-        let mut invocation = self.reserve.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(id).arg(spec);
-        let mut conn = self.redis.clone();
-        let (status, value, now): (u8, i64, u64) = invocation.invoke_async(&mut conn).await?;
-        Ok(match status {
-            1 => {
-                let index = usize::try_from(value - 1).unwrap_or(0);
-                let mut charged = shared.to_vec();
-                if let Some(candidate) = candidates.get(index) {
-                    charged.extend(candidate.charges.iter().cloned());
-                }
-                Decision::Granted {
-                    candidate: index,
-                    reservation: Reservation {
-                        id: id.to_owned(),
-                        charged,
-                    },
-                    at_ms: now,
-                }
-            }
-            2 => Decision::Wait {
-                wait: Duration::from_millis(u64::try_from(value).unwrap_or(1000)),
-            },
-            3 => Decision::Exhausted,
-            _ => Decision::BudgetSpent,
-        })
+        (keys, spec)
     }
 
     /// Settles a reservation: token buckets move to `actual_tokens` (when known), leases are
@@ -417,5 +462,37 @@ impl Settlement {
         self.limiter
             .finish(&self.reservation, Some(self.actual_tokens))
             .await
+    }
+}
+
+/// The decision in the reservation script's reply `(status, value, now_ms)`.
+fn decision(
+    reply: (u8, i64, u64),
+    id: &str,
+    shared: &[Charge],
+    candidates: &[Candidate],
+) -> Decision {
+    let (status, value, now) = reply;
+    match status {
+        1 => {
+            let index = usize::try_from(value - 1).unwrap_or(0);
+            let mut charged = shared.to_vec();
+            if let Some(candidate) = candidates.get(index) {
+                charged.extend(candidate.charges.iter().cloned());
+            }
+            Decision::Granted {
+                candidate: index,
+                reservation: Reservation {
+                    id: id.to_owned(),
+                    charged,
+                },
+                at_ms: now,
+            }
+        }
+        2 => Decision::Wait {
+            wait: Duration::from_millis(u64::try_from(value).unwrap_or(1000)),
+        },
+        3 => Decision::Exhausted,
+        _ => Decision::BudgetSpent,
     }
 }

@@ -8,6 +8,7 @@
 use crate::config::{Config, LimiterConfig, Limits, PluginQuota, ProviderConfig};
 use crate::limits::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Settlement, Unit};
 use crate::providers::{Disposition, ProviderError, ProviderRequest};
+use crate::result_store::ClaimState;
 use crate::telemetry;
 use quarry_schemas::{ErrorCode, InputPart};
 use secrecy::SecretString;
@@ -103,6 +104,9 @@ pub(super) enum Refused {
     /// allows waiting: it should wait in a delay queue. Carries the error to report if it
     /// cannot.
     Defer(Duration, ProviderError),
+    /// The job's claim, made with the reservation, stopped it (its result is stored, its
+    /// batch cancelled, or another delivery holds it); nothing was reserved.
+    Claimed,
 }
 
 /// Limits, quotas and the key pool.
@@ -130,7 +134,9 @@ impl Admission {
     }
 
     /// Picks a key and reserves the limits for one attempt, waiting inside the worker for at
-    /// most `limits.max_inline_wait_ms` at a time and never past the deadline.
+    /// most `limits.max_inline_wait_ms` at a time and never past the deadline. A pending
+    /// `claim` travels with the first reservation (one round trip for both); one that the
+    /// limits do not need stays pending.
     pub(super) async fn admit(
         &self,
         provider: &str,
@@ -138,6 +144,7 @@ impl Admission {
         plugin: &str,
         request: &ProviderRequest<'_>,
         deadline: Option<Instant>,
+        claim: &mut ClaimState<'_>,
     ) -> Result<Admitted, Refused> {
         let quota = self.quotas.get(plugin).copied().unwrap_or_default();
         let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota)) else {
@@ -179,7 +186,25 @@ impl Admission {
         let max_wait = Duration::from_millis(self.config.max_inline_wait_ms);
         loop {
             let id = format!("{:016x}", fastrand::u64(..));
-            let decision = match limiter.reserve(&id, &shared, &candidates).await {
+            let decided = match claim.command() {
+                Some(command) => {
+                    let (claimed, decided) = limiter
+                        .reserve_after(command, &id, &shared, &candidates)
+                        .await;
+                    claim.answer(claimed).await;
+                    decided
+                }
+                None => limiter.reserve(&id, &shared, &candidates).await,
+            };
+            if claim.stopped() {
+                if let Ok(Decision::Granted { reservation, .. }) = decided
+                    && let Err(error) = limiter.finish(&reservation, Some(0)).await
+                {
+                    telemetry::redis_error("limiter_finish", &error);
+                }
+                return Err(Refused::Claimed);
+            }
+            let decision = match decided {
                 Ok(decision) => decision,
                 Err(error) => {
                     telemetry::limiter_decision(provider, "unavailable");

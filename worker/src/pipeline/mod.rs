@@ -28,6 +28,7 @@ use crate::policy::{Policies, Policy};
 use crate::providers::{
     self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
+use crate::result_store::{Claim, ClaimGuard, ClaimState};
 use crate::retry::RetryPolicy;
 use crate::schema_cache::{InvalidSchema, SchemaCache, Violation, violations};
 use crate::telemetry;
@@ -93,6 +94,12 @@ pub struct Execution {
     pub defer: Option<Duration>,
     /// The configured model of the target that answered (or failed last), a bounded label.
     pub target_model: Option<String>,
+    /// The job's claim, held until its result is stored (`None`: no claim was made or Redis
+    /// did not answer it).
+    pub claim: Option<ClaimGuard>,
+    /// The claim stopped the job before any provider call: the result above does not count;
+    /// the job is answered from what the claim found.
+    pub stopped: Option<Claim>,
 }
 
 /// Why a job failed before or instead of producing an answer.
@@ -112,7 +119,9 @@ impl From<ErrorInfo> for Failure {
 
 /// Attempt bookkeeping shared by the success and failure paths.
 #[derive(Default)]
-struct Tally {
+struct Tally<'k> {
+    /// The job's idempotency claim.
+    claim: ClaimState<'k>,
     attempts: u32,
     usage: Usage,
     cost: CostTally,
@@ -234,9 +243,31 @@ impl Pipeline {
         started: Instant,
         trace: Option<&TraceContext>,
     ) -> Execution {
+        self.execute_claimed(job, policy, started, trace, ClaimState::Unwanted)
+            .await
+    }
+
+    /// [`Pipeline::execute_traced`], claiming the job (`ClaimState::Pending`) before its first
+    /// provider call, in the round trip of its first limiter reservation when it has one.
+    pub async fn execute_claimed(
+        &self,
+        job: Job,
+        policy: &Policy,
+        started: Instant,
+        trace: Option<&TraceContext>,
+        claim: ClaimState<'_>,
+    ) -> Execution {
         let plugin = policy.name.as_str();
-        let mut tally = Tally::default();
+        let mut tally = Tally {
+            claim,
+            ..Tally::default()
+        };
         let outcome = self.run_stages(&job, policy, trace, &mut tally).await;
+        // A job that ended before any provider call is claimed now (its own round trip), so
+        // that a copy delivered twice is answered once, from the store, and counted once.
+        if outcome.is_err() {
+            tally.claim.make().await;
+        }
         // A failed job's last settlement cannot wait for the result's write.
         if outcome.is_err()
             && let Some(settlement) = tally.settlement.take()
@@ -287,6 +318,11 @@ impl Pipeline {
         if let (Some(cost), Some(target)) = (result.cost_usd, &target) {
             telemetry::cost(plugin, &target.provider, &target.model, cost);
         }
+        let (claim, stopped) = match tally.claim {
+            ClaimState::Held(guard) => (guard, None),
+            ClaimState::Stopped(found) => (None, Some(found)),
+            ClaimState::Unwanted | ClaimState::Pending(..) => (None, None),
+        };
         Execution {
             result,
             provider_time: tally.provider_time,
@@ -294,6 +330,8 @@ impl Pipeline {
             settlement: tally.settlement,
             defer: tally.defer,
             target_model: target.map(|t| t.model),
+            claim,
+            stopped,
         }
     }
 
@@ -302,7 +340,7 @@ impl Pipeline {
         job: &Job,
         policy: &Policy,
         trace: Option<&TraceContext>,
-        tally: &mut Tally,
+        tally: &mut Tally<'_>,
     ) -> Result<Answer, Failure> {
         // 1. contract, then the plugin's policy
         job.check()
@@ -457,7 +495,7 @@ impl Pipeline {
         leg: &Leg<'_>,
         validator: Option<&Validator>,
         deadline: Option<Instant>,
-        tally: &mut Tally,
+        tally: &mut Tally<'_>,
     ) -> Result<Answer, Failure> {
         let (target, entry) = (leg.target, leg.entry);
         let failure = |error: ErrorInfo| Failure {
@@ -538,7 +576,7 @@ impl Pipeline {
         leg: &Leg<'_>,
         mut request: ProviderRequest<'_>,
         deadline: Option<Instant>,
-        tally: &mut Tally,
+        tally: &mut Tally<'_>,
     ) -> Result<ProviderResponse, ProviderError> {
         let (target, entry) = (leg.target, leg.entry);
         let per_attempt = request.timeout;
@@ -561,10 +599,26 @@ impl Pipeline {
             }
             let admitted = match self
                 .admission
-                .admit(&target.provider, leg.keys, leg.plugin, &request, deadline)
+                .admit(
+                    &target.provider,
+                    leg.keys,
+                    leg.plugin,
+                    &request,
+                    deadline,
+                    &mut tally.claim,
+                )
                 .await
             {
-                Ok(admitted) => admitted,
+                Ok(admitted) => {
+                    // No reservation carried the claim (the limits did not need one), so
+                    // there is nothing to hand back if it stops the job.
+                    tally.claim.make().await;
+                    if tally.claim.stopped() {
+                        return Err(stopped_by_claim());
+                    }
+                    admitted
+                }
+                Err(Refused::Claimed) => return Err(stopped_by_claim()),
                 Err(Refused::Job(error)) => return Err(error),
                 Err(Refused::Defer(wait, error)) => {
                     // Only a job that spent nothing yet is worth re-running later.
@@ -667,8 +721,18 @@ impl Pipeline {
     }
 }
 
-/// Parses and validates an answer. On failure: the problem as one line, and the details.
-fn check_answer(validator: &Validator, text: &str) -> Result<Value, (String, Value)> {
+/// The error that ends the attempt loop of a job its claim stopped (never reported: the job
+/// is answered from what the claim found).
+fn stopped_by_claim() -> ProviderError {
+    ProviderError::permanent(
+        ErrorCode::Internal,
+        "the job's claim stopped it before a provider call",
+    )
+}
+
+/// Parses an answer and checks it against its schema: the value, or a summary of what is wrong
+/// and its details (the parse error, or the violations).
+pub fn check_answer(validator: &Validator, text: &str) -> Result<Value, (String, Value)> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         (
             format!("it is not JSON ({e})"),

@@ -24,7 +24,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use quarry_fake_provider::FakeConfig;
-use quarry_integration::{amqp_url, binary, unique};
+use quarry_integration::{PrivateRedis, amqp_url, binary, unique};
 use quarry_producer::{
     BatchOptions, Client, ClientOptions, ErrorCode, InputPart, Job, JobResult, Lane, new_job_id,
 };
@@ -281,11 +281,8 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
     let faults = {
         let mut progress = progress.clone();
         let fleet = fleet.clone();
-        let redis_port = redis.port;
         let total = cli.jobs;
-        tokio::spawn(
-            async move { inject(scenario, total, &mut progress, &fleet, redis_port).await },
-        )
+        tokio::spawn(async move { inject(scenario, total, &mut progress, &fleet, redis).await })
     };
 
     let mut by_custom_id: HashMap<String, (u32, JobResult)> = HashMap::new();
@@ -336,7 +333,11 @@ async fn run(scenario: Scenario, cli: &Cli) -> Report {
             .await
             .expect("batch resumes");
     }
-    let fault_events = faults.await.unwrap_or(0);
+    // The fault task owns the private Redis (it restarts it) and hands it back when done.
+    let (fault_events, redis) = match faults.await {
+        Ok((events, redis)) => (events, Some(redis)),
+        Err(_) => (0, None),
+    };
     duplicates_dropped_by_sdk += stream.duplicates();
     let _ = stream.finish().await;
     let _ = client.close().await;
@@ -462,20 +463,22 @@ async fn declare_topology(namespace: &str) {
     let _ = connection.close(200, "topology declared".into()).await;
 }
 
-/// The fault of a scenario; returns how many fault events it caused.
+/// The fault of a scenario; returns how many fault events it caused, and the private Redis
+/// (restarted by the Redis scenario). The sleeps here are the faults' own timing: the cadence
+/// of the kills and how long the broker or Redis stays down.
 async fn inject(
     scenario: Scenario,
     total: usize,
     progress: &mut tokio::sync::watch::Receiver<usize>,
     fleet: &Supervisor,
-    redis_port: u16,
-) -> usize {
+    redis: PrivateRedis,
+) -> (usize, PrivateRedis) {
     // Waits until that fraction of the batch has its results (the batch may end first).
     async fn reached(progress: &mut tokio::sync::watch::Receiver<usize>, target: usize) {
         let _ = progress.wait_for(|n| *n >= target).await;
     }
     let at = |fraction: f64| (total as f64 * fraction) as usize;
-    match scenario {
+    let events = match scenario {
         Scenario::Kill => {
             let mut kills = 0;
             reached(progress, at(0.05)).await;
@@ -495,8 +498,8 @@ async fn inject(
         }
         Scenario::RedisRestart => {
             reached(progress, at(0.2)).await;
-            PrivateRedis::restart(redis_port).await;
-            1
+            let restarted = redis.restart(Duration::from_secs(2)).await;
+            return (1, restarted);
         }
         Scenario::Sigterm => {
             reached(progress, at(0.3)).await;
@@ -504,7 +507,8 @@ async fn inject(
             1
         }
         Scenario::FaultStorm | Scenario::BadInput => 0,
-    }
+    };
+    (events, redis)
 }
 
 async fn run_command(program: &str, args: &[&str]) {
@@ -698,89 +702,6 @@ impl Supervisor {
             let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
         }
         *self.exits.lock().unwrap()
-    }
-}
-
-/// A `redis-server` of this program's own, on a free port.
-struct PrivateRedis {
-    port: u16,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::launch(port).await;
-        Self { port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn launch(port: u16) {
-        run_command(
-            "redis-server",
-            &[
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--logfile",
-                &format!("/tmp/quarry-chaos-redis-{port}.log"),
-            ],
-        )
-        .await;
-        let url = format!("redis://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if let Ok(client) = redis::Client::open(url.as_str())
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the private redis-server on port {port} did not start");
-    }
-
-    /// Stops the server without saving (all data is lost, as in a real restart of a Redis
-    /// without persistence) and starts it again on the same port.
-    async fn restart(port: u16) {
-        Self::shutdown(port).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        Self::launch(port).await;
-    }
-
-    async fn shutdown(port: u16) {
-        let _ = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "shutdown", "nosave"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

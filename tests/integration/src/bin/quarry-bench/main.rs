@@ -1,0 +1,239 @@
+//! `quarry-bench`: Quarry's benchmark programs. Each scenario starts what it needs (the fake
+//! provider in this process, `quarry-worker` processes) against the local RabbitMQ and Redis
+//! (`scripts/test` sets them up), prints a table, and writes its figures as JSON under
+//! `target/bench/`. Ratios are measured side by side in the same run. Needs the release
+//! binaries (`cargo build --release --bins`). `docs/benchmarks.md` has the last figures.
+//!
+//! ```text
+//! target/release/quarry-bench all          # the six scenarios below, in turn
+//! target/release/quarry-bench ceiling      # raw AMQP echo vs Quarry end to end
+//! target/release/quarry-bench overhead     # worker overhead at 1,000 jobs/s offered
+//! target/release/quarry-bench in-flight    # 2,000 calls of 1 s in one worker
+//! target/release/quarry-bench schema       # answer checking per job, cached validators
+//! target/release/quarry-bench big-inputs   # 1 MiB images vs the raw round trip
+//! target/release/quarry-bench scaling      # 1, 2, 4 workers at 200 ms
+//! target/release/quarry-bench limits       # fleet-wide limits and the key pool
+//! ```
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a benchmark fails loudly"
+)]
+
+mod big;
+mod ceiling;
+mod common;
+mod inflight;
+mod limits;
+mod overhead;
+mod scaling;
+mod schema;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The six scenarios of the benchmark suite in turn, with their default sizes; figures also
+    /// go to `target/bench/all.json`.
+    All,
+    /// The broker's ceiling (raw AMQP echo) against Quarry end to end, and their ratio.
+    Ceiling {
+        /// Jobs per measured run.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Jobs outstanding at once (producer side), for both.
+        #[arg(long, default_value_t = 512)]
+        in_flight: usize,
+        /// Rounds: raw and Quarry alternate this many times; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/ceiling.json")]
+        json: PathBuf,
+    },
+    /// The worker's own time per job (p50, p99, p99.9), CPU per job and Redis round trips per
+    /// job at a fixed offered load.
+    Overhead {
+        /// Jobs offered per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds of warm-up at the same rate before the measured run.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/overhead.json")]
+        json: PathBuf,
+    },
+    /// One worker process with thousands of slow provider calls in flight: sustained jobs/s,
+    /// peak RSS, overhead.
+    InFlight {
+        /// Jobs in flight in the worker (its `worker.concurrency`).
+        #[arg(long, default_value_t = 2000)]
+        in_flight: usize,
+        /// Provider latency in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        latency_ms: u64,
+        /// Jobs in the run.
+        #[arg(long, default_value_t = 30_000)]
+        jobs: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/in-flight.json")]
+        json: PathBuf,
+    },
+    /// Answer checking per job (cache lookup, parse, validate) for the example schemas.
+    Schema {
+        /// Distinct answers per schema.
+        #[arg(long, default_value_t = 1000)]
+        answers: usize,
+        /// Passes over the answers.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/schema.json")]
+        json: PathBuf,
+    },
+    /// Jobs carrying big images: Quarry end to end against the raw round trip of the same
+    /// bodies, in jobs/s and MiB/s.
+    BigInputs {
+        /// Image size in bytes (before base64).
+        #[arg(long, default_value_t = 1024 * 1024)]
+        image_bytes: usize,
+        /// Jobs per measured run.
+        #[arg(long, default_value_t = 300)]
+        jobs: usize,
+        /// Jobs outstanding at once, for both.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        /// Rounds: raw and Quarry alternate this many times; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/big-inputs.json")]
+        json: PathBuf,
+    },
+    /// 1, 2 and 4 worker processes on this machine against a slow provider.
+    Scaling {
+        /// Worker counts to run, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+        /// Provider latency in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+        /// Jobs per run.
+        #[arg(long, default_value_t = 12_000)]
+        jobs: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/scaling.json")]
+        json: PathBuf,
+    },
+    /// Fleet-wide limits and the key pool under saturation.
+    Limits {
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Requests per minute per key, in Quarry's configuration and at the provider.
+        #[arg(long, default_value_t = 300)]
+        rpm: u64,
+        /// Seconds to run each scenario (at least one full 60 s window plus the next burst).
+        #[arg(long, default_value_t = 65)]
+        seconds: u64,
+        /// Key counts to run, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        keys: Vec<usize>,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/limits.json")]
+        json: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().command {
+        Command::All => all().await,
+        Command::Ceiling {
+            jobs,
+            in_flight,
+            rounds,
+            json,
+        } => {
+            ceiling::ceiling(jobs, in_flight, rounds, &json).await;
+        }
+        Command::Overhead {
+            rate,
+            seconds,
+            warmup,
+            json,
+        } => {
+            overhead::overhead(rate, seconds, warmup, &json).await;
+        }
+        Command::InFlight {
+            in_flight,
+            latency_ms,
+            jobs,
+            json,
+        } => {
+            inflight::in_flight(in_flight, latency_ms, jobs, &json).await;
+        }
+        Command::Schema {
+            answers,
+            rounds,
+            json,
+        } => {
+            schema::schema(answers, rounds, &json);
+        }
+        Command::BigInputs {
+            image_bytes,
+            jobs,
+            in_flight,
+            rounds,
+            json,
+        } => {
+            big::big_inputs(image_bytes, jobs, in_flight, rounds, &json).await;
+        }
+        Command::Scaling {
+            workers,
+            latency_ms,
+            jobs,
+            json,
+        } => {
+            scaling::scaling(&workers, latency_ms, jobs, &json).await;
+        }
+        Command::Limits {
+            workers,
+            rpm,
+            seconds,
+            keys,
+            json,
+        } => limits::limits(workers, rpm, seconds, &keys, &json).await,
+    }
+}
+
+/// The six scenarios with their default sizes, one after the other.
+async fn all() {
+    let dir = Path::new("target/bench");
+    let mut reports = Vec::new();
+    reports.push(ceiling::ceiling(10_000, 512, 2, &dir.join("ceiling.json")).await);
+    println!();
+    reports.push(overhead::overhead(1000.0, 20.0, 3.0, &dir.join("overhead.json")).await);
+    println!();
+    reports.push(inflight::in_flight(2000, 1000, 30_000, &dir.join("in-flight.json")).await);
+    println!();
+    reports.push(schema::schema(1000, 20, &dir.join("schema.json")));
+    println!();
+    reports.push(big::big_inputs(1024 * 1024, 300, 16, 2, &dir.join("big-inputs.json")).await);
+    println!();
+    reports.push(scaling::scaling(&[1, 2, 4], 200, 12_000, &dir.join("scaling.json")).await);
+    common::write_json(&dir.join("all.json"), &json!({ "scenarios": reports }));
+}

@@ -1,0 +1,75 @@
+//! `schema`: what checking an answer against its schema costs per job, with the compiled
+//! validator cached per distinct schema, as the worker does it.
+
+use crate::common::write_json;
+use quarry_fake_provider::generate::{Rng, generate};
+use quarry_worker::pipeline::check_answer;
+use quarry_worker::schema_cache::SchemaCache;
+use serde_json::{Value, json};
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Instant;
+
+/// For each example schema: `answers` distinct schema-valid answers (from the fake provider's
+/// generator), each checked `rounds` times through the worker's own code — the cache lookup
+/// (`SchemaCache::get`) and `check_answer` (parse, then validate) — on one thread. The cost
+/// of compiling the validator for every job instead is measured beside it.
+pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
+    println!(
+        "quarry-bench schema: {answers} answers × {rounds} rounds per example schema, one thread"
+    );
+    println!();
+    println!(
+        "| schema | answer bytes | cache lookup µs | parse + validate µs | per job µs | jobs/s/core | compile µs (uncached) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (name, text) in quarry_schemas::examples::ALL {
+        let schema: Value = serde_json::from_str(text).unwrap();
+        let mut rng = Rng::new(7);
+        let texts: Vec<String> = (0..answers)
+            .map(|_| generate(&schema, &mut rng).to_string())
+            .collect();
+        let bytes = texts.iter().map(String::len).sum::<usize>() / answers.max(1);
+        let cache = SchemaCache::new(64);
+        let validator = cache.get(&schema).unwrap();
+        for text in &texts {
+            check_answer(&validator, text).unwrap(); // every answer is valid, and warm
+        }
+        let n = (answers * rounds) as f64;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            for _ in &texts {
+                black_box(cache.get(black_box(&schema)).unwrap());
+            }
+        }
+        let lookup = started.elapsed().as_secs_f64() * 1e6 / n;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            for text in &texts {
+                black_box(check_answer(&validator, black_box(text)).unwrap());
+            }
+        }
+        let check = started.elapsed().as_secs_f64() * 1e6 / n;
+        let compiles = 200;
+        let started = Instant::now();
+        for _ in 0..compiles {
+            black_box(SchemaCache::new(1).get(black_box(&schema)).unwrap());
+        }
+        let compile = started.elapsed().as_secs_f64() * 1e6 / f64::from(compiles);
+        let per_job = lookup + check;
+        println!(
+            "| {name} | {bytes} | {lookup:.2} | {check:.2} | {per_job:.2} | {:.0} | {compile:.0} |",
+            1e6 / per_job
+        );
+        rows.push(json!({
+            "schema": name, "answer_bytes": bytes, "cache_lookup_us": lookup,
+            "parse_and_validate_us": check, "per_job_us": per_job,
+            "jobs_per_s_per_core": 1e6 / per_job, "compile_uncached_us": compile,
+        }));
+    }
+    let report =
+        json!({"scenario": "schema", "answers": answers, "rounds": rounds, "schemas": rows});
+    write_json(json_path, &report);
+    report
+}
