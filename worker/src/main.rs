@@ -5,6 +5,12 @@ use quarry_worker::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's allocator: with 2,000 jobs in flight, glibc's `malloc`/`free`
+/// (with `malloc_consolidate` and `unlink_chunk` from fragmentation) took about a third of the
+/// worker's CPU (docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Quarry worker: structured extraction jobs from RabbitMQ to LLM providers and back.
 #[derive(Debug, Parser)]
 #[command(version)]
