@@ -609,7 +609,6 @@ async fn dead_letter(
     shared.publisher.dead_letter(&letter).await
 }
 
-/// The result of a job that ends before the pipeline: its ids and metadata echoed.
 /// A failed result for the job `ran` answered: same job, batch, custom id and metadata.
 fn failed_as(ran: &JobResult, error: ErrorInfo) -> JobResult {
     let mut result = JobResult::failed(&ran.job_id, error);
@@ -619,6 +618,7 @@ fn failed_as(ran: &JobResult, error: ErrorInfo) -> JobResult {
     result
 }
 
+/// The result of a job that ends before the pipeline: its ids and metadata echoed.
 fn failed_without_a_call(job: Job, error: ErrorInfo) -> JobResult {
     let mut result = JobResult::failed(&job.id, error);
     result.custom_id = job.custom_id;
