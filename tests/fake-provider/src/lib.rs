@@ -68,7 +68,9 @@ pub struct Stats {
     faults: AtomicU64,
     in_progress: AtomicU64,
     peak_in_progress: AtomicU64,
-    recorded: Mutex<VecDeque<Recorded>>,
+    /// The last requests as received: turned into [`Recorded`] only when asked for, so that
+    /// recording costs a server under load two reference counts, not a copy of every body.
+    recorded: Mutex<VecDeque<Received>>,
     /// Per request body: times seen, and whether the last answer was a fault the client
     /// retries (429, 5xx, 401, a hang).
     sightings: Mutex<HashMap<u64, (u32, bool)>>,
@@ -97,6 +99,33 @@ pub struct StatsSnapshot {
     pub peak_in_progress: u64,
     /// Repeats of a request body whose last answer was not a retried fault: paid twice.
     pub unexplained_repeats: u64,
+}
+
+/// One request as it arrived.
+#[derive(Debug)]
+struct Received {
+    path: String,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+}
+
+impl Received {
+    fn recorded(&self) -> Recorded {
+        Recorded {
+            path: self.path.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        v.to_str().unwrap_or("<binary>").to_owned(),
+                    )
+                })
+                .collect(),
+            body: serde_json::from_slice(&self.body).unwrap_or(Value::Null),
+        }
+    }
 }
 
 /// One received request.
@@ -153,11 +182,11 @@ impl Stats {
     pub fn requests(&self) -> Vec<Recorded> {
         self.recorded
             .lock()
-            .map(|r| r.iter().cloned().collect())
+            .map(|r| r.iter().map(Received::recorded).collect())
             .unwrap_or_default()
     }
 
-    fn record(&self, entry: Recorded) {
+    fn record(&self, entry: Received) {
         if let Ok(mut recorded) = self.recorded.lock() {
             if recorded.len() == RECORDED {
                 recorded.pop_front();
@@ -410,7 +439,7 @@ async fn handle(
     headers: &HeaderMap,
     path_model: Option<&str>,
     query_key: Option<&str>,
-    body: &[u8],
+    body: &axum::body::Bytes,
 ) -> Response {
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -423,18 +452,10 @@ async fn handle(
     };
     let _in_progress = InProgress::enter(stats);
     let request: Option<Value> = serde_json::from_slice(body).ok();
-    stats.record(Recorded {
+    stats.record(Received {
         path,
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    v.to_str().unwrap_or("<binary>").to_owned(),
-                )
-            })
-            .collect(),
-        body: request.clone().unwrap_or(Value::Null),
+        headers: headers.clone(),
+        body: body.clone(),
     });
     if let Some(key) = &state.config.api_key
         && !format.authorised(headers, query_key, key)
