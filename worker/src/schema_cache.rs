@@ -6,16 +6,28 @@
 
 use jsonschema::Validator;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Most validation errors reported in a result's `error.details`.
 pub const MAX_REPORTED_ERRORS: usize = 20;
 
-/// Validators keyed by the schema itself: a lookup hashes and compares the parsed tree
+/// Compiled schemas keyed by the schema itself: a lookup hashes and compares the parsed tree
 /// (`serde_json::Value` is `Hash + Eq`) and allocates nothing. Keying on the schema's text
 /// instead re-serialised it for every job (2.5–6 µs per job; docs/benchmarks.md, `schema`).
 pub struct SchemaCache {
-    cache: quick_cache::sync::Cache<Value, Arc<Validator>>,
+    cache: quick_cache::sync::Cache<Value, Arc<CompiledSchema>>,
+}
+
+/// What is derived once per distinct schema and shared by every job that carries it.
+#[derive(Debug)]
+pub struct CompiledSchema {
+    /// The validator answers are checked with.
+    pub validator: Validator,
+    /// The schema as compact JSON: providers that send the schema unchanged copy this text
+    /// into the request instead of serialising the tree for every attempt, and the token
+    /// estimate counts its length.
+    pub text: Box<RawValue>,
 }
 
 /// The schema is not a usable JSON Schema.
@@ -40,14 +52,18 @@ impl SchemaCache {
         }
     }
 
-    /// The validator of `schema`, compiled on first sight.
-    pub fn get(&self, schema: &Value) -> Result<Arc<Validator>, InvalidSchema> {
-        if let Some(validator) = self.cache.get(schema) {
-            return Ok(validator);
+    /// `schema` compiled, on first sight; from the cache after.
+    pub fn get(&self, schema: &Value) -> Result<Arc<CompiledSchema>, InvalidSchema> {
+        if let Some(compiled) = self.cache.get(schema) {
+            return Ok(compiled);
         }
-        let validator = Arc::new(compile(schema)?);
-        self.cache.insert(schema.clone(), validator.clone());
-        Ok(validator)
+        let compiled = Arc::new(CompiledSchema {
+            validator: compile(schema)?,
+            text: serde_json::value::to_raw_value(schema)
+                .map_err(|e| InvalidSchema(e.to_string()))?,
+        });
+        self.cache.insert(schema.clone(), compiled.clone());
+        Ok(compiled)
     }
 }
 
@@ -90,10 +106,14 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &cache.get(&reordered).expect("cached")));
         let other = json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "integer"}}});
         assert!(!Arc::ptr_eq(&a, &cache.get(&other).expect("compiles")));
-        let v = violations(&a, &json!({"total": "12"}));
+        // The text is the schema, compact, whichever order it arrived in.
+        let text: Value = serde_json::from_str(a.text.get()).expect("json text");
+        assert_eq!(text, schema);
+        assert!(!a.text.get().contains(' '));
+        let v = violations(&a.validator, &json!({"total": "12"}));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].path, "/total");
-        assert!(violations(&a, &json!({"total": 12})).is_empty());
+        assert!(violations(&a.validator, &json!({"total": 12})).is_empty());
     }
 
     #[test]
@@ -115,7 +135,7 @@ mod tests {
         let v = cache
             .get(&json!({"type": "string", "format": "date"}))
             .expect("compiles");
-        assert!(violations(&v, &json!("2026-02-30x")).len() == 1);
-        assert!(violations(&v, &json!("2026-02-03")).is_empty());
+        assert!(violations(&v.validator, &json!("2026-02-30x")).len() == 1);
+        assert!(violations(&v.validator, &json!("2026-02-03")).is_empty());
     }
 }

@@ -57,6 +57,7 @@ fn request<'a>(
         instructions: Some("Extract the expense record."),
         input,
         json_schema: schema.map(|s| ("receipt", s)),
+        schema_text: None,
         max_tokens: Some(512),
         temperature: Some(0.0),
         stop: None,

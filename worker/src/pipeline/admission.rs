@@ -470,7 +470,11 @@ pub(super) fn estimate_tokens(request: &ProviderRequest<'_>, default_output: u64
             InputPart::Image(_) => images += 1,
         }
     }
-    chars += request.json_schema.map_or(0, |(_, s)| s.to_string().len());
+    chars += match (request.schema_text, request.json_schema) {
+        (Some(text), _) => text.get().len(),
+        (None, Some((_, tree))) => tree.to_string().len(),
+        (None, None) => 0,
+    };
     chars += request
         .repairs
         .iter()

@@ -30,7 +30,7 @@ use crate::providers::{
 };
 use crate::result_store::{Claim, ClaimGuard, ClaimState};
 use crate::retry::RetryPolicy;
-use crate::schema_cache::{InvalidSchema, SchemaCache, Violation, violations};
+use crate::schema_cache::{CompiledSchema, InvalidSchema, SchemaCache, Violation, violations};
 use crate::telemetry;
 use crate::trace::TraceContext;
 use admission::{Admission, Keys, Refused};
@@ -358,7 +358,7 @@ impl Pipeline {
             .into());
         }
         // 3. schema
-        let validator = match &job.json_schema {
+        let compiled = match &job.json_schema {
             Some(schema) => Some(self.schemas.get(schema).map_err(|InvalidSchema(e)| {
                 ErrorInfo::new(
                     ErrorCode::InvalidRequest,
@@ -416,7 +416,7 @@ impl Pipeline {
                 plugin: &policy.name,
             };
             match self
-                .on_target(job, &leg, validator.as_deref(), deadline, tally)
+                .on_target(job, &leg, compiled.as_deref(), deadline, tally)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -493,7 +493,7 @@ impl Pipeline {
         &self,
         job: &Job,
         leg: &Leg<'_>,
-        validator: Option<&Validator>,
+        schema: Option<&CompiledSchema>,
         deadline: Option<Instant>,
         tally: &mut Tally<'_>,
     ) -> Result<Answer, Failure> {
@@ -512,6 +512,7 @@ impl Pipeline {
                     .json_schema
                     .as_ref()
                     .map(|s| (job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME), s)),
+                schema_text: schema.map(|c| &*c.text),
                 max_tokens: leg.max_tokens,
                 temperature: job.temperature,
                 stop: job.stop.as_deref(),
@@ -524,7 +525,7 @@ impl Pipeline {
                 .call_with_retry(leg, request, deadline, tally)
                 .await
                 .map_err(|e| failure(ErrorInfo::new(e.code, e.message)))?;
-            let Some(validator) = validator else {
+            let Some(validator) = schema.map(|c| &c.validator) else {
                 return Ok(Answer {
                     text: response.text,
                     parsed: None,

@@ -7,9 +7,10 @@
 //! (the job's, else `default_max_tokens`). Overload (529) counts as `MODEL_UNAVAILABLE`, so an
 //! alias falls back to its next target.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
+use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed};
 use super::{
-    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
+    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse,
+    SentSchema, ratelimit,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
@@ -30,7 +31,7 @@ const WRAPPED: &str = "value";
 /// Anthropic.
 pub struct Anthropic {
     http: HttpClient,
-    url: String,
+    url: reqwest::Url,
     default_max_tokens: u32,
 }
 
@@ -40,7 +41,7 @@ impl Anthropic {
         let version = [("anthropic-version", config.anthropic_version.as_str())];
         Ok(Self {
             http: HttpClient::new(name, config, Auth::Header("x-api-key"), &version)?,
-            url: format!("{}/messages", config.base_url()),
+            url: endpoint(name, &format!("{}/messages", config.base_url()))?,
             default_max_tokens: config.default_max_tokens,
         })
     }
@@ -49,7 +50,7 @@ impl Anthropic {
     fn body<'a>(
         &self,
         request: &'a ProviderRequest<'a>,
-        tool_schema: Option<&'a Value>,
+        tool_schema: Option<SentSchema<'a>>,
     ) -> MessagesRequest<'a> {
         let mut messages = Vec::with_capacity(1 + 2 * request.repairs.len());
         messages.push(Message {
@@ -101,16 +102,16 @@ impl Anthropic {
             Some(s) if wrapped => {
                 wrapper =
                     json!({"type": "object", "properties": {WRAPPED: s}, "required": [WRAPPED]});
-                Some(&wrapper)
+                Some(SentSchema::Tree(&wrapper))
             }
-            other => other,
+            _ => SentSchema::unchanged(request),
         };
         let body = serde_json::to_vec(&self.body(request, tool_schema))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
             .post_json(
-                &self.url,
+                self.url.clone(),
                 body,
                 request.timeout,
                 request.api_key,
@@ -295,7 +296,7 @@ impl<'a> From<&'a InputPart> for Block<'a> {
 struct Tool<'a> {
     name: &'a str,
     description: &'static str,
-    input_schema: &'a Value,
+    input_schema: SentSchema<'a>,
 }
 
 #[derive(Deserialize)]

@@ -38,6 +38,14 @@ pub struct RawResponse {
     pub body: Bytes,
 }
 
+/// A provider's fixed endpoint, parsed once when the provider is built.
+pub fn endpoint(name: &str, url: &str) -> Result<reqwest::Url, BuildError> {
+    reqwest::Url::parse(url).map_err(|e| BuildError {
+        name: name.to_owned(),
+        reason: format!("endpoint `{url}`: {e}"),
+    })
+}
+
 impl HttpClient {
     /// Builds the client once; `extra` headers are added to every request.
     pub fn new(
@@ -70,10 +78,12 @@ impl HttpClient {
         Ok(Self { client, auth })
     }
 
-    /// POSTs a JSON body with `key` and reads the whole answer, within `timeout`.
+    /// POSTs a JSON body with `key` and reads the whole answer, within `timeout`. A fixed
+    /// endpoint is best passed as a [`reqwest::Url`] parsed once ([`endpoint`]): a `&str` is
+    /// parsed again for every request.
     pub async fn post_json(
         &self,
-        url: &str,
+        url: impl reqwest::IntoUrl,
         body: Vec<u8>,
         timeout: Duration,
         key: Option<&SecretString>,

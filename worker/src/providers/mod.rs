@@ -26,6 +26,8 @@ use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
 use secrecy::SecretString;
 use serde_json::Value;
+use serde_json::value::RawValue;
+use std::fmt;
 use std::time::Duration;
 
 /// What the pipeline asks of a provider for one attempt. Borrows from the job.
@@ -39,6 +41,10 @@ pub struct ProviderRequest<'a> {
     pub input: &'a [InputPart],
     /// JSON mode: the schema the answer must satisfy, and its name.
     pub json_schema: Option<(&'a str, &'a Value)>,
+    /// The same schema as compact JSON text, when the caller has it (the pipeline keeps it
+    /// per distinct schema): a provider that sends the schema unchanged copies this instead
+    /// of serialising the tree. `None`: the tree is serialised.
+    pub schema_text: Option<&'a RawValue>,
     /// Output token bound.
     pub max_tokens: Option<u32>,
     /// Sampling temperature.
@@ -55,6 +61,42 @@ pub struct ProviderRequest<'a> {
     /// W3C trace context of this attempt: `traceparent` (a child span of the job's) and
     /// `tracestate`, sent as HTTP headers.
     pub trace: Option<(crate::trace::TraceParent, Option<&'a str>)>,
+}
+
+/// The schema a request carries: the job's own, as the text the pipeline keeps per distinct
+/// schema (copied, not serialised), or a tree built for this request (OpenAI's rewrites).
+#[derive(Debug, Clone, Copy)]
+pub enum SentSchema<'a> {
+    /// Copied as it is.
+    Text(&'a RawValue),
+    /// Serialised.
+    Tree(&'a Value),
+}
+
+impl<'a> SentSchema<'a> {
+    /// The request's schema as it is: its text when the caller has it, else its tree.
+    pub fn unchanged(request: &ProviderRequest<'a>) -> Option<Self> {
+        let (_, tree) = request.json_schema?;
+        Some(request.schema_text.map_or(Self::Tree(tree), Self::Text))
+    }
+}
+
+impl serde::Serialize for SentSchema<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(text) => text.serialize(serializer),
+            Self::Tree(tree) => tree.serialize(serializer),
+        }
+    }
+}
+
+impl fmt::Display for SentSchema<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text.get()),
+            Self::Tree(tree) => write!(f, "{tree}"),
+        }
+    }
 }
 
 /// A rejected answer and what is wrong with it.

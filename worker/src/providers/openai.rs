@@ -12,7 +12,7 @@
 //!   job's *original* schema afterwards, so nothing the rewrite loosened goes unchecked.
 
 use super::openai_compatible::{Flavor, OpenAiCompatible};
-use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse};
+use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema};
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
@@ -78,6 +78,12 @@ impl OpenAi {
             return self.inner.complete(request, None).await;
         };
         let wrapped = !is_object_schema(schema);
+        if !wrapped && !self.strict {
+            return self
+                .inner
+                .complete(request, SentSchema::unchanged(request))
+                .await;
+        }
         let mut sent = if wrapped {
             json!({"type": "object", "properties": {WRAPPED: schema}, "required": [WRAPPED], "additionalProperties": false})
         } else {
@@ -86,10 +92,11 @@ impl OpenAi {
         if self.strict {
             sent = strict_schema(&sent);
         }
-        let mut response = self.inner.complete(request, Some(&sent)).await?;
-        if wrapped || self.strict {
-            response.text = map_back(&response.text, schema, wrapped, self.strict);
-        }
+        let mut response = self
+            .inner
+            .complete(request, Some(SentSchema::Tree(&sent)))
+            .await?;
+        response.text = map_back(&response.text, schema, wrapped, self.strict);
         Ok(response)
     }
 }

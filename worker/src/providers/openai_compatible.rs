@@ -7,9 +7,10 @@
 //! "json_object"}` with the schema appended to the system message. Images travel as
 //! `image_url` parts with `data:` URLs; repairs as assistant + user turns.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed, scrub};
+use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, scrub};
 use super::{
-    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
+    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse,
+    SentSchema, ratelimit,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
@@ -46,7 +47,7 @@ pub(crate) enum Flavor {
 /// An OpenAI-compatible provider.
 pub struct OpenAiCompatible {
     http: HttpClient,
-    url: String,
+    url: reqwest::Url,
     flavor: Flavor,
 }
 
@@ -66,7 +67,7 @@ impl OpenAiCompatible {
     ) -> Result<Self, BuildError> {
         Ok(Self {
             http: HttpClient::new(name, config, Auth::Bearer, &[])?,
-            url: format!("{}/chat/completions", config.base_url()),
+            url: endpoint(name, &format!("{}/chat/completions", config.base_url()))?,
             flavor,
         })
     }
@@ -75,7 +76,7 @@ impl OpenAiCompatible {
     pub(crate) fn body<'a>(
         &self,
         request: &'a ProviderRequest<'a>,
-        schema: Option<&'a Value>,
+        schema: Option<SentSchema<'a>>,
     ) -> ChatRequest<'a> {
         let (native, strict) = match self.flavor {
             Flavor::Compatible { native_json_schema } => (native_json_schema, false),
@@ -126,14 +127,14 @@ impl OpenAiCompatible {
     pub(crate) async fn complete(
         &self,
         request: &ProviderRequest<'_>,
-        schema: Option<&Value>,
+        schema: Option<SentSchema<'_>>,
     ) -> Result<ProviderResponse, ProviderError> {
         let body = serde_json::to_vec(&self.body(request, schema))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
             .post_json(
-                &self.url,
+                self.url.clone(),
                 body,
                 request.timeout,
                 request.api_key,
@@ -212,7 +213,7 @@ impl Provider for OpenAiCompatible {
         &'a self,
         request: &'a ProviderRequest<'a>,
     ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
-        Box::pin(self.complete(request, request.json_schema.map(|(_, s)| s)))
+        Box::pin(self.complete(request, SentSchema::unchanged(request)))
     }
 }
 
@@ -253,7 +254,7 @@ enum UserContent<'a> {
 /// natively. Serialised as one string.
 struct SystemContent<'a> {
     instructions: Option<&'a str>,
-    schema_hint: Option<&'a Value>,
+    schema_hint: Option<SentSchema<'a>>,
 }
 
 impl Serialize for SystemContent<'_> {
@@ -342,7 +343,7 @@ enum ResponseFormat<'a> {
 #[derive(Serialize)]
 struct JsonSchemaFormat<'a> {
     name: &'a str,
-    schema: &'a Value,
+    schema: SentSchema<'a>,
     strict: bool,
 }
 
@@ -436,6 +437,7 @@ mod tests {
             instructions: Some("Extract."),
             input,
             json_schema: schema,
+            schema_text: None,
             max_tokens: Some(100),
             temperature: None,
             stop: None,
@@ -460,7 +462,8 @@ mod tests {
         let schema = json!({"type": "object"});
         let p = provider(true, None);
         let req = request(&input, Some(("receipt", &schema)), &[]);
-        let body = serde_json::to_value(p.body(&req, Some(&schema))).expect("serialise");
+        let body =
+            serde_json::to_value(p.body(&req, Some(SentSchema::Tree(&schema)))).expect("serialise");
         assert_eq!(
             body,
             json!({
@@ -488,7 +491,8 @@ mod tests {
         }];
         let p = provider(true, None);
         let req = request(&input, Some(("s", &schema)), &repairs);
-        let body = serde_json::to_value(p.body(&req, Some(&schema))).expect("serialise");
+        let body =
+            serde_json::to_value(p.body(&req, Some(SentSchema::Tree(&schema)))).expect("serialise");
         let messages = body["messages"].as_array().expect("messages");
         assert_eq!(messages.len(), 4);
         assert_eq!(
@@ -510,7 +514,8 @@ mod tests {
         let schema = json!({"type": "object"});
         let p = provider(false, None);
         let req = request(&input, Some(("s", &schema)), &[]);
-        let body = serde_json::to_value(p.body(&req, Some(&schema))).expect("serialise");
+        let body =
+            serde_json::to_value(p.body(&req, Some(SentSchema::Tree(&schema)))).expect("serialise");
         assert_eq!(body["response_format"], json!({"type": "json_object"}));
         let system = body["messages"][0]["content"].as_str().expect("string");
         assert!(
@@ -518,6 +523,39 @@ mod tests {
             "{system}"
         );
         assert!(system.contains(r#"{"type":"object"}"#), "{system}");
+    }
+
+    #[test]
+    fn the_schema_text_is_sent_as_the_tree_would_be() {
+        let input = [InputPart::Text { text: "x".into() }];
+        let schema = json!({"type": "object", "properties": {"total": {"type": "number"}}});
+        let text = serde_json::value::to_raw_value(&schema).expect("text");
+        for native in [true, false] {
+            let p = provider(native, None);
+            let tree = request(&input, Some(("s", &schema)), &[]);
+            let with_text = ProviderRequest {
+                schema_text: Some(&text),
+                ..tree
+            };
+            assert!(matches!(
+                SentSchema::unchanged(&with_text),
+                Some(SentSchema::Text(_))
+            ));
+            assert!(matches!(
+                SentSchema::unchanged(&tree),
+                Some(SentSchema::Tree(_))
+            ));
+            let from_text =
+                serde_json::to_vec(&p.body(&with_text, SentSchema::unchanged(&with_text)))
+                    .expect("serialise");
+            let from_tree = serde_json::to_vec(&p.body(&tree, SentSchema::unchanged(&tree)))
+                .expect("serialise");
+            assert_eq!(
+                String::from_utf8(from_text).expect("utf-8"),
+                String::from_utf8(from_tree).expect("utf-8"),
+                "native_json_schema = {native}"
+            );
+        }
     }
 
     #[test]

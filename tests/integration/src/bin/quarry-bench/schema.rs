@@ -4,6 +4,7 @@
 use crate::common::write_json;
 use quarry_fake_provider::generate::{Rng, generate};
 use quarry_worker::pipeline::check_answer;
+use quarry_worker::providers::SentSchema;
 use quarry_worker::schema_cache::SchemaCache;
 use serde_json::{Value, json};
 use std::hint::black_box;
@@ -13,16 +14,19 @@ use std::time::Instant;
 /// For each example schema: `answers` distinct schema-valid answers (from the fake provider's
 /// generator), each checked `rounds` times through the worker's own code — the cache lookup
 /// (`SchemaCache::get`) and `check_answer` (parse, then validate) — on one thread. The cost
-/// of compiling the validator for every job instead is measured beside it.
+/// of compiling the validator for every job instead is measured beside it, and so is writing
+/// the schema into a provider request: serialising the job's tree, as the worker did for
+/// every attempt (twice: the request and the token estimate), against copying the compact
+/// text the cache keeps.
 pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
     println!(
         "quarry-bench schema: {answers} answers × {rounds} rounds per example schema, one thread"
     );
     println!();
     println!(
-        "| schema | answer bytes | cache lookup µs | parse + validate µs | per job µs | jobs/s/core | compile µs (uncached) |"
+        "| schema | answer bytes | cache lookup µs | parse + validate µs | per job µs | jobs/s/core | compile µs (uncached) | schema into request µs: serialise tree / copy text |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for (name, text) in quarry_schemas::examples::ALL {
         let schema: Value = serde_json::from_str(text).unwrap();
@@ -32,9 +36,9 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
             .collect();
         let bytes = texts.iter().map(String::len).sum::<usize>() / answers.max(1);
         let cache = SchemaCache::new(64);
-        let validator = cache.get(&schema).unwrap();
+        let compiled = cache.get(&schema).unwrap();
         for text in &texts {
-            check_answer(&validator, text).unwrap(); // every answer is valid, and warm
+            check_answer(&compiled.validator, text).unwrap(); // every answer is valid, and warm
         }
         let n = (answers * rounds) as f64;
         let started = Instant::now();
@@ -47,7 +51,7 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         let started = Instant::now();
         for _ in 0..rounds {
             for text in &texts {
-                black_box(check_answer(&validator, black_box(text)).unwrap());
+                black_box(check_answer(&compiled.validator, black_box(text)).unwrap());
             }
         }
         let check = started.elapsed().as_secs_f64() * 1e6 / n;
@@ -58,14 +62,27 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         }
         let compile = started.elapsed().as_secs_f64() * 1e6 / f64::from(compiles);
         let per_job = lookup + check;
+        let mut request = Vec::with_capacity(4096);
+        let mut write = |sent: SentSchema<'_>| {
+            let started = Instant::now();
+            for _ in 0..n as usize {
+                request.clear();
+                serde_json::to_writer(&mut request, black_box(&sent)).unwrap();
+                black_box(&request);
+            }
+            started.elapsed().as_secs_f64() * 1e6 / n
+        };
+        let serialise = write(SentSchema::Tree(&schema));
+        let copy = write(SentSchema::Text(&compiled.text));
         println!(
-            "| {name} | {bytes} | {lookup:.2} | {check:.2} | {per_job:.2} | {:.0} | {compile:.0} |",
+            "| {name} | {bytes} | {lookup:.2} | {check:.2} | {per_job:.2} | {:.0} | {compile:.0} | {serialise:.2} / {copy:.2} |",
             1e6 / per_job
         );
         rows.push(json!({
             "schema": name, "answer_bytes": bytes, "cache_lookup_us": lookup,
             "parse_and_validate_us": check, "per_job_us": per_job,
             "jobs_per_s_per_core": 1e6 / per_job, "compile_uncached_us": compile,
+            "request_schema_serialise_tree_us": serialise, "request_schema_copy_text_us": copy,
         }));
     }
     let report =
