@@ -10,9 +10,16 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), quarry_producer::Error> {
-//! use quarry_producer::{CallOptions, Client, InputPart, Job, new_job_id};
+//! use quarry_producer::{CallOptions, Client, InputPart, Job, JsonSchema, new_job_id};
 //! let client = Client::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
-//! let job = Job::new(new_job_id(), vec![InputPart::Text { text: "Coffee 3.50 EUR".into() }]);
+//! // Build the schema once: jobs share its text, and cloning it is a reference count.
+//! let schema = JsonSchema::from(serde_json::json!({
+//!     "type": "object",
+//!     "required": ["total"],
+//!     "properties": {"total": {"type": "number"}}
+//! }));
+//! let mut job = Job::new(new_job_id(), vec![InputPart::Text { text: "Coffee 3.50 EUR".into() }]);
+//! job.json_schema = Some(schema.clone());
 //! let result = client.extract(job, CallOptions::default()).await?;
 //! println!("{:?} {:?}", result.status, result.parsed);
 //! # Ok(()) }
@@ -29,7 +36,7 @@ pub use client::{CallOptions, Client, ClientOptions};
 pub use error::Error;
 pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{
-    ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, Status, Usage,
+    ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, JsonSchema, Status, Usage,
 };
 pub use trace::TraceContext;
 

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
+pub use crate::json_schema::JsonSchema;
+
 /// Wire version tag of a job message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobVersion {
@@ -32,9 +34,10 @@ pub struct Job {
     pub instructions: Option<String>,
     /// The content to extract from, in order. Never empty.
     pub input: Vec<InputPart>,
-    /// JSON Schema the answer must satisfy; its presence turns on JSON mode.
+    /// JSON Schema the answer must satisfy; its presence turns on JSON mode. Kept as JSON
+    /// text ([`JsonSchema`]): build it with `json!({...}).into()`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json_schema: Option<Value>,
+    pub json_schema: Option<JsonSchema>,
     /// Name of the schema for providers that want one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_name: Option<String>,
@@ -350,12 +353,12 @@ mod tests {
             Err("/temperature".to_owned())
         );
         job.temperature = None;
-        job.json_schema = Some(serde_json::json!([1]));
+        job.json_schema = Some(serde_json::json!([1]).into());
         assert_eq!(
             job.check().map_err(|e| e.field),
             Err("/json_schema".to_owned())
         );
-        job.json_schema = Some(serde_json::json!({"type": "object"}));
+        job.json_schema = Some(serde_json::json!({"type": "object"}).into());
         assert_eq!(job.check(), Ok(()));
     }
 }

@@ -13,11 +13,12 @@
 pub mod control;
 pub mod error_code;
 pub mod job;
+mod json_schema;
 pub mod result;
 pub mod wire;
 
 pub use error_code::ErrorCode;
-pub use job::{ImagePart, InputPart, Job};
+pub use job::{ImagePart, InputPart, Job, JsonSchema};
 pub use result::{ErrorInfo, JobResult, Status, Usage};
 
 /// JSON Schema of the job message, version 1.

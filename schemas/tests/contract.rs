@@ -45,7 +45,8 @@ fn example_jobs() -> Vec<Job> {
     full.custom_id = Some("receipt-42".into());
     full.batch_id = Some("batch-7".into());
     full.instructions = Some("Extract the expense record.".into());
-    full.json_schema = Some(serde_json::from_str(examples::RECEIPT).expect("receipt schema"));
+    full.json_schema =
+        Some(quarry_schemas::JsonSchema::from_json(examples::RECEIPT).expect("receipt schema"));
     full.schema_name = Some("receipt".into());
     full.model = Some("default".into());
     full.profile = Some("team-a".into());

@@ -5,6 +5,7 @@
 //! (the job ends `INVALID_REQUEST`) instead of reaching the network or the file system.
 
 use jsonschema::Validator;
+use quarry_schemas::JsonSchema;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -12,11 +13,13 @@ use std::sync::Arc;
 /// Most validation errors reported in a result's `error.details`.
 pub const MAX_REPORTED_ERRORS: usize = 20;
 
-/// Compiled schemas keyed by the schema itself: a lookup hashes and compares the parsed tree
-/// (`serde_json::Value` is `Hash + Eq`) and allocates nothing. Keying on the schema's text
-/// instead re-serialised it for every job (2.5–6 µs per job; docs/benchmarks.md, `schema`).
+/// Compiled schemas keyed by the schema's text as the job carried it: a job's schema is never
+/// parsed into a tree after its first sight, and a lookup hashes and compares the text and
+/// allocates nothing. (Keyed on the parsed tree, every job built and dropped the tree: about
+/// 8% of the worker's CPU; docs/benchmarks.md, item 8.) The same schema spaced or ordered
+/// differently is a separate entry; the producer SDK writes schemas one canonical way.
 pub struct SchemaCache {
-    cache: quick_cache::sync::Cache<Value, Arc<CompiledSchema>>,
+    cache: quick_cache::sync::Cache<JsonSchema, Arc<CompiledSchema>>,
 }
 
 /// What is derived once per distinct schema and shared by every job that carries it.
@@ -24,9 +27,12 @@ pub struct SchemaCache {
 pub struct CompiledSchema {
     /// The validator answers are checked with.
     pub validator: Validator,
-    /// The schema as compact JSON: providers that send the schema unchanged copy this text
-    /// into the request instead of serialising the tree for every attempt, and the token
-    /// estimate counts its length.
+    /// The schema parsed, for providers that rewrite it into their dialect (OpenAI strict
+    /// mode, Gemini) and for the tree path of a request.
+    pub tree: Value,
+    /// The schema as compact JSON, however the job spaced it: providers that send the schema
+    /// unchanged copy this text into the request instead of serialising the tree for every
+    /// attempt, and the token estimate counts its length.
     pub text: Box<RawValue>,
 }
 
@@ -53,14 +59,18 @@ impl SchemaCache {
     }
 
     /// `schema` compiled, on first sight; from the cache after.
-    pub fn get(&self, schema: &Value) -> Result<Arc<CompiledSchema>, InvalidSchema> {
+    pub fn get(&self, schema: &JsonSchema) -> Result<Arc<CompiledSchema>, InvalidSchema> {
         if let Some(compiled) = self.cache.get(schema) {
             return Ok(compiled);
         }
+        let tree = schema
+            .to_value()
+            .map_err(|e| InvalidSchema(e.to_string()))?;
         let compiled = Arc::new(CompiledSchema {
-            validator: compile(schema)?,
-            text: serde_json::value::to_raw_value(schema)
+            validator: compile(&tree)?,
+            text: serde_json::value::to_raw_value(&tree)
                 .map_err(|e| InvalidSchema(e.to_string()))?,
+            tree,
         });
         self.cache.insert(schema.clone(), compiled.clone());
         Ok(compiled)
@@ -95,45 +105,63 @@ mod tests {
     fn compiles_once_and_reports_paths() {
         let cache = SchemaCache::new(8);
         let schema = json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}});
-        let a = cache.get(&schema).expect("compiles");
-        let b = cache.get(&schema).expect("cached");
+        let a = cache.get(&schema.clone().into()).expect("compiles");
+        let b = cache.get(&schema.clone().into()).expect("cached");
         assert!(Arc::ptr_eq(&a, &b));
-        // The same schema written in another key order is the same key; a different one is not.
-        let reordered: Value = serde_json::from_str(
+        // The key is the text as the job carried it: the same schema spaced and ordered another
+        // way is compiled once more (and gives the same tree and compact text); a different
+        // schema is not the same entry.
+        let spaced = in_message(
             r#"{"properties": {"total": {"type": "number"}}, "required": ["total"], "type": "object"}"#,
-        )
-        .expect("json");
-        assert!(Arc::ptr_eq(&a, &cache.get(&reordered).expect("cached")));
+        );
+        let c = cache.get(&spaced).expect("compiles");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(Arc::ptr_eq(&c, &cache.get(&spaced).expect("cached")));
+        assert_eq!(c.tree, a.tree);
+        assert_eq!(c.text.get(), a.text.get());
         let other = json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "integer"}}});
-        assert!(!Arc::ptr_eq(&a, &cache.get(&other).expect("compiles")));
-        // The text is the schema, compact, whichever order it arrived in.
+        assert!(!Arc::ptr_eq(
+            &a,
+            &cache.get(&other.into()).expect("compiles")
+        ));
+        // The tree is the schema, and the text is the schema, compact.
+        assert_eq!(a.tree, schema);
         let text: Value = serde_json::from_str(a.text.get()).expect("json text");
         assert_eq!(text, schema);
-        assert!(!a.text.get().contains(' '));
+        assert!(!c.text.get().contains(' '));
         let v = violations(&a.validator, &json!({"total": "12"}));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].path, "/total");
         assert!(violations(&a.validator, &json!({"total": 12})).is_empty());
     }
 
+    /// A schema as a worker receives it: the text of a message's `json_schema`, kept as sent.
+    fn in_message(text: &str) -> JsonSchema {
+        serde_json::from_str(text).expect("json")
+    }
+
     #[test]
     fn invalid_and_external_schemas_are_refused() {
         let cache = SchemaCache::new(8);
-        assert!(cache.get(&json!({"type": "objekt"})).is_err());
+        assert!(cache.get(&json!({"type": "objekt"}).into()).is_err());
         assert!(
             cache
-                .get(&json!({"$ref": "https://example.com/schema.json"}))
+                .get(&json!({"$ref": "https://example.com/schema.json"}).into())
                 .is_err()
         );
-        assert!(cache.get(&json!({"$ref": "file:///etc/passwd"})).is_err());
-        assert!(cache.get(&json!({"minimum": "ten"})).is_err());
+        assert!(
+            cache
+                .get(&json!({"$ref": "file:///etc/passwd"}).into())
+                .is_err()
+        );
+        assert!(cache.get(&json!({"minimum": "ten"}).into()).is_err());
     }
 
     #[test]
     fn formats_are_checked() {
         let cache = SchemaCache::new(8);
         let v = cache
-            .get(&json!({"type": "string", "format": "date"}))
+            .get(&json!({"type": "string", "format": "date"}).into())
             .expect("compiles");
         assert!(violations(&v.validator, &json!("2026-02-30x")).len() == 1);
         assert!(violations(&v.validator, &json!("2026-02-03")).is_empty());

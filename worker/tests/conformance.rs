@@ -364,7 +364,7 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
             format!("j-{fault}"),
             text(&format!("Cafe Luna 5.60 EUR [[fake:{fault}]]")),
         );
-        job.json_schema = Some(receipt_schema());
+        job.json_schema = Some(receipt_schema().into());
         job.schema_name = Some("receipt".into());
         let result = pipeline
             .execute(
@@ -397,7 +397,7 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
     config.worker.repair_attempts = 0;
     let pipeline = Pipeline::new(&config).unwrap();
     let mut job = Job::new("j-none", text("Cafe [[fake:invalid_json]]"));
-    job.json_schema = Some(receipt_schema());
+    job.json_schema = Some(receipt_schema().into());
     let result = pipeline
         .execute(
             job,

@@ -12,7 +12,9 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use quarry_producer::{BatchOptions, Client, ClientOptions, InputPart, Job, Lane, new_job_id};
+use quarry_producer::{
+    BatchOptions, Client, ClientOptions, InputPart, Job, JsonSchema, Lane, new_job_id,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -249,7 +251,7 @@ async fn cancel(cli: &Cli, batch_id: &str) -> anyhow::Result<()> {
 }
 
 struct Defaults {
-    json_schema: Option<Value>,
+    json_schema: Option<JsonSchema>,
     schema_name: Option<String>,
     instructions: Option<String>,
     model: Option<String>,
@@ -269,7 +271,7 @@ fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
                 "--schema {} is not a JSON object",
                 path.display()
             );
-            Some(value)
+            Some(JsonSchema::from(value))
         }
         None => None,
     };
@@ -348,7 +350,10 @@ fn read_jobs(path: &Path, defaults: &Defaults, batch_id: &str) -> anyhow::Result
         job.instructions = parsed
             .instructions
             .or_else(|| defaults.instructions.clone());
-        job.json_schema = parsed.json_schema.or_else(|| defaults.json_schema.clone());
+        job.json_schema = parsed
+            .json_schema
+            .map(JsonSchema::from)
+            .or_else(|| defaults.json_schema.clone());
         job.schema_name = parsed.schema_name.or_else(|| defaults.schema_name.clone());
         job.model = parsed.model.or_else(|| defaults.model.clone());
         job.profile = parsed.profile.or_else(|| defaults.profile.clone());

@@ -34,7 +34,7 @@ fn receipt_job(n: usize) -> Job {
     );
     job.custom_id = Some(format!("receipt-{n:05}"));
     job.instructions = Some("Extract the expense record.".into());
-    job.json_schema = Some(receipt_schema());
+    job.json_schema = Some(receipt_schema().into());
     job.schema_name = Some("receipt".into());
     job
 }
@@ -128,9 +128,9 @@ async fn one_job_end_to_end_and_typed_failures() {
     let mut unknown_alias = receipt_job(2);
     unknown_alias.model = Some("no-such-alias".into());
     let mut bad_schema = receipt_job(3);
-    bad_schema.json_schema = Some(json!({"type": "objekt"}));
+    bad_schema.json_schema = Some(json!({"type": "objekt"}).into());
     let mut remote_ref = receipt_job(4);
-    remote_ref.json_schema = Some(json!({"$ref": "https://example.com/evil.json"}));
+    remote_ref.json_schema = Some(json!({"$ref": "https://example.com/evil.json"}).into());
     let mut expired = receipt_job(5);
     expired.deadline_ms = Some(1_000);
     for (job, code) in [

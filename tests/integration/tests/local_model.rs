@@ -74,7 +74,7 @@ fn job(text: &str, instructions: &str, schema_name: &str, schema: &Value) -> Job
     job.model = Some("local".into());
     job.instructions = Some(instructions.into());
     job.schema_name = Some(schema_name.into());
-    job.json_schema = Some(schema.clone());
+    job.json_schema = Some(schema.clone().into());
     // Greedy decoding, so that a run is reproducible; and room for the longest answer the
     // bounded schemas allow (the longest seen is under 200 tokens, with the model's whitespace).
     job.temperature = Some(0.0);

@@ -67,7 +67,7 @@ async fn exercised_worker(fleet: &Fleet) -> quarry_integration::TaskWorker {
             };
             let mut job = Job::new(new_job_id(), vec![InputPart::Text { text }]);
             job.custom_id = Some(format!("n{n}"));
-            job.json_schema = Some(serde_json::json!({"type": "object"}));
+            job.json_schema = Some(serde_json::json!({"type": "object"}).into());
             job
         })
         .collect();

@@ -84,7 +84,7 @@ fn jobs(alias: &str, n: usize) -> Vec<Job> {
             let mut job = Job::new(new_job_id(), input);
             job.custom_id = Some(format!("{alias}-{i}"));
             job.model = Some(alias.to_owned());
-            job.json_schema = Some(schema.clone());
+            job.json_schema = Some(schema.clone().into());
             job.schema_name = Some((*name).to_owned());
             job.instructions = Some("Extract the record.".into());
             job

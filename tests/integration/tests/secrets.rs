@@ -87,13 +87,13 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
     slow.timeout_ms = Some(300);
     jobs.push(slow);
     let mut broken = job("[[fake:invalid_json]] receipt, total 7");
-    broken.json_schema = Some(schema());
+    broken.json_schema = Some(schema().into());
     jobs.push(broken);
     let mut wrong = job("[[fake:schema_invalid*5]] receipt, total 8");
-    wrong.json_schema = Some(schema());
+    wrong.json_schema = Some(schema().into());
     jobs.push(wrong);
     let mut bad_schema = job("receipt, total 9");
-    bad_schema.json_schema = Some(json!({"type": "no-such-type"}));
+    bad_schema.json_schema = Some(json!({"type": "no-such-type"}).into());
     jobs.push(bad_schema);
     let mut unknown = job("receipt, total 10");
     unknown.model = Some("no-such-alias".into());

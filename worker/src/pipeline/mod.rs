@@ -508,10 +508,10 @@ impl Pipeline {
                 model: &target.model,
                 instructions: job.instructions.as_deref(),
                 input: &job.input,
-                json_schema: job
-                    .json_schema
-                    .as_ref()
-                    .map(|s| (job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME), s)),
+                json_schema: schema.map(|c| {
+                    let name = job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME);
+                    (name, &c.tree)
+                }),
                 schema_text: schema.map(|c| &*c.text),
                 max_tokens: leg.max_tokens,
                 temperature: job.temperature,

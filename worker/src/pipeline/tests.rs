@@ -136,7 +136,7 @@ fn job(schema: Option<Value>) -> Job {
         }],
     );
     job.custom_id = Some("c-1".into());
-    job.json_schema = schema;
+    job.json_schema = schema.map(Into::into);
     job
 }
 

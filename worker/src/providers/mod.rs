@@ -30,7 +30,8 @@ use serde_json::value::RawValue;
 use std::fmt;
 use std::time::Duration;
 
-/// What the pipeline asks of a provider for one attempt. Borrows from the job.
+/// What the pipeline asks of a provider for one attempt. Borrows from the job and from its
+/// compiled schema.
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderRequest<'a> {
     /// The provider's model id.
@@ -39,7 +40,8 @@ pub struct ProviderRequest<'a> {
     pub instructions: Option<&'a str>,
     /// Content parts, in order.
     pub input: &'a [InputPart],
-    /// JSON mode: the schema the answer must satisfy, and its name.
+    /// JSON mode: the schema the answer must satisfy, and its name. The pipeline lends the
+    /// tree it keeps per distinct schema.
     pub json_schema: Option<(&'a str, &'a Value)>,
     /// The same schema as compact JSON text, when the caller has it (the pipeline keeps it
     /// per distinct schema): a provider that sends the schema unchanged copies this instead

@@ -84,17 +84,24 @@ impl OpenAi {
                 .complete(request, SentSchema::unchanged(request))
                 .await;
         }
-        let mut sent = if wrapped {
-            json!({"type": "object", "properties": {WRAPPED: schema}, "required": [WRAPPED], "additionalProperties": false})
+        // Borrow what is sent unchanged; build only what is rewritten.
+        let wrapped_tree;
+        let base = if wrapped {
+            wrapped_tree = json!({"type": "object", "properties": {WRAPPED: schema}, "required": [WRAPPED], "additionalProperties": false});
+            &wrapped_tree
         } else {
-            schema.clone()
+            schema
         };
-        if self.strict {
-            sent = strict_schema(&sent);
-        }
+        let strict_tree;
+        let sent = if self.strict {
+            strict_tree = strict_schema(base);
+            &strict_tree
+        } else {
+            base
+        };
         let mut response = self
             .inner
-            .complete(request, Some(SentSchema::Tree(&sent)))
+            .complete(request, Some(SentSchema::Tree(sent)))
             .await?;
         response.text = map_back(&response.text, schema, wrapped, self.strict);
         Ok(response)

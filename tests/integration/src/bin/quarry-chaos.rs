@@ -532,7 +532,8 @@ fn chaos_job(scenario: Scenario, n: usize) -> Job {
     );
     job.custom_id = Some(format!("item-{n:06}"));
     job.instructions = Some("Extract the CRM note.".into());
-    job.json_schema = Some(serde_json::from_str(quarry_schemas::examples::CRM_NOTE).unwrap());
+    job.json_schema =
+        Some(quarry_schemas::JsonSchema::from_json(quarry_schemas::examples::CRM_NOTE).unwrap());
     job.schema_name = Some("crm_note".into());
     job
 }
@@ -777,7 +778,7 @@ impl BadInputs {
                 Expect::Code(ErrorCode::InvalidRequest),
             ));
             let mut schema = valid(n * 10 + 2);
-            schema.json_schema = Some(json!({"type": "no-such-type"}));
+            schema.json_schema = Some(json!({"type": "no-such-type"}).into());
             cases.push((
                 "invalid-schema",
                 serde_json::to_vec(&schema).unwrap(),

@@ -26,7 +26,8 @@ pub fn receipt_job(n: usize) -> Job {
     );
     job.custom_id = Some(format!("c{n}"));
     job.instructions = Some("Extract the expense record.".into());
-    job.json_schema = Some(serde_json::from_str(quarry_schemas::examples::RECEIPT).unwrap());
+    job.json_schema =
+        Some(quarry_schemas::JsonSchema::from_json(quarry_schemas::examples::RECEIPT).unwrap());
     job.schema_name = Some("receipt".into());
     job
 }

@@ -3,30 +3,36 @@
 
 use crate::common::write_json;
 use quarry_fake_provider::generate::{Rng, generate};
+use quarry_schemas::JsonSchema;
 use quarry_worker::pipeline::check_answer;
 use quarry_worker::providers::SentSchema;
 use quarry_worker::schema_cache::SchemaCache;
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// For each example schema: `answers` distinct schema-valid answers (from the fake provider's
-/// generator), each checked `rounds` times through the worker's own code — the cache lookup
-/// (`SchemaCache::get`) and `check_answer` (parse, then validate) — on one thread. The cost
-/// of compiling the validator for every job instead is measured beside it, and so is writing
-/// the schema into a provider request: serialising the job's tree, as the worker did for
-/// every attempt (twice: the request and the token estimate), against copying the compact
-/// text the cache keeps.
+/// generator), each checked `rounds` times through the worker's own code — reading the
+/// job's schema out of its message and finding its validator (`JsonSchema` from the message
+/// text, `SchemaCache::get`), then `check_answer` (parse, then validate) — on one thread.
+/// Measured beside them:
+/// - compiling the validator for every job instead;
+/// - the schema step as the worker did it before item 8: the schema parsed into a tree, the
+///   validator looked up by the tree in the same kind of cache, the tree dropped;
+/// - writing the schema into a provider request: serialising the tree, as the worker did for
+///   every attempt (twice: the request and the token estimate) before item 7, against copying
+///   the compact text the cache keeps.
 pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
     println!(
         "quarry-bench schema: {answers} answers × {rounds} rounds per example schema, one thread"
     );
     println!();
     println!(
-        "| schema | answer bytes | cache lookup µs | parse + validate µs | per job µs | jobs/s/core | compile µs (uncached) | schema into request µs: serialise tree / copy text |"
+        "| schema | answer bytes | schema from message + lookup µs | parse + validate µs | per job µs | jobs/s/core | compile µs (uncached) | schema from message + lookup as a tree µs | schema into request µs: serialise tree / copy text |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for (name, text) in quarry_schemas::examples::ALL {
         let schema: Value = serde_json::from_str(text).unwrap();
@@ -35,8 +41,10 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
             .map(|_| generate(&schema, &mut rng).to_string())
             .collect();
         let bytes = texts.iter().map(String::len).sum::<usize>() / answers.max(1);
+        // The schema as a message carries it (the producer SDK writes it compactly).
+        let message = JsonSchema::from(&schema).as_str().to_owned();
         let cache = SchemaCache::new(64);
-        let compiled = cache.get(&schema).unwrap();
+        let compiled = cache.get(&JsonSchema::from(&schema)).unwrap();
         for text in &texts {
             check_answer(&compiled.validator, text).unwrap(); // every answer is valid, and warm
         }
@@ -44,10 +52,21 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         let started = Instant::now();
         for _ in 0..rounds {
             for _ in &texts {
-                black_box(cache.get(black_box(&schema)).unwrap());
+                let schema: JsonSchema = serde_json::from_str(black_box(&message)).unwrap();
+                black_box(cache.get(&schema).unwrap());
             }
         }
         let lookup = started.elapsed().as_secs_f64() * 1e6 / n;
+        let by_tree = quick_cache::sync::Cache::<Value, Arc<()>>::new(64);
+        by_tree.insert(schema.clone(), Arc::new(()));
+        let started = Instant::now();
+        for _ in 0..rounds {
+            for _ in &texts {
+                let schema: Value = serde_json::from_str(black_box(&message)).unwrap();
+                black_box(by_tree.get(&schema).unwrap());
+            }
+        }
+        let lookup_tree = started.elapsed().as_secs_f64() * 1e6 / n;
         let started = Instant::now();
         for _ in 0..rounds {
             for text in &texts {
@@ -58,7 +77,8 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         let compiles = 200;
         let started = Instant::now();
         for _ in 0..compiles {
-            black_box(SchemaCache::new(1).get(black_box(&schema)).unwrap());
+            let schema: JsonSchema = serde_json::from_str(black_box(&message)).unwrap();
+            black_box(SchemaCache::new(1).get(&schema).unwrap());
         }
         let compile = started.elapsed().as_secs_f64() * 1e6 / f64::from(compiles);
         let per_job = lookup + check;
@@ -75,13 +95,14 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         let serialise = write(SentSchema::Tree(&schema));
         let copy = write(SentSchema::Text(&compiled.text));
         println!(
-            "| {name} | {bytes} | {lookup:.2} | {check:.2} | {per_job:.2} | {:.0} | {compile:.0} | {serialise:.2} / {copy:.2} |",
+            "| {name} | {bytes} | {lookup:.2} | {check:.2} | {per_job:.2} | {:.0} | {compile:.0} | {lookup_tree:.2} | {serialise:.2} / {copy:.2} |",
             1e6 / per_job
         );
         rows.push(json!({
-            "schema": name, "answer_bytes": bytes, "cache_lookup_us": lookup,
+            "schema": name, "answer_bytes": bytes, "schema_from_message_and_lookup_us": lookup,
             "parse_and_validate_us": check, "per_job_us": per_job,
             "jobs_per_s_per_core": 1e6 / per_job, "compile_uncached_us": compile,
+            "schema_from_message_and_lookup_as_tree_us": lookup_tree,
             "request_schema_serialise_tree_us": serialise, "request_schema_copy_text_us": copy,
         }));
     }
