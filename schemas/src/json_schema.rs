@@ -34,6 +34,11 @@ impl JsonSchema {
         self.0.get()
     }
 
+    /// The schema's JSON text as a `serde_json` raw value, to embed in another message as it is.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+
     /// The schema parsed into a tree.
     pub fn to_value(&self) -> Result<Value, serde_json::Error> {
         serde_json::from_str(self.as_str())

@@ -7,7 +7,6 @@
 use jsonschema::Validator;
 use quarry_schemas::JsonSchema;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Most validation errors reported in a result's `error.details`.
@@ -30,10 +29,11 @@ pub struct CompiledSchema {
     /// The schema parsed, for providers that rewrite it into their dialect (OpenAI strict
     /// mode, Gemini) and for the tree path of a request.
     pub tree: Value,
-    /// The schema as compact JSON, however the job spaced it: providers that send the schema
-    /// unchanged copy this text into the request instead of serialising the tree for every
-    /// attempt, and the token estimate counts its length.
-    pub text: Box<RawValue>,
+    /// The schema as compact JSON with sorted keys (`JsonSchema::from` the tree), however the
+    /// job wrote it: providers that send the schema unchanged copy this text into the request
+    /// instead of serialising the tree for every attempt, and the token estimate counts its
+    /// length.
+    pub text: JsonSchema,
 }
 
 /// The schema is not a usable JSON Schema.
@@ -68,8 +68,7 @@ impl SchemaCache {
             .map_err(|e| InvalidSchema(e.to_string()))?;
         let compiled = Arc::new(CompiledSchema {
             validator: compile(&tree)?,
-            text: serde_json::value::to_raw_value(&tree)
-                .map_err(|e| InvalidSchema(e.to_string()))?,
+            text: JsonSchema::from(&tree),
             tree,
         });
         self.cache.insert(schema.clone(), compiled.clone());
@@ -118,7 +117,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(Arc::ptr_eq(&c, &cache.get(&spaced).expect("cached")));
         assert_eq!(c.tree, a.tree);
-        assert_eq!(c.text.get(), a.text.get());
+        assert_eq!(c.text.as_str(), a.text.as_str());
         let other = json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "integer"}}});
         assert!(!Arc::ptr_eq(
             &a,
@@ -126,9 +125,9 @@ mod tests {
         ));
         // The tree is the schema, and the text is the schema, compact.
         assert_eq!(a.tree, schema);
-        let text: Value = serde_json::from_str(a.text.get()).expect("json text");
+        let text: Value = serde_json::from_str(a.text.as_str()).expect("json text");
         assert_eq!(text, schema);
-        assert!(!c.text.get().contains(' '));
+        assert!(!c.text.as_str().contains(' '));
         let v = violations(&a.validator, &json!({"total": "12"}));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].path, "/total");

@@ -512,7 +512,7 @@ impl Pipeline {
                     let name = job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME);
                     (name, &c.tree)
                 }),
-                schema_text: schema.map(|c| &*c.text),
+                schema_text: schema.map(|c| c.text.as_raw()),
                 max_tokens: leg.max_tokens,
                 temperature: job.temperature,
                 stop: job.stop.as_deref(),

@@ -89,7 +89,7 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
             started.elapsed().as_secs_f64() * 1e6 / n
         };
         let serialise = write(SentSchema::Tree(&schema));
-        let copy = write(SentSchema::Text(&compiled.text));
+        let copy = write(SentSchema::Text(compiled.text.as_raw()));
         println!(
             "| {name} | {bytes} | {lookup:.2} | {check:.2} | {per_job:.2} | {:.0} | {compile:.0} | {lookup_tree:.2} | {serialise:.2} / {copy:.2} |",
             1e6 / per_job
