@@ -1,7 +1,8 @@
 //! `ceiling`: the raw AMQP round trip against Quarry end to end, side by side.
 
 use crate::common::{
-    Interval, LIMITS, MachineCpu, between, closed_loop, read, receipt_job, write_json,
+    Interval, LIMITS, MachineCpu, between, closed_loop, publish_persistent, read, receipt_job,
+    write_json,
 };
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::Fleet;
@@ -16,6 +17,8 @@ pub async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &P
     println!("quarry-bench ceiling: {jobs} jobs per run, {in_flight} in flight, {rounds} rounds");
     let (mut raw, mut quarry, mut worker, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // CPU µs per job of every process: raw, Quarry, Quarry less the worker.
+    let mut cpu_totals = Vec::new();
     for round in 0..rounds.max(1) {
         let bodies = (0..jobs)
             .map(|n| serde_json::to_vec(&receipt_job(n)).unwrap())
@@ -33,6 +36,9 @@ pub async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &P
             "round {round}: Quarry end to end {q:>9.0} jobs/s; CPU µs/job {quarry_cpu}, worker {:.0}",
             interval.cpu_us_per_job
         );
+        let raw_us = MachineCpu::total_us(&raw_cpu);
+        let quarry_us = MachineCpu::total_us(&quarry_cpu) + interval.cpu_us_per_job;
+        cpu_totals.push((raw_us, quarry_us, quarry_us - interval.cpu_us_per_job));
         quarry.push(q);
         worker.push(interval);
         cpu.push(json!({"raw": raw_cpu, "quarry": quarry_cpu}));
@@ -46,11 +52,34 @@ pub async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &P
     println!("| raw AMQP round trip (echo responder) | {raw_best:.0} |");
     println!("| Quarry end to end (1 worker process) | {quarry_best:.0} |");
     println!("| ratio | {:.1}% (target ≥ 60%) |", ratio * 100.0);
+    let mean = |f: fn(&(f64, f64, f64)) -> f64| {
+        cpu_totals.iter().map(f).sum::<f64>() / cpu_totals.len().max(1) as f64
+    };
+    let (raw_us, quarry_us, without_worker_us) = (mean(|t| t.0), mean(|t| t.1), mean(|t| t.2));
+    let (cpu_ratio, cpu_ratio_free_worker) = (raw_us / quarry_us, raw_us / without_worker_us);
+    println!();
+    println!("| CPU of every process per job (mean of {rounds} rounds) | µs |");
+    println!("|---|---|");
+    println!("| raw round trip (broker, Redis, bench process) | {raw_us:.0} |");
+    println!("| Quarry end to end (broker, Redis, bench process, worker) | {quarry_us:.0} |");
+    println!("| … of which not the worker | {without_worker_us:.0} |");
+    println!(
+        "| ratio the CPU predicts on saturated cores (raw ÷ Quarry) | {:.1}% |",
+        cpu_ratio * 100.0
+    );
+    println!(
+        "| … if the worker cost no CPU at all (raw ÷ Quarry less the worker) | {:.1}% |",
+        cpu_ratio_free_worker * 100.0
+    );
     let report = json!({
         "scenario": "ceiling", "jobs": jobs, "in_flight": in_flight, "rounds": rounds,
         "raw_jobs_per_s": raw, "quarry_jobs_per_s": quarry, "quarry_worker": worker,
         "cpu_per_job": cpu,
         "raw_best": raw_best, "quarry_best": quarry_best, "ratio": ratio,
+        "cpu_us_per_job_mean": {
+            "raw": raw_us, "quarry": quarry_us, "quarry_without_worker": without_worker_us,
+        },
+        "cpu_ratio": cpu_ratio, "cpu_ratio_if_worker_free": cpu_ratio_free_worker,
         "target_ratio": 0.6, "met": ratio >= 0.6,
     });
     write_json(json_path, &report);
@@ -65,11 +94,11 @@ pub async fn raw_round_trip(bodies: Vec<Vec<u8>>, in_flight: usize) -> f64 {
     let jobs = bodies.len();
     use futures::StreamExt;
     use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     };
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use lapin::{Connection, ConnectionProperties};
     use std::sync::Arc;
 
     let url = quarry_integration::amqp_url();
@@ -120,22 +149,8 @@ pub async fn raw_round_trip(bodies: Vec<Vec<u8>>, in_flight: usize) -> f64 {
             let publish = publish.clone();
             tokio::spawn(async move {
                 let reply_to = delivery.properties.reply_to().clone().unwrap();
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into());
-                publish
-                    .basic_publish(
-                        "".into(),
-                        reply_to.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &delivery.data,
-                        properties,
-                    )
+                publish_persistent(&publish, reply_to.as_str(), &delivery.data, None)
                     .await
-                    .unwrap()
                     .await
                     .unwrap();
                 delivery.ack(BasicAckOptions::default()).await.unwrap();
@@ -166,23 +181,7 @@ pub async fn raw_round_trip(bodies: Vec<Vec<u8>>, in_flight: usize) -> f64 {
         tokio::spawn(async move {
             for body in bodies {
                 slots.acquire().await.unwrap().forget();
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into())
-                    .with_reply_to(replies.as_str().into());
-                let confirm = out
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        properties,
-                    )
-                    .await
-                    .unwrap();
+                let confirm = publish_persistent(&out, &queue, &body, Some(&replies)).await;
                 tokio::spawn(async move { confirm.await.unwrap() });
             }
             queue

@@ -103,23 +103,8 @@ pub async fn open_loop(
     make: impl Fn(usize) -> Job,
 ) -> (usize, f64) {
     use futures::StreamExt;
-    use lapin::options::BasicConsumeOptions;
-    use lapin::types::FieldTable;
 
-    let reply_to = fleet.reply_queue().await;
-    let channel = fleet.channel().await;
-    let mut results = channel
-        .basic_consume(
-            reply_to.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (reply_to, channel, mut results) = reply_queue_consumer(fleet, "bench").await;
     let total = (rate * seconds).round() as usize;
     let jobs: Vec<Job> = (0..total).map(make).collect();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -150,6 +135,53 @@ pub async fn open_loop(
         .queue_delete(reply_to.as_str().into(), Default::default())
         .await;
     (total, achieved)
+}
+
+/// A queue declared as the bench's reply queue ([`Fleet::reply_queue`]), the channel that
+/// consumes it, and its consumer, without acks (as the bench reads results).
+pub async fn reply_queue_consumer(
+    fleet: &Fleet,
+    tag: &str,
+) -> (String, lapin::Channel, lapin::Consumer) {
+    let queue = fleet.reply_queue().await;
+    let channel = fleet.channel().await;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (queue, channel, consumer)
+}
+
+/// Publishes `body` to `queue` (default exchange) as the worker publishes results: persistent,
+/// mandatory, JSON, with `reply_to` when given. Returns the broker's confirm to wait for.
+pub async fn publish_persistent(
+    channel: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    reply_to: Option<&str>,
+) -> lapin::PublisherConfirm {
+    let mut properties = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    if let Some(reply_to) = reply_to {
+        properties = properties.with_reply_to(reply_to.into());
+    }
+    let options = lapin::options::BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    channel
+        .basic_publish("".into(), queue.into(), options, body, properties)
+        .await
+        .unwrap()
 }
 
 /// A worker process's counters at one moment.
@@ -359,6 +391,18 @@ impl MachineCpu {
             "redis_cpu_us_per_job": us(self.redis, earlier.redis),
             "bench_process_cpu_us_per_job": us(self.bench, earlier.bench),
         })
+    }
+
+    /// The sum of the figures of [`MachineCpu::per_job_since`]: every process it reads.
+    pub fn total_us(per_job: &Value) -> f64 {
+        [
+            "broker_cpu_us_per_job",
+            "redis_cpu_us_per_job",
+            "bench_process_cpu_us_per_job",
+        ]
+        .iter()
+        .map(|k| per_job[k].as_f64().unwrap_or(0.0))
+        .sum()
     }
 }
 

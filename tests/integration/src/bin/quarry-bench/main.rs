@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! target/release/quarry-bench all          # the six scenarios below, in turn
-//! target/release/quarry-bench ceiling      # raw AMQP echo vs Quarry end to end
-//! target/release/quarry-bench overhead     # worker overhead at 1,000 jobs/s offered
+//! target/release/quarry-bench ceiling      # raw AMQP echo vs Quarry end to end, CPU per job
+//! target/release/quarry-bench overhead     # worker overhead at 1,000 jobs/s, bare waits beside
 //! target/release/quarry-bench in-flight    # 2,000 calls of 1 s in one worker
 //! target/release/quarry-bench schema       # answer checking per job, cached validators
 //! target/release/quarry-bench big-inputs   # 1 MiB images vs the raw round trip
@@ -51,7 +51,8 @@ enum Command {
     /// The six scenarios of the benchmark suite in turn, with their default sizes; figures also
     /// go to `target/bench/all.json`.
     All,
-    /// The broker's ceiling (raw AMQP echo) against Quarry end to end, and their ratio.
+    /// The broker's ceiling (raw AMQP echo) against Quarry end to end, their ratio, and the CPU
+    /// per job of every process on both sides (the ratio it predicts, and with a worker of no cost).
     Ceiling {
         /// Jobs per measured run.
         #[arg(long, default_value_t = 10_000)]
@@ -67,7 +68,7 @@ enum Command {
         json: PathBuf,
     },
     /// The worker's own time per job (p50, p99, p99.9), CPU per job and Redis round trips per
-    /// job at a fixed offered load.
+    /// job at a fixed offered load, beside the same waits timed bare meanwhile.
     Overhead {
         /// Jobs offered per second.
         #[arg(long, default_value_t = 1000.0)]
