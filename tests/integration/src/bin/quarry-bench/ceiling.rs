@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Alternates the raw round trip and Quarry end to end `rounds` times on the same receipt
-/// job bodies; reports the best of each and their ratio.
+/// job bodies; reports the best of each and their ratio, and from every process's CPU per job
+/// (mean of the rounds) the ratio that CPU predicts on saturated cores and the ratio if the
+/// worker cost no CPU at all.
 pub async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &Path) -> Value {
     println!("quarry-bench ceiling: {jobs} jobs per run, {in_flight} in flight, {rounds} rounds");
     let (mut raw, mut quarry, mut worker, mut cpu) =
@@ -58,7 +60,10 @@ pub async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &P
     let (raw_us, quarry_us, without_worker_us) = (mean(|t| t.0), mean(|t| t.1), mean(|t| t.2));
     let (cpu_ratio, cpu_ratio_free_worker) = (raw_us / quarry_us, raw_us / without_worker_us);
     println!();
-    println!("| CPU of every process per job (mean of {rounds} rounds) | µs |");
+    println!(
+        "| CPU of every process per job (mean of {} rounds) | µs |",
+        cpu_totals.len()
+    );
     println!("|---|---|");
     println!("| raw round trip (broker, Redis, bench process) | {raw_us:.0} |");
     println!("| Quarry end to end (broker, Redis, bench process, worker) | {quarry_us:.0} |");
