@@ -27,20 +27,30 @@ pub async fn ceiling(jobs: usize, in_flight: usize, rounds: usize, json_path: &P
             .collect();
         let start = MachineCpu::now();
         let r = raw_round_trip(bodies, in_flight).await;
-        let raw_cpu = MachineCpu::now().per_job_since(&start, jobs);
+        let end = MachineCpu::now();
+        let (raw_cpu, raw_us) = (
+            end.per_job_since(&start, jobs),
+            end.total_per_job_since(&start, jobs),
+        );
         println!("round {round}: raw AMQP echo     {r:>9.0} jobs/s; CPU µs/job {raw_cpu}");
         raw.push(r);
         let batch = (0..jobs).map(receipt_job).collect();
         let start = MachineCpu::now();
         let (q, interval) = quarry_end_to_end(FakeConfig::default(), batch, in_flight).await;
-        let quarry_cpu = MachineCpu::now().per_job_since(&start, jobs);
+        let end = MachineCpu::now();
+        let (quarry_cpu, without_worker_us) = (
+            end.per_job_since(&start, jobs),
+            end.total_per_job_since(&start, jobs),
+        );
         println!(
             "round {round}: Quarry end to end {q:>9.0} jobs/s; CPU µs/job {quarry_cpu}, worker {:.0}",
             interval.cpu_us_per_job
         );
-        let raw_us = MachineCpu::total_us(&raw_cpu);
-        let quarry_us = MachineCpu::total_us(&quarry_cpu) + interval.cpu_us_per_job;
-        cpu_totals.push((raw_us, quarry_us, quarry_us - interval.cpu_us_per_job));
+        cpu_totals.push((
+            raw_us,
+            without_worker_us + interval.cpu_us_per_job,
+            without_worker_us,
+        ));
         quarry.push(q);
         worker.push(interval);
         cpu.push(json!({"raw": raw_cpu, "quarry": quarry_cpu}));

@@ -393,16 +393,10 @@ impl MachineCpu {
         })
     }
 
-    /// The sum of the figures of [`MachineCpu::per_job_since`]: every process it reads.
-    pub fn total_us(per_job: &Value) -> f64 {
-        [
-            "broker_cpu_us_per_job",
-            "redis_cpu_us_per_job",
-            "bench_process_cpu_us_per_job",
-        ]
-        .iter()
-        .map(|k| per_job[k].as_f64().unwrap_or(0.0))
-        .sum()
+    /// Microseconds per job of every process it reads together, since `earlier`.
+    pub fn total_per_job_since(&self, earlier: &Self, jobs: usize) -> f64 {
+        let total = |c: &Self| c.broker + c.redis + c.bench;
+        (total(self) - total(earlier)) * 1e6 / jobs.max(1) as f64
     }
 }
 
