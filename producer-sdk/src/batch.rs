@@ -74,6 +74,7 @@ pub struct BatchStream {
     replies: Channel,
     reply_queue: String,
     duplicates: Arc<AtomicU64>,
+    foreign: Arc<AtomicU64>,
 }
 
 impl BatchStream {
@@ -90,6 +91,12 @@ impl BatchStream {
     /// Results received twice for the same job (and dropped) so far.
     pub fn duplicates(&self) -> u64 {
         self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Messages in the reply queue that were not a result of this batch from the fleet's
+    /// workers (another `user_id`, or a job id this batch did not publish), dropped so far.
+    pub fn foreign(&self) -> u64 {
+        self.foreign.load(Ordering::Relaxed)
     }
 
     /// Stops receiving without deleting the queue: results not yet acknowledged go back to it,
@@ -148,6 +155,7 @@ where
     replies
         .queue_declare(reply_queue.as_str().into(), durable, args)
         .await?;
+    crate::client::bind_reply_queue(&replies, topology, &reply_queue).await?;
     let consumer = replies
         .basic_consume(
             reply_queue.as_str().into(),
@@ -159,6 +167,7 @@ where
 
     let (tx, rx) = mpsc::channel(max_in_flight);
     let duplicates = Arc::new(AtomicU64::new(0));
+    let foreign = Arc::new(AtomicU64::new(0));
     let driver = Driver {
         publish: client.channel.clone(),
         exchange: topology.jobs_exchange(),
@@ -170,6 +179,8 @@ where
             ..options
         },
         duplicates: duplicates.clone(),
+        foreign: foreign.clone(),
+        worker_user: client.worker_user.clone(),
         tx,
         lost: client.lost.clone(),
         _replies: replies.clone(),
@@ -185,6 +196,7 @@ where
         replies,
         reply_queue,
         duplicates,
+        foreign,
     })
 }
 
@@ -196,6 +208,9 @@ struct Driver {
     batch_id: String,
     options: BatchOptions,
     duplicates: Arc<AtomicU64>,
+    foreign: Arc<AtomicU64>,
+    /// The only `user_id` a result is taken from.
+    worker_user: Arc<str>,
     tx: mpsc::Sender<Result<BatchItem, Error>>,
     lost: CancellationToken,
     /// Keeps the reply channel open while the driver consumes from it: a dropped
@@ -248,19 +263,31 @@ impl Driver {
                         Ok(Some(Ok(delivery))) => delivery,
                     };
                     let result = match serde_json::from_slice::<JobResult>(&delivery.data) {
-                        Ok(result) => result,
+                        Ok(result) if crate::client::from_worker(&delivery, &self.worker_user) => result,
+                        Ok(_) => {
+                            self.foreign.fetch_add(1, Ordering::Relaxed);
+                            unless_lost(&self.lost, delivery.ack(BasicAckOptions::default())).await.map_err(&fail)?.map_err(|e| fail(e.into()))?;
+                            continue;
+                        }
                         Err(error) => {
                             tracing::warn!(%error, queue = %self.reply_queue, "dropping a reply that is not a result.v1");
                             unless_lost(&self.lost, delivery.ack(BasicAckOptions::default())).await.map_err(&fail)?.map_err(|e| fail(e.into()))?;
                             continue;
                         }
                     };
-                    if !delivered.insert(result.job_id.clone()) {
+                    if delivered.contains(&result.job_id) {
                         self.duplicates.fetch_add(1, Ordering::Relaxed);
                         unless_lost(&self.lost, delivery.ack(BasicAckOptions::default())).await.map_err(&fail)?.map_err(|e| fail(e.into()))?;
                         continue;
                     }
-                    pending.remove(&result.job_id);
+                    // Only a job this batch published and still waits for is answered.
+                    if !pending.remove(&result.job_id) {
+                        tracing::warn!(job_id = %result.job_id, queue = %self.reply_queue, "dropping a result for a job this batch did not publish");
+                        self.foreign.fetch_add(1, Ordering::Relaxed);
+                        unless_lost(&self.lost, delivery.ack(BasicAckOptions::default())).await.map_err(&fail)?.map_err(|e| fail(e.into()))?;
+                        continue;
+                    }
+                    delivered.insert(result.job_id.clone());
                     if self.tx.send(Ok(BatchItem { result, delivery, lost: self.lost.clone() })).await.is_err() {
                         return Ok(()); // The caller dropped the stream.
                     }

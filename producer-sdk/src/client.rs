@@ -25,13 +25,23 @@ pub struct ClientOptions {
     pub namespace: String,
     /// Shown in the broker's connection list.
     pub connection_name: String,
+    /// The AMQP user the fleet's workers log in as. A result or control reply is taken
+    /// only when its broker-validated `user_id` is this user (and only for a job or request
+    /// this client has pending); anything else in a reply queue is dropped with a warning.
+    /// The default, `guest`, is the development fleet's (`scripts/demo`); a production
+    /// fleet's operator names its worker user (`deploy/rabbitmq/quarry-user worker NAME`).
+    pub worker_user: String,
 }
+
+/// The worker user of the development fleet.
+pub const DEFAULT_WORKER_USER: &str = "guest";
 
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             namespace: quarry_schemas::wire::DEFAULT_NAMESPACE.to_owned(),
             connection_name: "quarry-producer".to_owned(),
+            worker_user: DEFAULT_WORKER_USER.to_owned(),
         }
     }
 }
@@ -75,6 +85,8 @@ pub struct Client {
     pub(crate) user_id: Option<String>,
     /// Cancelled when the connection is lost.
     pub(crate) lost: tokio_util::sync::CancellationToken,
+    /// The only `user_id` a result is taken from.
+    pub(crate) worker_user: Arc<str>,
     reply_queue: String,
     pending: Pending,
     pending_control: PendingControl,
@@ -146,6 +158,7 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
+        bind_reply_queue(&replies, &topology, &reply_queue).await?;
         let consumer = replies
             .basic_consume(
                 queue.name().clone(),
@@ -156,10 +169,12 @@ impl Client {
             .await?;
         let pending: Pending = Arc::default();
         let pending_control: PendingControl = Arc::default();
+        let worker_user: Arc<str> = Arc::from(options.worker_user.as_str());
         tokio::spawn(route_replies(
             consumer,
             pending.clone(),
             pending_control.clone(),
+            worker_user.clone(),
         ));
 
         Ok(Self {
@@ -168,6 +183,7 @@ impl Client {
             topology,
             user_id,
             lost,
+            worker_user,
             reply_queue,
             pending,
             pending_control,
@@ -448,10 +464,45 @@ impl Client {
     }
 }
 
+/// Binds a reply queue to the fleet's results exchange under its own name: workers
+/// publish every result there with the job's `reply_to` as routing key.
+pub(crate) async fn bind_reply_queue(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+) -> Result<(), Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            topology.results_exchange().as_str().into(),
+            queue.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether a reply came from the fleet's workers: its `user_id` (which the broker checks
+/// against the publishing connection's login) is `worker_user`.
+pub(crate) fn from_worker(delivery: &lapin::message::Delivery, worker_user: &str) -> bool {
+    let from = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+    if from == Some(worker_user) {
+        return true;
+    }
+    tracing::warn!(
+        from = from.unwrap_or("(no user_id)"),
+        worker_user,
+        "dropping a reply that is not from the fleet's worker user (ClientOptions::worker_user)"
+    );
+    false
+}
+
 async fn route_replies(
     mut consumer: lapin::Consumer,
     pending: Pending,
     pending_control: PendingControl,
+    worker_user: Arc<str>,
 ) {
     while let Some(next) = consumer.next().await {
         let delivery = match next {
@@ -461,6 +512,13 @@ async fn route_replies(
                 break;
             }
         };
+        if !from_worker(&delivery, &worker_user) {
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "could not ack a reply");
+                break;
+            }
+            continue;
+        }
         let is_control = delivery
             .properties
             .kind()

@@ -47,6 +47,22 @@ impl ControlRequest {
         Self::new(ControlAction::BatchStatus, batch_id)
     }
 
+    /// What the types cannot say: `batch_id` is 1 to
+    /// [`MAX_BATCH_ID_LEN`](crate::job::limits::MAX_BATCH_ID_LEN) characters.
+    pub fn check(&self) -> Result<(), crate::job::JobInvalid> {
+        let n = self.batch_id.chars().count();
+        if !(1..=crate::job::limits::MAX_BATCH_ID_LEN).contains(&n) {
+            return Err(crate::job::JobInvalid {
+                field: "/batch_id".into(),
+                reason: format!(
+                    "length {n} is outside 1..={}",
+                    crate::job::limits::MAX_BATCH_ID_LEN
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn new(action: ControlAction, batch_id: impl Into<String>) -> Self {
         Self {
             version: ControlVersion::V1,

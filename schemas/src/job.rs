@@ -142,6 +142,11 @@ pub mod limits {
     pub const MAX_STOP: usize = 4;
     /// Largest `max_tokens`.
     pub const MAX_MAX_TOKENS: u32 = 1_000_000;
+    /// Smallest `timeout_ms`: a provider bills an attempt it started whether or not the
+    /// caller waits, so attempts cut shorter than any model can answer only spend.
+    pub const MIN_TIMEOUT_MS: u64 = 1_000;
+    /// Largest `metadata`, as JSON text: it is echoed on every result and stored with it.
+    pub const MAX_METADATA_BYTES: usize = 16 * 1024;
     /// Largest `timeout_ms` (one hour).
     pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 }
@@ -258,9 +263,21 @@ impl Job {
             }
         }
         if let Some(t) = self.timeout_ms
-            && !(1..=limits::MAX_TIMEOUT_MS).contains(&t)
+            && !(limits::MIN_TIMEOUT_MS..=limits::MAX_TIMEOUT_MS).contains(&t)
         {
-            return Err(invalid("/timeout_ms", "must be between 1 and 3600000"));
+            return Err(invalid("/timeout_ms", "must be between 1000 and 3600000"));
+        }
+        if let Some(metadata) = &self.metadata {
+            let bytes = serde_json::to_string(metadata).map_or(usize::MAX, |text| text.len());
+            if bytes > limits::MAX_METADATA_BYTES {
+                return Err(invalid(
+                    "/metadata",
+                    format!(
+                        "is {bytes} bytes as JSON; at most {} are allowed",
+                        limits::MAX_METADATA_BYTES
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -26,6 +26,12 @@ pub const HEADER_PLUGIN: &str = "x-quarry-plugin";
 /// Header on a deferred job: how many times it was deferred.
 pub const HEADER_DEFERRALS: &str = "x-quarry-deferrals";
 
+/// Headers a plugin may set on a job, and the only headers of the original that a worker
+/// carries onto a message it republishes (a deferral, a dead letter). Every other header of a
+/// plugin's message is ignored: `CC`/`BCC` (which RabbitMQ routes a copy by) and the
+/// `x-quarry-*` headers workers write never cross into a message the worker publishes.
+pub const PLUGIN_HEADERS: [&str; 3] = [HEADER_PUBLISHED_MS, HEADER_TRACEPARENT, HEADER_TRACESTATE];
+
 /// Header on a job: when the producer published it, Unix epoch milliseconds (the SDK sets
 /// it; workers measure end-to-end latency from it).
 pub const HEADER_PUBLISHED_MS: &str = "x-quarry-published-ms";
@@ -198,6 +204,37 @@ impl Topology {
     /// A lane's delay queue of `secs` seconds: messages wait there, then return to the lane.
     pub fn delay_queue(&self, lane: Lane, secs: u64) -> String {
         format!("{}.delay.{}.{}s", self.namespace, lane.as_str(), secs)
+    }
+
+    /// Topic exchange that workers publish results and control replies to, with the
+    /// `reply_to` queue name as routing key. A reply queue receives them once bound with its
+    /// own name (the SDKs do it); broker topic permissions let a plugin bind only keys under
+    /// its own [`Topology::reply_prefix`], and give plugins no write on it.
+    pub fn results_exchange(&self) -> String {
+        format!("{}.results", self.namespace)
+    }
+
+    /// Direct exchange of the delay queues (routing key: the delay queue's name): workers
+    /// defer jobs through it, so they need no write on the default exchange.
+    pub fn delay_exchange(&self) -> String {
+        format!("{}.delay", self.namespace)
+    }
+
+    /// The prefix of every reply queue of `user`: a job's `reply_to` must start with its
+    /// plugin's prefix, or the worker refuses to answer it there.
+    pub fn reply_prefix(&self, user: &str) -> String {
+        format!("{}.replies.{user}.", self.namespace)
+    }
+
+    /// Whether `queue` is a reply queue of `user` (starts with [`Topology::reply_prefix`] and
+    /// has a name after it).
+    pub fn is_reply_queue_of(&self, queue: &str, user: &str) -> bool {
+        queue
+            .strip_prefix(self.namespace.as_str())
+            .and_then(|rest| rest.strip_prefix(".replies."))
+            .and_then(|rest| rest.strip_prefix(user))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|name| !name.is_empty())
     }
 
     /// The durable reply queue of a batch of `user` (the publishing AMQP user): the user is

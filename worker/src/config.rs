@@ -76,6 +76,18 @@ pub struct AmqpConfig {
     pub connect_timeout_secs: u64,
 }
 
+impl AmqpConfig {
+    /// The AMQP user of `url`: the worker's own identity, set as `user_id` on everything it
+    /// publishes. `None` when the URL names none (or does not parse).
+    pub fn user(&self) -> Option<String> {
+        secrecy::ExposeSecret::expose_secret(&self.url)
+            .parse::<lapin::uri::AMQPUri>()
+            .ok()
+            .map(|uri| uri.authority.userinfo.username)
+            .filter(|u| !u.is_empty())
+    }
+}
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
@@ -137,6 +149,18 @@ pub struct WorkerConfig {
     pub max_image_bytes: usize,
     /// Most images one job may carry.
     pub max_images: usize,
+    /// Largest job message a worker decodes, in bytes; a larger one ends `INVALID_REQUEST`
+    /// unread. Set the broker's `max_message_size` to the same value (deploy/ does): a worker
+    /// holds at most `concurrency` messages, so this bounds its memory for messages.
+    pub max_message_bytes: usize,
+    /// Largest `json_schema` of a job, in bytes of JSON text.
+    pub max_schema_bytes: usize,
+    /// Most nodes (objects, arrays and values) a job's schema may have, counted after any
+    /// provider's rewrite (Gemini inlines `$ref`s): past it the job ends `INVALID_REQUEST`.
+    pub max_schema_nodes: usize,
+    /// Memory for compiled schemas, in bytes (estimated from their text): the cache evicts
+    /// the least used past it.
+    pub schema_cache_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -151,6 +175,10 @@ impl Default for WorkerConfig {
             repair_attempts: 2,
             max_image_bytes: 20 * 1024 * 1024,
             max_images: 16,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_schema_bytes: 64 * 1024,
+            max_schema_nodes: 10_000,
+            schema_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -325,8 +353,9 @@ pub struct ProviderConfig {
     pub anthropic_version: String,
     /// `anthropic`: `max_tokens` when the job sets none (the API requires one).
     pub default_max_tokens: u32,
-    /// Extra HTTP headers sent with every request.
-    pub headers: BTreeMap<String, String>,
+    /// Extra HTTP headers sent with every request. Their values are secrets (gateways take
+    /// credentials there): never logged, and scrubbed from provider text like keys.
+    pub headers: BTreeMap<String, SecretString>,
     /// The key pool. Empty: one key named `default`, from `api_key` / `api_key_file`.
     pub keys: Vec<KeyConfig>,
     /// Limits of every key of this provider (a key's own values override them).
@@ -529,8 +558,11 @@ pub struct LimiterConfig {
     /// A job waits inside the worker for a limit at most this long per wait; longer waits end
     /// the job `RATE_LIMITED` (retryable).
     pub max_inline_wait_ms: u64,
-    /// How long a key the provider rejected (401/403) stays out of rotation, seconds.
+    /// How long a key the provider rejected stays out of rotation, seconds.
     pub disable_key_secs: u64,
+    /// Structured credential refusals of one key in a row (the provider's own 401/403
+    /// error type, not a proxy's page) before a worker takes it out of rotation.
+    pub disable_key_after: u32,
     /// Output tokens reserved for a job without `max_tokens`.
     pub default_output_tokens: u64,
     /// Per-minute windows last this much longer than 60 s, so that a request reserved at a
@@ -550,6 +582,7 @@ impl Default for LimiterConfig {
         Self {
             max_inline_wait_ms: 5_000,
             disable_key_secs: 3_600,
+            disable_key_after: 3,
             default_output_tokens: 1_024,
             window_margin_ms: 250,
             delay_steps_secs: vec![5, 30, 120, 600],
@@ -737,6 +770,16 @@ impl Config {
         if self.worker.max_attempts == 0 {
             return Err(invalid("worker.max_attempts", "must be at least 1".into()));
         }
+        if self.worker.max_message_bytes == 0
+            || self.worker.max_schema_bytes == 0
+            || self.worker.max_schema_nodes == 0
+        {
+            return Err(invalid(
+                "worker.max_message_bytes",
+                "max_message_bytes, max_schema_bytes and max_schema_nodes must be at least 1"
+                    .into(),
+            ));
+        }
         if self.limits.delay_steps_secs.is_empty() || self.limits.delay_steps_secs.contains(&0) {
             return Err(invalid(
                 "limits.delay_steps_secs",
@@ -825,8 +868,30 @@ impl Config {
                 }
             }
         }
+        let worker_user = self.amqp.user();
+        let development = self.plugins.len() == 1
+            && self.plugins.contains_key(DEVELOPMENT_PLUGIN)
+            && worker_user.as_deref() == Some(DEVELOPMENT_PLUGIN);
         for (name, plugin) in &self.plugins {
             let key = |field: &str| format!("plugins.{name}.{field}");
+            // Names become broker user names, reply-queue prefixes and Redis key parts.
+            if !is_profile_name(name) {
+                return Err(invalid(
+                    &format!("plugins.{name}"),
+                    "a plugin name is its AMQP user and must match ^[A-Za-z0-9_-]{1,64}$".into(),
+                ));
+            }
+            // A plugin's header on a worker's own message is trusted: the worker's user
+            // cannot also be a plugin, except in the development setup where `guest` is both
+            // and the only plugin.
+            if worker_user.as_deref() == Some(name.as_str()) && !development {
+                return Err(invalid(
+                    &format!("plugins.{name}"),
+                    "is the worker's own AMQP user (amqp.url): give the workers a user of their \
+                     own (deploy/rabbitmq/quarry-user worker NAME)"
+                        .into(),
+                ));
+            }
             if let Some(alias) = &plugin.default_model
                 && !self.routing.aliases.contains_key(alias)
             {

@@ -1,14 +1,22 @@
 //! One delivery, from bytes to ack: decode, reply address, redelivery replay, pipeline,
 //! result store, confirmed reply, ack. The ack comes only after the reply's confirm.
 //!
+//! Every answer goes through one gate first ([`reply_address`]): the sender is the message's
+//! broker-validated `user_id` (a worker's own deferred job names its plugin in a header only
+//! the worker's `user_id` makes trusted), and `reply_to` must be one of that plugin's reply
+//! queues, `{ns}.replies.{plugin}.*`. Nothing is published to a `reply_to` before that.
+//!
 //! | what arrived                                   | what happens                                   |
 //! |------------------------------------------------|------------------------------------------------|
-//! | not a `job.v1` (bad JSON, wrong types, ...)    | dead-lettered `undecodable`; if it has `reply_to` and `correlation_id`, also an `INVALID_REQUEST` result |
+//! | not a `job.v1` (bad JSON, wrong types, larger than `worker.max_message_bytes`) | dead-lettered `undecodable`; an `INVALID_REQUEST` result if the gate lets it be answered |
+//! | a job without `user_id`                        | dead-lettered `no_user_id`, not answered        |
 //! | a job without `reply_to`                       | dead-lettered `missing_reply_to`                |
-//! | a job without `user_id`, or from a user that is not a configured plugin | `NOT_AUTHORIZED` result, no Redis or provider call |
+//! | a job whose `reply_to` is not a reply queue of its plugin | dead-lettered `reply_to_refused`, nothing published to it |
+//! | a job from a user that is not a configured plugin | `NOT_AUTHORIZED` result, no Redis or provider call |
 //! | a job whose result is stored (a redelivery)    | the stored result is published again           |
 //! | a job of a cancelled batch, not yet started    | `CANCELLED` result, no provider call           |
-//! | a job another delivery holds the claim of      | it waits in a delay queue, then is checked again |
+//! | a job another delivery holds the claim of      | it waits in a delay queue, then is checked again (a deferral); past `limits.max_deferrals`, dead-lettered `deferrals_exhausted` (the holder answers) |
+//! | a job whose limits could not be checked (Redis unavailable) | it waits in the shortest delay queue (a deferral); past the bound, an `INTERNAL` result |
 //! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
 //! | the broker nacks a publish                     | the job is nacked and requeued                 |
@@ -19,8 +27,8 @@
 //!
 //! | what arrived                                   | what happens                                   |
 //! |------------------------------------------------|------------------------------------------------|
-//! | a control request on `{ns}.control`            | applied for its publisher (its `user_id`): `cancel_batch` marks the batch in Redis; a `control-reply.v1` answers |
-//! | a dead letter copied to `{ns}.expired` that expired in a lane (AMQP `expiration`) | `DEADLINE_EXCEEDED` result, no provider call; other copies are dropped (the original stays in `{ns}.dead`) |
+//! | a control request on `{ns}.control`            | through the same gate (without `reply_to`: applied, not answered); applied for its publisher: `cancel_batch` marks the batch in Redis; a `control-reply.v1` answers |
+//! | a dead letter copied to `{ns}.expired` that expired in a lane (AMQP `expiration`) | through the same gate: `DEADLINE_EXCEEDED` result, no provider call; other copies are dropped (the original stays in `{ns}.dead`) |
 
 use crate::amqp::publisher::{header_text, header_u32};
 use crate::amqp::{DeadLetter, PublishError, Publisher};
@@ -50,6 +58,12 @@ const LOSS_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest error detail copied from a decoding error.
 const MAX_DETAIL: usize = 500;
 
+/// Longest control request read (a control.v1 message is a few dozen bytes).
+const MAX_CONTROL_BYTES: usize = 4096;
+
+/// Longest queue name quoted in a refusal.
+const MAX_NAME_QUOTED: usize = 255;
+
 /// Everything a job task needs, shared by all of them.
 pub struct Shared {
     /// The job pipeline (the same for every broker session).
@@ -67,6 +81,9 @@ pub struct Shared {
     pub deferral: Arc<Deferral>,
     /// Cancelled when this delivery's connection is lost: acks stop waiting on it.
     pub lost: CancellationToken,
+    /// Largest job message decoded (`worker.max_message_bytes`); larger ones are refused
+    /// `INVALID_REQUEST` unread.
+    pub max_message_bytes: usize,
 }
 
 /// Delay queues for jobs whose limits are full for long.
@@ -205,37 +222,148 @@ async fn settle(
     outcome
 }
 
+/// Who sent a message, as the broker vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The plugin: the message's broker-validated `user_id`; on a job a worker deferred
+    /// (its `user_id` is the worker's own), the plugin header the worker wrote.
+    pub plugin: String,
+    /// How often a worker deferred the job (0 for a plugin's own message).
+    pub deferrals: u32,
+}
+
+impl Sender {
+    /// The sender of a message with these properties, or `None` without a `user_id`
+    /// (nothing vouches for who sent it). Headers count only on a worker's own message: a
+    /// plugin's `x-quarry-*` headers are ignored.
+    pub fn of(properties: &lapin::BasicProperties, worker_user: Option<&str>) -> Option<Self> {
+        let user = properties.user_id().as_ref()?.as_str();
+        if user.is_empty() {
+            return None;
+        }
+        let headers = properties.headers();
+        if Some(user) == worker_user
+            && let Some(plugin) = header_text(headers, HEADER_PLUGIN)
+        {
+            return Some(Self {
+                plugin,
+                deferrals: header_u32(headers, HEADER_DEFERRALS).unwrap_or(0),
+            });
+        }
+        Some(Self {
+            plugin: user.to_owned(),
+            deferrals: 0,
+        })
+    }
+}
+
+/// Why a message gets no answer at its `reply_to`: a dead-letter reason and its detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswerable {
+    /// The dead-letter reason (`no_user_id`, `missing_reply_to`, `reply_to_refused`).
+    pub reason: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+/// The sender of a message and the reply queue its answers may go to: `reply_to` must be a
+/// reply queue of the sender's own plugin (`{ns}.replies.{plugin}.*`), so that nothing a
+/// plugin writes can direct a result, a refusal or a control reply into another's queue. The
+/// one gate every answer passes; nothing is published to a `reply_to` before it.
+pub fn reply_address<'p>(
+    topology: &Topology,
+    properties: &'p lapin::BasicProperties,
+    worker_user: Option<&str>,
+) -> Result<(Sender, &'p str), (Option<Sender>, Unanswerable)> {
+    let Some(sender) = Sender::of(properties, worker_user) else {
+        return Err((
+            None,
+            Unanswerable {
+                reason: "no_user_id",
+                detail: "the message has no user_id: nothing says who sent it, so it is not \
+                         answered (publish with user_id set to the login, as the SDKs do)"
+                    .to_owned(),
+            },
+        ));
+    };
+    let Some(reply_to) = properties.reply_to().as_ref().map(|s| s.as_str()) else {
+        return Err((
+            Some(sender),
+            Unanswerable {
+                reason: "missing_reply_to",
+                detail: "the message has no reply_to property: its answer would have nowhere to go"
+                    .to_owned(),
+            },
+        ));
+    };
+    if !topology.is_reply_queue_of(reply_to, &sender.plugin) {
+        let detail = format!(
+            "reply_to `{}` is not a reply queue of plugin `{}` (they start with `{}`)",
+            reply_to.chars().take(MAX_NAME_QUOTED).collect::<String>(),
+            sender.plugin,
+            topology.reply_prefix(&sender.plugin)
+        );
+        return Err((
+            Some(sender),
+            Unanswerable {
+                reason: "reply_to_refused",
+                detail,
+            },
+        ));
+    }
+    Ok((sender, reply_to))
+}
+
 async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(), PublishError> {
     let started = Instant::now();
     let properties = &delivery.properties;
     let queue = shared.queue_name(lane);
-    let reply_to = properties.reply_to().as_ref().map(|s| s.as_str());
     let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
+    let topology = &shared.deferral.topology;
+    let address = reply_address(topology, properties, shared.deferral.worker_user.as_deref());
 
-    let job: Job = match serde_json::from_slice(&delivery.data) {
-        Ok(job) => job,
-        Err(error) => {
+    let decoded = if delivery.data.len() > shared.max_message_bytes {
+        Err(format!(
+            "the message is {} bytes; this fleet takes jobs of at most {} bytes \
+             (worker.max_message_bytes)",
+            delivery.data.len(),
+            shared.max_message_bytes
+        ))
+    } else {
+        serde_json::from_slice::<Job>(&delivery.data).map_err(|error| {
             // serde quotes offending values; a multi-megabyte string must not travel on.
             let mut detail = format!("not a job.v1 message: {error}");
             if let Some((cut, _)) = detail.char_indices().nth(MAX_DETAIL) {
                 detail.truncate(cut);
                 detail.push_str("...");
             }
-            if let (Some(reply_to), Some(correlation_id)) = (reply_to, correlation_id) {
-                let job_id = properties
-                    .message_id()
-                    .as_ref()
-                    .map_or(correlation_id, |s| s.as_str());
-                let result = JobResult::failed(
-                    job_id,
-                    ErrorInfo::new(ErrorCode::InvalidRequest, detail.clone()),
-                );
-                shared
-                    .publisher
-                    .reply(reply_to, Some(correlation_id), &encode(&result))
-                    .await?;
-            }
-            dead_letter(shared, "undecodable", &detail, queue, delivery).await?;
+            detail
+        })
+    };
+    let job = match decoded {
+        Ok(job) => job,
+        Err(detail) => {
+            // Answered only at an address that passed the gate.
+            let sender = match &address {
+                Ok((sender, reply_to)) => {
+                    let job_id = properties
+                        .message_id()
+                        .as_ref()
+                        .map_or(correlation_id.unwrap_or(""), |s| s.as_str());
+                    let result = JobResult::failed(
+                        job_id,
+                        ErrorInfo::new(ErrorCode::InvalidRequest, detail.clone()),
+                    );
+                    shared
+                        .publisher
+                        .reply(reply_to, correlation_id, &encode(&result))
+                        .await?;
+                    Some(sender)
+                }
+                Err((sender, _)) => sender.as_ref(),
+            };
+            let plugin = sender.map(|s| s.plugin.as_str());
+            dead_letter(shared, "undecodable", &detail, queue, plugin, delivery).await?;
             telemetry::job_finished(&telemetry::Finished {
                 lane,
                 plugin: "unknown",
@@ -248,25 +376,24 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
             return Ok(());
         }
     };
-    let Some(reply_to) = reply_to else {
-        let detail = format!(
-            "job `{}` has no reply_to property: its result would have nowhere to go",
-            job.id
-        );
-        dead_letter(shared, "missing_reply_to", &detail, queue, delivery).await?;
-        return Ok(());
+    let (sender, reply_to) = match address {
+        Ok(found) => found,
+        Err((sender, refusal)) => {
+            let plugin = sender.as_ref().map(|s| s.plugin.as_str());
+            dead_letter(
+                shared,
+                refusal.reason,
+                &refusal.detail,
+                queue,
+                plugin,
+                delivery,
+            )
+            .await?;
+            return Ok(());
+        }
     };
-    let user = properties.user_id().as_ref().map(|u| u.as_str());
-    // A job a worker deferred carries the worker's user; its plugin travels in a header.
-    let deferred_by_worker = user.is_some() && user == shared.deferral.worker_user.as_deref();
-    let (plugin_owned, deferrals) = match header_text(properties.headers(), HEADER_PLUGIN) {
-        Some(plugin) if deferred_by_worker => (
-            plugin,
-            header_u32(properties.headers(), HEADER_DEFERRALS).unwrap_or(0),
-        ),
-        _ => (user.unwrap_or("").to_owned(), 0),
-    };
-    let plugin = plugin_owned.as_str();
+    let plugin = sender.plugin.as_str();
+    let deferrals = sender.deferrals;
     let policy = match shared.pipeline.identify(Some(plugin)) {
         Ok(policy) => policy,
         Err(error) => {
@@ -361,19 +488,29 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                     claim_left_ms = left.as_millis() as u64,
                     "job in flight elsewhere"
                 );
+                // Counted like every deferral: a copy that never finds the claim free ends
+                // in the dead letters (the holder answers the job).
+                if deferrals >= shared.deferral.max {
+                    let detail = format!(
+                        "job `{}` was still held by another delivery after {deferrals} deferrals",
+                        execution.result.job_id
+                    );
+                    dead_letter(
+                        shared,
+                        "deferrals_exhausted",
+                        &detail,
+                        queue,
+                        Some(plugin),
+                        delivery,
+                    )
+                    .await?;
+                    return Ok(());
+                }
                 let step = shared.deferral.shortest();
-                let queue = shared.deferral.topology.delay_queue(lane, step);
-                let worker_user = shared.deferral.worker_user.as_deref();
+                let delay = shared.deferral.topology.delay_queue(lane, step);
                 shared
                     .publisher
-                    .defer(
-                        &queue,
-                        &delivery.data,
-                        properties,
-                        plugin,
-                        deferrals,
-                        worker_user,
-                    )
+                    .defer(&delay, &delivery.data, properties, plugin, deferrals + 1)
                     .await?;
                 telemetry::claim_conflict(lane);
                 return Ok(());
@@ -388,29 +525,22 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
                 telemetry::redis_error("release_claim", &error);
             }
         };
-        if execution.retry_later {
-            // Never spend without a limit check: back to the queue, after a pause so that a
-            // Redis outage does not turn into a hot loop of redeliveries.
-            release(guard).await;
-            tokio::time::sleep(LIMITER_DOWN_PAUSE).await;
-            return Err(PublishError::Requeue);
-        }
-        if let Some(wait) = execution.defer {
+        // Never spend without a limit check: while Redis does not answer, the job waits in
+        // the shortest delay queue (a requeue would burn the lane's delivery limit and
+        // dead-letter it within seconds), counted like any deferral.
+        let wait = if execution.retry_later {
+            Some(std::time::Duration::ZERO)
+        } else {
+            execution.defer
+        };
+        if let Some(wait) = wait {
             if deferrals < shared.deferral.max {
                 let step = shared.deferral.step_for(wait);
-                let queue = shared.deferral.topology.delay_queue(lane, step);
-                let worker_user = shared.deferral.worker_user.as_deref();
+                let delay = shared.deferral.topology.delay_queue(lane, step);
                 release(guard).await;
                 shared
                     .publisher
-                    .defer(
-                        &queue,
-                        &delivery.data,
-                        properties,
-                        plugin,
-                        deferrals + 1,
-                        worker_user,
-                    )
+                    .defer(&delay, &delivery.data, properties, plugin, deferrals + 1)
                     .await?;
                 telemetry::deferred(lane, step);
                 return Ok(());
@@ -474,22 +604,56 @@ async fn process(shared: &Shared, lane: Lane, delivery: &Delivery) -> Result<(),
     .await
 }
 
-/// Applies a control request for the plugin that published it.
+/// Applies a control request for the plugin that published it (its broker-validated
+/// `user_id`), and answers it at `reply_to` when that is one of the plugin's reply queues. A
+/// request without `reply_to` is applied and not answered; one whose `reply_to` is not the
+/// plugin's is neither.
 async fn control(shared: &Shared, delivery: &Delivery) -> Result<(), PublishError> {
     let properties = &delivery.properties;
-    let reply_to = properties.reply_to().as_ref().map(|s| s.as_str());
+    let queue = shared.deferral.topology.control_queue();
     let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
-    let request: ControlRequest = match serde_json::from_slice(&delivery.data) {
-        Ok(request) => request,
-        Err(error) => {
-            let detail = format!("not a control.v1 message: {error}");
-            let queue = shared.deferral.topology.control_queue();
-            return dead_letter(shared, "undecodable", &detail, &queue, delivery).await;
+    let worker_user = shared.deferral.worker_user.as_deref();
+    let (sender, reply_to) = match reply_address(&shared.deferral.topology, properties, worker_user)
+    {
+        Ok((sender, reply_to)) => (sender, Some(reply_to)),
+        Err((Some(sender), refusal)) if refusal.reason == "missing_reply_to" => (sender, None),
+        Err((sender, refusal)) => {
+            let plugin = sender.as_ref().map(|s| s.plugin.as_str());
+            return dead_letter(
+                shared,
+                refusal.reason,
+                &refusal.detail,
+                &queue,
+                plugin,
+                delivery,
+            )
+            .await;
         }
     };
-    let user = properties.user_id().as_ref().map(|u| u.as_str());
+    let decoded = if delivery.data.len() > MAX_CONTROL_BYTES {
+        Err(format!(
+            "a control request of {} bytes; at most {MAX_CONTROL_BYTES} are read",
+            delivery.data.len()
+        ))
+    } else {
+        serde_json::from_slice::<ControlRequest>(&delivery.data)
+            .map_err(|error| format!("not a control.v1 message: {error}"))
+            .and_then(|request| {
+                request
+                    .check()
+                    .map(|()| request)
+                    .map_err(|e| format!("not a control.v1 message: {e}"))
+            })
+    };
+    let request = match decoded {
+        Ok(request) => request,
+        Err(detail) => {
+            let plugin = Some(sender.plugin.as_str());
+            return dead_letter(shared, "undecodable", &detail, &queue, plugin, delivery).await;
+        }
+    };
     let mut progress = None;
-    let applied = match shared.pipeline.identify(user) {
+    let applied = match shared.pipeline.identify(Some(&sender.plugin)) {
         Err(error) => {
             telemetry::policy_refusal("", &error);
             Err(error)
@@ -556,12 +720,17 @@ async fn expired(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
     ) else {
         return Ok(());
     };
-    let (Some(reply_to), Ok(job)) = (
-        properties.reply_to().as_ref().map(|s| s.as_str()),
-        serde_json::from_slice::<Job>(&delivery.data),
+    // The broker keeps the original's properties when it dead-letters: the same gate as
+    // for a job decides whether its sender can be answered, and where.
+    let worker_user = shared.deferral.worker_user.as_deref();
+    let (Ok((sender, reply_to)), true) = (
+        reply_address(topology, properties, worker_user),
+        delivery.data.len() <= shared.max_message_bytes,
     ) else {
-        // Without a reply address or a readable job there is no one to answer; the dead
-        // queue keeps the original.
+        // No one to answer, or not at that address; the dead queue keeps the original.
+        return Ok(());
+    };
+    let Ok(job) = serde_json::from_slice::<Job>(&delivery.data) else {
         return Ok(());
     };
     let correlation_id = properties.correlation_id().as_ref().map(|s| s.as_str());
@@ -580,9 +749,10 @@ async fn expired(shared: &Shared, delivery: &Delivery) -> Result<(), PublishErro
         .reply(reply_to, correlation_id, &encode(&result))
         .await?;
     telemetry::job_expired(lane.as_str());
+    let policy = shared.pipeline.identify(Some(&sender.plugin)).ok();
     telemetry::job_finished(&telemetry::Finished {
         lane,
-        plugin: "unknown",
+        plugin: policy.as_ref().map_or("unknown", |p| p.name.as_str()),
         model: "none",
         outcome: ErrorCode::DeadlineExceeded.as_str(),
         total: std::time::Duration::ZERO,
@@ -597,6 +767,7 @@ async fn dead_letter(
     reason: &'static str,
     detail: &str,
     queue: &str,
+    plugin: Option<&str>,
     delivery: &Delivery,
 ) -> Result<(), PublishError> {
     let letter = DeadLetter {
@@ -605,6 +776,7 @@ async fn dead_letter(
         queue,
         body: &delivery.data,
         properties: &delivery.properties,
+        plugin,
     };
     shared.publisher.dead_letter(&letter).await
 }

@@ -129,14 +129,7 @@ impl Worker {
                     steps
                 },
                 max: config.limits.max_deferrals,
-                worker_user: config
-                    .amqp
-                    .url
-                    .expose_secret()
-                    .parse::<lapin::uri::AMQPUri>()
-                    .ok()
-                    .map(|uri| uri.authority.userinfo.username)
-                    .filter(|u| !u.is_empty()),
+                worker_user: config.amqp.user(),
             }),
             topology,
             pipeline: Arc::new(pipeline),
@@ -419,12 +412,18 @@ async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
         .await?;
     let shared = Arc::new(Shared {
         pipeline: core.pipeline.clone(),
-        publisher: amqp::Publisher::new(publish_channel, &core.topology, lost.clone()),
+        publisher: amqp::Publisher::new(
+            publish_channel,
+            &core.topology,
+            core.deferral.worker_user.as_deref(),
+            lost.clone(),
+        ),
         store: core.store.clone(),
         lane_queues: Lane::ALL.map(|lane| (lane, core.topology.lane_queue(lane))),
         fatal: core.fatal.clone(),
         deferral: core.deferral.clone(),
         lost: lost.clone(),
+        max_message_bytes: config.worker.max_message_bytes,
     });
 
     let mut streams = Vec::new();

@@ -167,7 +167,9 @@ impl Policy {
             ));
         }
         let mut images = 0usize;
-        let mut bytes = job.instructions.as_deref().map_or(0, str::len);
+        // The schema is sent to the provider (and counted in its tokens) like the input.
+        let mut bytes = job.instructions.as_deref().map_or(0, str::len)
+            + job.json_schema.as_ref().map_or(0, |s| s.as_str().len());
         for part in &job.input {
             match part {
                 InputPart::Text { text } => bytes += text.len(),

@@ -18,7 +18,27 @@ pub const MAX_REPORTED_ERRORS: usize = 20;
 /// 8% of the worker's CPU; docs/benchmarks.md, item 8.) The same schema spaced or ordered
 /// differently is a separate entry; the producer SDK writes schemas one canonical way.
 pub struct SchemaCache {
-    cache: quick_cache::sync::Cache<JsonSchema, Arc<CompiledSchema>>,
+    cache: quick_cache::sync::Cache<JsonSchema, Arc<CompiledSchema>, Weight>,
+    max_nodes: usize,
+}
+
+/// Memory an entry is charged: [`WEIGHT_PER_BYTE`] per byte of its text, plus
+/// [`WEIGHT_PER_ENTRY`]. An estimate (the text twice, the parsed tree, the validator's
+/// nodes), not a measurement: it bounds the cache in proportion to what plugins send.
+#[derive(Debug, Clone, Copy)]
+pub struct Weight;
+
+/// Bytes an entry is charged per byte of its schema's text.
+pub const WEIGHT_PER_BYTE: u64 = 24;
+/// Bytes an entry is charged besides its text.
+pub const WEIGHT_PER_ENTRY: u64 = 4096;
+
+impl quick_cache::Weighter<JsonSchema, Arc<CompiledSchema>> for Weight {
+    fn weight(&self, key: &JsonSchema, _: &Arc<CompiledSchema>) -> u64 {
+        (key.as_str().len() as u64)
+            .saturating_mul(WEIGHT_PER_BYTE)
+            .saturating_add(WEIGHT_PER_ENTRY)
+    }
 }
 
 /// What is derived once per distinct schema and shared by every job that carries it.
@@ -51,29 +71,80 @@ pub struct Violation {
 }
 
 impl SchemaCache {
-    /// A cache holding up to `capacity` validators.
-    pub fn new(capacity: usize) -> Self {
+    /// A cache of about `capacity` validators and at most `bytes` of estimated memory
+    /// ([`Weight`]), for schemas of at most `max_nodes` nodes.
+    pub fn new(capacity: usize, bytes: u64, max_nodes: usize) -> Self {
         Self {
-            cache: quick_cache::sync::Cache::new(capacity),
+            cache: quick_cache::sync::Cache::with_weighter(capacity, bytes, Weight),
+            max_nodes,
         }
     }
 
-    /// `schema` compiled, on first sight; from the cache after.
+    /// `schema` compiled, on first sight; from the cache after. Compiles on the calling
+    /// thread: see [`SchemaCache::get_off_thread`] on an async one.
     pub fn get(&self, schema: &JsonSchema) -> Result<Arc<CompiledSchema>, InvalidSchema> {
         if let Some(compiled) = self.cache.get(schema) {
             return Ok(compiled);
         }
-        let tree = schema
-            .to_value()
-            .map_err(|e| InvalidSchema(e.to_string()))?;
-        let compiled = Arc::new(CompiledSchema {
-            validator: compile(&tree)?,
-            text: JsonSchema::from(&tree),
-            tree,
-        });
+        let compiled = Arc::new(CompiledSchema::build(schema, self.max_nodes)?);
         self.cache.insert(schema.clone(), compiled.clone());
         Ok(compiled)
     }
+
+    /// Like [`SchemaCache::get`], compiling on tokio's blocking pool: a plugin's schema
+    /// may take long to compile, and the async threads serve every other job meanwhile.
+    pub async fn get_off_thread(
+        &self,
+        schema: &JsonSchema,
+    ) -> Result<Arc<CompiledSchema>, InvalidSchema> {
+        if let Some(compiled) = self.cache.get(schema) {
+            return Ok(compiled);
+        }
+        let (text, max_nodes) = (schema.clone(), self.max_nodes);
+        let compiled = tokio::task::spawn_blocking(move || CompiledSchema::build(&text, max_nodes))
+            .await
+            .map_err(|e| InvalidSchema(format!("compiling it failed: {e}")))??;
+        let compiled = Arc::new(compiled);
+        self.cache.insert(schema.clone(), compiled.clone());
+        Ok(compiled)
+    }
+}
+
+impl CompiledSchema {
+    fn build(schema: &JsonSchema, max_nodes: usize) -> Result<Self, InvalidSchema> {
+        let tree = schema
+            .to_value()
+            .map_err(|e| InvalidSchema(e.to_string()))?;
+        if !within_nodes(&tree, max_nodes) {
+            return Err(InvalidSchema(format!(
+                "it has more than {max_nodes} nodes (worker.max_schema_nodes)"
+            )));
+        }
+        Ok(Self {
+            validator: compile(&tree)?,
+            text: JsonSchema::from(&tree),
+            tree,
+        })
+    }
+}
+
+/// Whether `value` has at most `max` nodes (objects, arrays and scalars), counted without
+/// recursion so that a deep value cannot overflow the stack.
+pub fn within_nodes(value: &Value, max: usize) -> bool {
+    let mut stack = vec![value];
+    let mut seen = 0usize;
+    while let Some(node) = stack.pop() {
+        seen += 1;
+        if seen > max {
+            return false;
+        }
+        match node {
+            Value::Object(map) => stack.extend(map.values()),
+            Value::Array(items) => stack.extend(items.iter()),
+            _ => {}
+        }
+    }
+    true
 }
 
 fn compile(schema: &Value) -> Result<Validator, InvalidSchema> {
@@ -102,7 +173,7 @@ mod tests {
 
     #[test]
     fn compiles_once_and_reports_paths() {
-        let cache = SchemaCache::new(8);
+        let cache = SchemaCache::new(8, 1 << 20, 1000);
         let schema = json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}});
         let a = cache.get(&schema.clone().into()).expect("compiles");
         let b = cache.get(&schema.clone().into()).expect("cached");
@@ -141,7 +212,7 @@ mod tests {
 
     #[test]
     fn invalid_and_external_schemas_are_refused() {
-        let cache = SchemaCache::new(8);
+        let cache = SchemaCache::new(8, 1 << 20, 1000);
         assert!(cache.get(&json!({"type": "objekt"}).into()).is_err());
         assert!(
             cache
@@ -158,7 +229,7 @@ mod tests {
 
     #[test]
     fn formats_are_checked() {
-        let cache = SchemaCache::new(8);
+        let cache = SchemaCache::new(8, 1 << 20, 1000);
         let v = cache
             .get(&json!({"type": "string", "format": "date"}).into())
             .expect("compiles");

@@ -337,10 +337,17 @@ fn describe() {
     );
 }
 
+/// The log directive that keeps lapin's returned-message log (which prints the body) off.
+pub const RETURNED_MESSAGES_QUIET: &str = "lapin::returned_messages=error";
+
 /// Installs the global tracing subscriber (the binary calls this once).
 pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+    // lapin logs a message the broker returned (a result whose reply queue is gone) whole,
+    // body included, at WARN: that body is a plugin's extracted data, which never reaches a
+    // log. The worker logs the return itself (`reply_queue_missing`), without the body.
     let filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
-        .map_err(|e| anyhow::anyhow!("log.filter `{}`: {e}", config.filter))?;
+        .map_err(|e| anyhow::anyhow!("log.filter `{}`: {e}", config.filter))?
+        .add_directive(RETURNED_MESSAGES_QUIET.parse()?);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -437,7 +444,13 @@ pub fn provider_attempt(
 
 /// A message was dead-lettered.
 pub fn dead_lettered(reason: &'static str, detail: &str) {
-    tracing::warn!(reason, detail, "message dead-lettered");
+    // A decoding error quotes the message (the plugin's content): its detail stays in the
+    // letter's header, out of the log.
+    if reason == "undecodable" {
+        tracing::warn!(reason, "message dead-lettered");
+    } else {
+        tracing::warn!(reason, detail, "message dead-lettered");
+    }
     counter!(DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
 }
 

@@ -70,6 +70,7 @@ fn request<'a>(
                 .child(),
             Some("quarry=test"),
         )),
+        max_schema_nodes: 10_000,
     }
 }
 

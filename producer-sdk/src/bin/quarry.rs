@@ -47,6 +47,15 @@ struct Cli {
         default_value = "quarry"
     )]
     namespace: String,
+    /// The AMQP user the fleet's workers log in as: results and replies from any other
+    /// user are dropped. `dead-letters redrive` must run as this user.
+    #[arg(
+        long,
+        global = true,
+        env = "QUARRY_WORKER_USER",
+        default_value = quarry_producer::DEFAULT_WORKER_USER
+    )]
+    worker_user: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -209,6 +218,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let options = ClientOptions {
         namespace: cli.namespace.clone(),
         connection_name: "quarry-cli".into(),
+        worker_user: cli.worker_user.clone(),
     };
     Ok(Client::connect_with(&cli.amqp_url, options).await?)
 }
@@ -491,6 +501,7 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
     let options = ClientOptions {
         namespace: cli.namespace.clone(),
         connection_name: "quarry-cli".into(),
+        worker_user: cli.worker_user.clone(),
     };
     let mut client = Client::connect_with(&cli.amqp_url, options.clone()).await?;
     let started = Instant::now();
@@ -701,15 +712,18 @@ async fn dead_letters(cli: &Cli, command: &DeadLetterCommand) -> anyhow::Result<
         seen += 1;
         let reason = reason_of(&letter);
         let queue = queue_of(&letter).unwrap_or_default();
-        let user = header(&letter, HEADER_DEAD_USER)
-            .or_else(|| {
-                letter
-                    .properties
-                    .user_id()
-                    .as_ref()
-                    .map(|u| u.as_str().to_owned())
-            })
-            .unwrap_or_default();
+        // Who the job belongs to, from the broker-validated user_id only: a letter a worker
+        // published (its user_id is the workers') names the plugin in headers the worker
+        // wrote; any other letter was dead-lettered by the broker with the plugin's own
+        // message, whose headers are the plugin's say-so and count for nothing.
+        let sender = letter.properties.user_id().as_ref().map(|u| u.as_str());
+        let user = match sender {
+            Some(worker) if worker == cli.worker_user => header(&letter, HEADER_DEAD_USER)
+                .or_else(|| header(&letter, HEADER_PLUGIN))
+                .unwrap_or_default(),
+            Some(plugin) => plugin.to_owned(),
+            None => String::new(),
+        };
         let job_id = letter
             .properties
             .message_id()
@@ -724,10 +738,20 @@ async fn dead_letters(cli: &Cli, command: &DeadLetterCommand) -> anyhow::Result<
         let lane = Lane::ALL
             .into_iter()
             .find(|&l| queue == topology.lane_queue(l));
-        let (Some(lane), true) = (lane, only.as_deref().is_none_or(|r| r == reason)) else {
+        let (Some(lane), true, false) = (
+            lane,
+            only.as_deref().is_none_or(|r| r == reason),
+            user.is_empty(),
+        ) else {
             skipped += 1;
             continue;
         };
+        anyhow::ensure!(
+            login == cli.worker_user,
+            "dead-letters redrive must run as the fleet's worker user `{}` (the login is `{login}`): \
+             workers take a re-driven job's plugin only from their own user's messages",
+            cli.worker_user
+        );
         // The job goes back to its lane under the login's user_id; the worker trusts the
         // plugin header only from its own user, so the plugin is kept when this runs as the
         // workers' user.

@@ -346,6 +346,7 @@ base_url = "{fake}"
         let options = ClientOptions {
             namespace: self.namespace.clone(),
             connection_name: "quarry-test".into(),
+            ..ClientOptions::default()
         };
         Client::connect_with(&amqp_url(), options)
             .await
@@ -407,19 +408,12 @@ base_url = "{fake}"
         out
     }
 
-    /// Declares a classic, auto-deleting reply queue for hand-made publishes.
+    /// Declares a classic reply queue of `guest` (the plugin hand-made publishes are from)
+    /// for hand-made publishes, bound to the results exchange as the SDKs bind theirs.
     pub async fn reply_queue(&self) -> String {
-        let name = unique(&format!("{}.test-replies", self.namespace));
-        let options = QueueDeclareOptions {
-            auto_delete: false,
-            durable: false,
-            ..QueueDeclareOptions::default()
-        };
-        self.channel()
-            .await
-            .queue_declare(name.as_str().into(), options, FieldTable::default())
-            .await
-            .expect("declare");
+        let topology = self.topology();
+        let name = unique(&topology.reply_prefix("guest"));
+        bind_reply_queue(&self.channel().await, &topology, &name).await;
         name
     }
 
@@ -447,6 +441,8 @@ base_url = "{fake}"
             topology.jobs_exchange(),
             topology.dead_exchange(),
             topology.control_exchange(),
+            topology.results_exchange(),
+            topology.delay_exchange(),
         ] {
             let _ = channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
@@ -467,6 +463,42 @@ base_url = "{fake}"
             }
         }
     }
+}
+
+/// Declares `queue` (classic, not durable) and binds it to the results exchange under its
+/// own name, declaring the exchange as workers do when none has yet.
+pub async fn bind_reply_queue(channel: &Channel, topology: &Topology, queue: &str) {
+    let durable = lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            topology.results_exchange().as_str().into(),
+            lapin::ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the results exchange");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .queue_bind(
+            queue.into(),
+            topology.results_exchange().as_str().into(),
+            queue.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the reply queue");
 }
 
 /// A `redis-server` of the caller's own, without persistence, for tests that stop and restart

@@ -371,15 +371,25 @@ async fn malformed_messages_reach_the_dead_letter_queue() {
     // 3. A valid job without reply_to: its result would have nowhere to go.
     publish(valid_job("m-noreply"), base("m-noreply")).await;
     // 4. A valid job whose reply queue does not exist: the result itself is dead-lettered.
+    let gone = format!("{}no-such-queue", topology.reply_prefix("guest"));
     publish(
         valid_job("m-gone"),
         base("m-gone")
-            .with_reply_to("no-such-queue-anywhere".into())
+            .with_reply_to(gone.as_str().into())
             .with_correlation_id("m-gone".into()),
     )
     .await;
+    // 5. A valid job whose reply_to is not one of its plugin's reply queues: refused,
+    //    nothing published there.
+    publish(
+        valid_job("m-foreign"),
+        base("m-foreign")
+            .with_reply_to("no-such-queue-anywhere".into())
+            .with_correlation_id("m-foreign".into()),
+    )
+    .await;
 
-    let letters = fleet.take(&topology.dead_queue(), 4, 30).await;
+    let letters = fleet.take(&topology.dead_queue(), 5, 30).await;
     let mut reasons: HashMap<String, String> = HashMap::new();
     for letter in &letters {
         let id = letter
@@ -410,6 +420,11 @@ async fn malformed_messages_reach_the_dead_letter_queue() {
     );
     assert!(
         reasons.values().any(|r| r == "reply_queue_missing"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.get("m-foreign").map(String::as_str),
+        Some("reply_to_refused"),
         "{reasons:?}"
     );
     let garbage = letters

@@ -84,7 +84,7 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
     jobs.push(job("[[fake:rate_limit]] receipt, total 4"));
     jobs.push(job("[[fake:server_error*5]] receipt, total 5"));
     let mut slow = job("[[fake:timeout]] receipt, total 6");
-    slow.timeout_ms = Some(300);
+    slow.timeout_ms = Some(quarry_schemas::job::limits::MIN_TIMEOUT_MS);
     jobs.push(slow);
     let mut broken = job("[[fake:invalid_json]] receipt, total 7");
     broken.json_schema = Some(schema().into());
@@ -144,6 +144,7 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
         (
             b"{not json".to_vec(),
             BasicProperties::default()
+                .with_user_id("guest".into())
                 .with_reply_to(replies.as_str().into())
                 .with_correlation_id("garbage".into()),
         ),
@@ -155,7 +156,14 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
             serde_json::to_vec(&stray).unwrap(),
             BasicProperties::default()
                 .with_user_id("guest".into())
-                .with_reply_to("no-such-reply-queue".into()),
+                .with_reply_to(
+                    format!(
+                        "{}no-such-reply-queue",
+                        fleet.topology().reply_prefix("guest")
+                    )
+                    .as_str()
+                    .into(),
+                ),
         ),
     ] {
         channel

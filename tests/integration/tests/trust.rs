@@ -43,10 +43,11 @@ fn refusal(result: &JobResult) -> (ErrorCode, String) {
     (error.code, rule)
 }
 
-async fn client_as(fleet: &Fleet, user: &str, password: &str) -> Client {
+async fn client_as(fleet: &Fleet, user: &str, password: &str, worker_user: &str) -> Client {
     let options = ClientOptions {
         namespace: fleet.namespace.clone(),
         connection_name: format!("quarry-test-{user}"),
+        worker_user: worker_user.to_owned(),
     };
     Client::connect_with(&amqp_url_as(user, password), options)
         .await
@@ -96,9 +97,9 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
     ]);
     let worker = fleet.spawn_task_worker(config).await;
 
-    let alpha_client = client_as(&fleet, &alpha, &password).await;
-    let beta_client = client_as(&fleet, &beta, &password).await;
-    let stranger_client = client_as(&fleet, &stranger, &password).await;
+    let alpha_client = client_as(&fleet, &alpha, &password, &worker_user).await;
+    let beta_client = client_as(&fleet, &beta, &password, &worker_user).await;
+    let stranger_client = client_as(&fleet, &stranger, &password, &worker_user).await;
     let call = CallOptions::default();
 
     // Granted work runs; each plugin's policy holds.
@@ -134,7 +135,8 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
         (ErrorCode::NotAuthorized, "identity".into())
     );
 
-    // A job without user_id (published by hand, as guest) is refused too.
+    // A job without user_id (published by hand, as guest): nothing vouches for its sender,
+    // so it is not answered at all (not even with a refusal), only dead-lettered.
     let topology = fleet.topology();
     let replies = fleet.reply_queue().await;
     let guest = fleet.channel().await;
@@ -147,6 +149,7 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
             BasicPublishOptions::default(),
             &serde_json::to_vec(&anonymous).unwrap(),
             BasicProperties::default()
+                .with_message_id(anonymous.id.as_str().into())
                 .with_reply_to(replies.as_str().into())
                 .with_correlation_id(anonymous.id.as_str().into()),
         )
@@ -154,12 +157,30 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
         .unwrap()
         .await
         .unwrap();
-    let answer = fleet.take(&replies, 1, 60).await;
-    let answer: JobResult = serde_json::from_slice(&answer[0].data).unwrap();
-    assert_eq!(answer.job_id, anonymous.id);
+    let letter = fleet.take(&topology.dead_queue(), 1, 60).await;
     assert_eq!(
-        refusal(&answer),
-        (ErrorCode::NotAuthorized, "identity".into())
+        quarry_worker::amqp::publisher::header_text(
+            letter[0].properties.headers(),
+            quarry_schemas::wire::HEADER_DEAD_REASON
+        )
+        .as_deref(),
+        Some("no_user_id")
+    );
+    let unanswered = guest
+        .queue_declare(
+            replies.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unanswered.message_count(),
+        0,
+        "nothing went to its reply_to"
     );
 
     // The broker keeps plugins apart: alpha cannot publish as beta, read or make beta's

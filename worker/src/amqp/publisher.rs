@@ -10,7 +10,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
-    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_CONTROL, MESSAGE_TYPE_RESULT, Topology,
+    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_CONTROL, MESSAGE_TYPE_RESULT, PLUGIN_HEADERS,
+    Topology,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -61,31 +62,50 @@ pub struct DeadLetter<'a> {
     pub queue: &'a str,
     /// The original body.
     pub body: &'a [u8],
-    /// The original properties (headers are extended, not replaced).
+    /// The original properties: its identification and reply address are kept, and of its
+    /// headers only [`PLUGIN_HEADERS`].
     pub properties: &'a BasicProperties,
+    /// The plugin that sent it, as the worker identified it (its broker-validated `user_id`,
+    /// or the plugin a worker deferred it for); `None` when it is not known.
+    pub plugin: Option<&'a str>,
 }
 
 /// Result and dead-letter publisher.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
-    dead_exchange: String,
+    dead_exchange: ShortString,
+    results_exchange: ShortString,
+    delay_exchange: ShortString,
+    /// The worker's own AMQP user, set as `user_id` on everything it publishes, so that a
+    /// consumer can tell a worker's message from a plugin's (the broker validates it).
+    worker_user: Option<ShortString>,
     lost: CancellationToken,
 }
 
 impl Publisher {
     /// A publisher on a channel already in confirm mode. Cancelling `lost` (the connection
     /// is gone) fails every publish still waiting at once.
-    pub fn new(channel: Channel, topology: &Topology, lost: CancellationToken) -> Self {
+    pub fn new(
+        channel: Channel,
+        topology: &Topology,
+        worker_user: Option<&str>,
+        lost: CancellationToken,
+    ) -> Self {
         Self {
             channel,
-            dead_exchange: topology.dead_exchange(),
+            dead_exchange: topology.dead_exchange().into(),
+            results_exchange: topology.results_exchange().into(),
+            delay_exchange: topology.delay_exchange().into(),
+            worker_user: worker_user.map(ShortString::from),
             lost,
         }
     }
 
-    /// Publishes a result to `reply_to` (default exchange, mandatory, persistent) and waits
-    /// for its confirm. An unroutable result is dead-lettered so that it is not lost.
+    /// Publishes a result to `reply_to` through the results exchange (mandatory,
+    /// persistent, `user_id` the worker's) and waits for its confirm. The caller has checked
+    /// that `reply_to` is a reply queue of the job's plugin. An unroutable result is
+    /// dead-lettered so that it is not lost.
     pub async fn reply(
         &self,
         reply_to: &str,
@@ -121,6 +141,9 @@ impl Publisher {
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id.into());
         }
+        if let Some(user) = &self.worker_user {
+            properties = properties.with_user_id(user.clone());
+        }
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -128,8 +151,13 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_result",
-            self.channel
-                .basic_publish("".into(), reply_to.into(), options, body, properties),
+            self.channel.basic_publish(
+                self.results_exchange.clone(),
+                reply_to.into(),
+                options,
+                body,
+                properties,
+            ),
         )
         .await?;
         match confirm {
@@ -157,6 +185,7 @@ impl Publisher {
             queue: reply_to,
             body: &returned.delivery.data,
             properties: &returned.delivery.properties,
+            plugin: None,
         })
         .await
     }
@@ -164,19 +193,24 @@ impl Publisher {
     /// Publishes a message to the dead-letter exchange with the reason in its headers, and
     /// waits for the confirm.
     pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), PublishError> {
-        let mut headers = letter.properties.headers().clone().unwrap_or_default();
+        let mut headers = plugin_headers(letter.properties);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         headers.insert(ShortString::from(HEADER_DEAD_REASON), text(letter.reason));
         let detail: String = letter.detail.chars().take(MAX_DETAIL).collect();
         headers.insert(ShortString::from(HEADER_DEAD_DETAIL), text(&detail));
         headers.insert(ShortString::from(HEADER_DEAD_QUEUE), text(letter.queue));
         // Fresh properties: the original `user_id` is the plugin's, and the broker refuses a
-        // publish whose `user_id` is not the publishing connection's user. It moves to a header.
+        // publish whose `user_id` is not the publishing connection's user. The plugin the
+        // worker identified moves to a header, trusted because the letter carries the
+        // worker's own `user_id`.
         let original = letter.properties;
-        if let Some(user) = original.user_id() {
-            headers.insert(ShortString::from(HEADER_DEAD_USER), text(user.as_str()));
+        if let Some(plugin) = letter.plugin {
+            headers.insert(ShortString::from(HEADER_DEAD_USER), text(plugin));
         }
         let mut properties = republished(original, headers);
+        if let Some(user) = &self.worker_user {
+            properties = properties.with_user_id(user.clone());
+        }
         if let Some(v) = original.timestamp() {
             properties = properties.with_timestamp(*v);
         }
@@ -184,7 +218,7 @@ impl Publisher {
             &self.lost,
             "publish_dead_letter",
             self.channel.basic_publish(
-                self.dead_exchange.as_str().into(),
+                self.dead_exchange.clone(),
                 "".into(),
                 BasicPublishOptions::default(),
                 letter.body,
@@ -203,9 +237,10 @@ impl Publisher {
 }
 
 impl Publisher {
-    /// Republishes a job to a delay queue (persistent, mandatory, confirmed), recording the
-    /// plugin and the deferral count in headers. The worker's own `user_id` goes on it, so the
-    /// plugin header can be trusted when the job comes back.
+    /// Republishes a job to a delay queue through the delay exchange (persistent,
+    /// mandatory, confirmed), recording the plugin and the deferral count in headers; of the
+    /// original's headers only [`PLUGIN_HEADERS`] travel on. The worker's own `user_id` goes
+    /// on it, so the plugin header can be trusted when the job comes back.
     pub async fn defer(
         &self,
         queue: &str,
@@ -213,9 +248,8 @@ impl Publisher {
         original: &BasicProperties,
         plugin: &str,
         deferrals: u32,
-        worker_user: Option<&str>,
     ) -> Result<(), PublishError> {
-        let mut headers = original.headers().clone().unwrap_or_default();
+        let mut headers = plugin_headers(original);
         headers.insert(
             ShortString::from(HEADER_PLUGIN),
             AMQPValue::LongString(LongString::from(plugin)),
@@ -225,8 +259,8 @@ impl Publisher {
             AMQPValue::LongUInt(deferrals),
         );
         let mut properties = republished(original, headers);
-        if let Some(user) = worker_user {
-            properties = properties.with_user_id(user.into());
+        if let Some(user) = &self.worker_user {
+            properties = properties.with_user_id(user.clone());
         }
         let options = BasicPublishOptions {
             mandatory: true,
@@ -235,8 +269,13 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_deferred",
-            self.channel
-                .basic_publish("".into(), queue.into(), options, body, properties),
+            self.channel.basic_publish(
+                self.delay_exchange.clone(),
+                queue.into(),
+                options,
+                body,
+                properties,
+            ),
         )
         .await?;
         match confirm {
@@ -269,6 +308,19 @@ fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperti
         properties = properties.with_type(v.clone());
     }
     properties
+}
+
+/// The headers of `original` that a plugin may set ([`PLUGIN_HEADERS`]), and no other.
+fn plugin_headers(original: &BasicProperties) -> FieldTable {
+    let mut kept = FieldTable::default();
+    if let Some(headers) = original.headers() {
+        for (name, value) in headers.inner() {
+            if PLUGIN_HEADERS.contains(&name.as_str()) {
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    kept
 }
 
 /// Reads a header as a number.

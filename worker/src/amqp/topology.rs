@@ -5,8 +5,13 @@
 //! {ns}.dead (fanout) --------> {ns}.dead         quorum
 //!                    --------> {ns}.expired      quorum: workers answer expired jobs
 //! {ns}.control (fanout) -----> {ns}.control      quorum: control requests (cancel a batch)
-//! {ns}.delay.{lane}.{secs}s     classic, x-message-ttl, dead-letters back to {ns}.jobs/{lane}
+//! {ns}.results (topic) --reply_to--> reply queues the SDKs bind with their own name
+//! {ns}.delay (direct) --queue name--> {ns}.delay.{lane}.{secs}s
+//!                                classic, x-message-ttl, dead-letters back to {ns}.jobs/{lane}
 //! ```
+//! Workers publish only to these exchanges, never through the default exchange: a result can
+//! reach only a queue bound to `{ns}.results`, and broker topic permissions let each plugin
+//! bind only names under its own `{ns}.replies.{plugin}.` (`deploy/rabbitmq/quarry-user`).
 //! Declaring an existing queue with other arguments fails with PRECONDITION_FAILED: all
 //! workers of one namespace must agree on `amqp.delivery_limit`.
 
@@ -38,6 +43,23 @@ pub async fn declare(
         .exchange_declare(
             topology.dead_exchange().into(),
             ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
+        .exchange_declare(
+            topology.results_exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            topology.delay_exchange().into(),
+            ExchangeKind::Direct,
             durable,
             FieldTable::default(),
         )
@@ -150,8 +172,18 @@ pub async fn declare(
                 ShortString::from("x-dead-letter-routing-key"),
                 AMQPValue::LongString(LongString::from(lane.as_str())),
             );
+            let queue = topology.delay_queue(lane, secs);
             channel
-                .queue_declare(topology.delay_queue(lane, secs).into(), queue_options, args)
+                .queue_declare(queue.as_str().into(), queue_options, args)
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    topology.delay_exchange().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
     }

@@ -28,6 +28,9 @@ pub(super) struct KeyEntry {
     /// The secret.
     pub secret: Option<SecretString>,
     limits: Limits,
+    /// Structured credential failures of this key in a row, in this worker (reset by a
+    /// success): the key leaves rotation at `limits.disable_key_after`.
+    pub auth_failures: std::sync::atomic::AtomicU32,
 }
 
 /// A provider's key pool and per-model limits.
@@ -49,6 +52,7 @@ impl Keys {
                 candidate: format!("{provider}/default"),
                 secret: None,
                 limits: Limits::default(),
+                auth_failures: Default::default(),
             };
             let keys = Self {
                 keys: vec![key],
@@ -74,6 +78,7 @@ impl Keys {
                     label: key.name,
                     secret: key.secret,
                     limits: key.limits,
+                    auth_failures: Default::default(),
                 });
         }
         out
@@ -137,6 +142,10 @@ impl Admission {
     /// most `limits.max_inline_wait_ms` at a time and never past the deadline. A pending
     /// `claim` travels with the first reservation (one round trip for both); one that the
     /// limits do not need stays pending.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one attempt's inputs; the admission redesign (issue 19) groups them"
+    )]
     pub(super) async fn admit(
         &self,
         provider: &str,
@@ -145,6 +154,7 @@ impl Admission {
         request: &ProviderRequest<'_>,
         deadline: Option<Instant>,
         claim: &mut ClaimState<'_>,
+        refused_keys: &[usize],
     ) -> Result<Admitted, Refused> {
         let quota = self.quotas.get(plugin).copied().unwrap_or_default();
         let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota)) else {
@@ -164,9 +174,13 @@ impl Admission {
             .get(request.model)
             .copied()
             .unwrap_or_default();
-        let candidates: Vec<Candidate> = keys
-            .keys
+        // Keys that refused this job's credential already are not offered it again.
+        let offered: Vec<usize> = (0..keys.keys.len())
+            .filter(|i| !refused_keys.contains(i))
+            .collect();
+        let candidates: Vec<Candidate> = offered
             .iter()
+            .filter_map(|&i| keys.keys.get(i))
             .map(|key| {
                 let mut charges = charges_for(&key.candidate, key.limits, estimate, lease, window);
                 charges.extend(charges_for(
@@ -222,7 +236,7 @@ impl Admission {
                     telemetry::limiter_decision(provider, "granted");
                     telemetry::tokens_reserved(provider, estimate);
                     return Ok(Admitted {
-                        key: candidate,
+                        key: offered.get(candidate).copied().unwrap_or(candidate),
                         reservation: Some(reservation),
                         reserved_tokens: estimate,
                     });
@@ -280,13 +294,20 @@ impl Admission {
         Some(Settlement::new(limiter.clone(), reservation, actual_tokens))
     }
 
-    /// Settles an attempt now: tokens reconciled with `actual_tokens`, leases released.
-    pub(super) async fn settle(&self, provider: &str, admitted: &Admitted, actual_tokens: u64) {
+    /// Settles an attempt now: tokens reconciled with `actual_tokens` (`None`: the
+    /// reservation stands), leases released.
+    pub(super) async fn settle(
+        &self,
+        provider: &str,
+        admitted: &Admitted,
+        actual_tokens: Option<u64>,
+    ) {
         let (Some(limiter), Some(reservation)) = (&self.limiter, &admitted.reservation) else {
             return;
         };
-        telemetry::tokens_actual(provider, actual_tokens, admitted.reserved_tokens);
-        if let Err(error) = limiter.finish(reservation, Some(actual_tokens)).await {
+        let charged = actual_tokens.unwrap_or(admitted.reserved_tokens);
+        telemetry::tokens_actual(provider, charged, admitted.reserved_tokens);
+        if let Err(error) = limiter.finish(reservation, actual_tokens).await {
             // The reservation expires by itself; only the reconciliation is lost.
             telemetry::redis_error("limiter_finish", &error);
         }
@@ -339,7 +360,8 @@ impl Admission {
         }
     }
 
-    /// Acts on a failed attempt: a 429 cools the key down, a rejected key leaves rotation.
+    /// Acts on a failed attempt: a 429 cools the key down, a key the provider rejected
+    /// `limits.disable_key_after` times in a row leaves rotation.
     pub(super) async fn after_failure(
         &self,
         provider: &str,
@@ -357,6 +379,17 @@ impl Admission {
                 limiter.cool_down(&key.candidate, period).await
             }
             (_, Disposition::RotateKey) => {
+                // One refusal may be the provider's hiccup: the key leaves rotation only
+                // after `disable_key_after` in a row.
+                let in_a_row = key
+                    .auth_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .saturating_add(1);
+                if in_a_row < self.config.disable_key_after.max(1) {
+                    return;
+                }
+                key.auth_failures
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 telemetry::key_disabled(provider, &key.label, error.code);
                 limiter
                     .disable(

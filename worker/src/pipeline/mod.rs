@@ -75,6 +75,8 @@ pub struct Pipeline {
     prices: PriceTable,
     admission: Admission,
     policies: Policies,
+    max_schema_bytes: usize,
+    max_schema_nodes: usize,
 }
 
 /// A finished job: its result and the time spent waiting on providers.
@@ -195,7 +197,13 @@ impl Pipeline {
                 .iter()
                 .map(|(k, r)| (k.clone(), Route::targets(r)))
                 .collect(),
-            schemas: SchemaCache::new(SCHEMA_CACHE_CAPACITY),
+            schemas: SchemaCache::new(
+                SCHEMA_CACHE_CAPACITY,
+                u64::try_from(config.worker.schema_cache_bytes).unwrap_or(u64::MAX),
+                config.worker.max_schema_nodes,
+            ),
+            max_schema_bytes: config.worker.max_schema_bytes,
+            max_schema_nodes: config.worker.max_schema_nodes,
             retry: RetryPolicy::from_config(&config.worker),
             repair_attempts: config.worker.repair_attempts,
             images: ImageLimits {
@@ -359,12 +367,26 @@ impl Pipeline {
         }
         // 3. schema
         let compiled = match &job.json_schema {
-            Some(schema) => Some(self.schemas.get(schema).map_err(|InvalidSchema(e)| {
-                ErrorInfo::new(
+            Some(schema) if schema.as_str().len() > self.max_schema_bytes => {
+                return Err(ErrorInfo::new(
                     ErrorCode::InvalidRequest,
-                    format!("json_schema is not a valid JSON Schema: {e}"),
+                    format!(
+                        "json_schema is {} bytes; this fleet takes schemas of at most {} \
+                         (worker.max_schema_bytes)",
+                        schema.as_str().len(),
+                        self.max_schema_bytes
+                    ),
                 )
-            })?),
+                .into());
+            }
+            Some(schema) => Some(self.schemas.get_off_thread(schema).await.map_err(
+                |InvalidSchema(e)| {
+                    ErrorInfo::new(
+                        ErrorCode::InvalidRequest,
+                        format!("json_schema is not a valid JSON Schema: {e}"),
+                    )
+                },
+            )?),
             None => None,
         };
         // 4. route
@@ -520,6 +542,7 @@ impl Pipeline {
                 api_key: None,
                 repairs: &repairs,
                 trace: None,
+                max_schema_nodes: self.max_schema_nodes,
             };
             let response = self
                 .call_with_retry(leg, request, deadline, tally)
@@ -583,6 +606,8 @@ impl Pipeline {
         let per_attempt = request.timeout;
         let mut attempts_here = 0u32;
         let mut rotations = 0usize;
+        // Keys whose credential was refused during this job: the next attempt uses another.
+        let mut refused_keys: Vec<usize> = Vec::new();
         loop {
             let left = remaining(deadline);
             if left == Some(Duration::ZERO) {
@@ -607,6 +632,7 @@ impl Pipeline {
                     &request,
                     deadline,
                     &mut tally.claim,
+                    &refused_keys,
                 )
                 .await
             {
@@ -633,7 +659,7 @@ impl Pipeline {
                     return Err(ProviderError::retry(
                         ErrorCode::Internal,
                         None,
-                        "the limiter is unavailable; the job returns to its queue",
+                        "the limits could not be checked (Redis did not answer)",
                     ));
                 }
             };
@@ -651,6 +677,10 @@ impl Pipeline {
             tally.provider_time += elapsed;
             let error = match outcome {
                 Ok(response) => {
+                    if let Some(key) = leg.keys.keys.get(admitted.key) {
+                        key.auth_failures
+                            .store(0, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tally.settlement = self.admission.defer(
                         &target.provider,
                         admitted,
@@ -674,7 +704,11 @@ impl Pipeline {
                 }
                 Err(error) => error,
             };
-            self.admission.settle(&target.provider, &admitted, 0).await;
+            // The provider bills attempts that fail (timeouts, refusals, broken answers) and
+            // reported nothing here: the attempt keeps what it reserved.
+            self.admission
+                .settle(&target.provider, &admitted, None)
+                .await;
             self.admission
                 .after_failure(&target.provider, leg.keys, &admitted, &error)
                 .await;
@@ -692,9 +726,10 @@ impl Pipeline {
             // Another key may serve at once: the rejected one is out of rotation now.
             if error.disposition == Disposition::RotateKey
                 && leg.keys.keys.len() > 1
-                && rotations < leg.keys.keys.len()
+                && rotations + 1 < leg.keys.keys.len()
             {
                 rotations += 1;
+                refused_keys.push(admitted.key);
                 attempts_here -= 1;
                 continue;
             }

@@ -183,9 +183,12 @@ impl Anthropic {
             .unwrap_or_else(|| body_text(&raw.body));
         let after = ratelimit::retry_after(&raw.headers);
         let (code, disposition) = match (raw.status.as_u16(), kind) {
-            (401 | 403, _) | (_, "authentication_error" | "permission_error") => {
+            // Only the API's own error type condemns the key: a 401 page from a proxy or a
+            // gateway in between is retried with the key kept in rotation.
+            (_, "authentication_error" | "permission_error") => {
                 (ErrorCode::AuthFailed, Disposition::RotateKey)
             }
+            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::Retry { after }),
             (402, _) | (_, "billing_error") => {
                 (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
             }

@@ -108,7 +108,10 @@ impl Gemini {
         &self,
         request: &ProviderRequest<'_>,
     ) -> Result<ProviderResponse, ProviderError> {
-        let schema = request.json_schema.map(|(_, s)| gemini_schema(s));
+        let schema = request
+            .json_schema
+            .map(|(_, s)| gemini_schema(s, request.max_schema_nodes))
+            .transpose()?;
         let body = serde_json::to_vec(&self.body(request, schema))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let url = format!("{}/models/{}:generateContent", self.base_url, request.model);
@@ -180,18 +183,25 @@ impl Gemini {
             .and_then(Value::as_str)
             .map_or_else(|| body_text(&raw.body), str::to_owned);
         // Google reports a bad key as 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
-        let bad_key = error
-            .as_ref()
-            .is_some_and(|e| e.to_string().contains("API_KEY_INVALID"));
+        let bad_key = error.as_ref().is_some_and(|e| {
+            e.get("details")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"))
+        });
         let after = error
             .as_ref()
             .and_then(ratelimit::google_retry_info)
             .or_else(|| ratelimit::retry_after(&raw.headers));
         let (code, disposition) = match (raw.status.as_u16(), status) {
+            // Only the API's own error status condemns the key: a 401 page from a proxy or
+            // a gateway in between is retried with the key kept in rotation.
             (_, _) if bad_key => (ErrorCode::AuthFailed, Disposition::RotateKey),
-            (401 | 403, _) | (_, "UNAUTHENTICATED" | "PERMISSION_DENIED") => {
+            (_, "UNAUTHENTICATED" | "PERMISSION_DENIED") => {
                 (ErrorCode::AuthFailed, Disposition::RotateKey)
             }
+            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::Retry { after }),
             (404, _) | (_, "NOT_FOUND") => (ErrorCode::ModelUnavailable, Disposition::Permanent),
             (429, _) | (_, "RESOURCE_EXHAUSTED") => {
                 (ErrorCode::RateLimited, Disposition::Retry { after })
@@ -232,12 +242,31 @@ impl Provider for Gemini {
     }
 }
 
-/// The job's JSON Schema rewritten into Gemini's `responseSchema` subset.
-pub fn gemini_schema(schema: &Value) -> Value {
-    convert(schema, schema, 0)
+/// The job's JSON Schema rewritten into Gemini's `responseSchema` subset, in at most
+/// `max_nodes` schema nodes: inlining `$ref`s can grow a small schema exponentially (ten
+/// properties that each point back at the root, sixteen levels deep), so the rewrite stops
+/// at the budget and the job ends `INVALID_REQUEST` instead of taking the worker's memory.
+pub fn gemini_schema(schema: &Value, max_nodes: usize) -> Result<Value, ProviderError> {
+    let budget = std::cell::Cell::new(max_nodes.saturating_add(1));
+    let converted = convert(schema, schema, 0, &budget);
+    if budget.get() == 0 {
+        return Err(ProviderError::permanent(
+            ErrorCode::InvalidRequest,
+            format!(
+                "json_schema grows past {max_nodes} schema nodes when its $refs are inlined \
+                 for Gemini (worker.max_schema_nodes)"
+            ),
+        ));
+    }
+    Ok(converted)
 }
 
-fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
+fn convert(schema: &Value, root: &Value, depth: usize, budget: &std::cell::Cell<usize>) -> Value {
+    // Every node spends one; a spent budget stops the rewrite (the caller refuses the job).
+    match budget.get() {
+        0 => return Value::Null,
+        left => budget.set(left - 1),
+    }
     let Some(map) = schema.as_object() else {
         return json!({"type": "string"});
     };
@@ -250,12 +279,12 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
         .and_then(|r| r.strip_prefix('#'))
         .and_then(|p| root.pointer(p))
     {
-        return convert(target, root, depth + 1);
+        return convert(target, root, depth + 1, budget);
     }
     let mut merged = map.clone();
     if let Some(Value::Array(parts)) = map.get("allOf") {
         for part in parts {
-            let resolved = convert(part, root, depth + 1);
+            let resolved = convert(part, root, depth + 1, budget);
             if let Some(part) = resolved.as_object() {
                 merge_into(&mut merged, part);
             }
@@ -296,13 +325,13 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
                 if let Some(props) = value.as_object() {
                     let converted: Map<String, Value> = props
                         .iter()
-                        .map(|(k, v)| (k.clone(), convert(v, root, depth + 1)))
+                        .map(|(k, v)| (k.clone(), convert(v, root, depth + 1, budget)))
                         .collect();
                     out.insert("properties".into(), Value::Object(converted));
                 }
             }
             "items" => {
-                out.insert("items".into(), convert(value, root, depth + 1));
+                out.insert("items".into(), convert(value, root, depth + 1, budget));
             }
             "anyOf" | "oneOf" => {
                 if let Some(options) = value.as_array() {
@@ -310,8 +339,10 @@ fn convert(schema: &Value, root: &Value, depth: usize) -> Value {
                         .iter()
                         .partition(|o| o.get("type").and_then(Value::as_str) == Some("null"));
                     nullable |= !nulls.is_empty();
-                    let converted: Vec<Value> =
-                        others.iter().map(|o| convert(o, root, depth + 1)).collect();
+                    let converted: Vec<Value> = others
+                        .iter()
+                        .map(|o| convert(o, root, depth + 1, budget))
+                        .collect();
                     match converted.len() {
                         0 => {}
                         1 => {
@@ -552,7 +583,7 @@ mod tests {
             },
             "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}
         });
-        let g = gemini_schema(&schema);
+        let g = gemini_schema(&schema, 10_000).expect("within the budget");
         assert_eq!(
             g,
             json!({

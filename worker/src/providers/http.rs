@@ -58,8 +58,13 @@ impl HttpClient {
             name: name.to_owned(),
             reason,
         };
+        register_secrets(config.key_pool().iter().filter_map(|k| k.secret.as_ref()));
+        register_secrets(config.headers.values());
         let mut headers = HeaderMap::new();
-        let configured = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let configured = config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose_secret()));
         for (key, value) in extra.iter().copied().chain(configured) {
             let key = HeaderName::from_bytes(key.as_bytes())
                 .map_err(|e| error(format!("header `{key}`: {e}")))?;
@@ -130,15 +135,39 @@ impl HttpClient {
     }
 }
 
-/// Removes the key from provider-supplied text, should a provider echo it, and bounds it.
-pub fn scrub(text: &str, key: Option<&SecretString>) -> String {
-    let text = truncate(text, MAX_ERROR_TEXT);
-    match key {
-        Some(key) if !key.expose_secret().is_empty() => {
-            text.replace(key.expose_secret(), "[redacted]")
+/// Every secret this process holds for providers (each key of each pool, each configured
+/// header value), registered when providers are built: provider text is scrubbed of all of
+/// them, not only of the attempt's own key (a gateway may echo any credential it saw).
+static SECRETS: std::sync::RwLock<Vec<SecretString>> = std::sync::RwLock::new(Vec::new());
+
+/// Adds secrets to what [`scrub`] removes. Idempotent for a secret already held.
+pub fn register_secrets<'a>(secrets: impl IntoIterator<Item = &'a SecretString>) {
+    let mut held = SECRETS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for secret in secrets {
+        let text = secret.expose_secret();
+        if !text.is_empty() && !held.iter().any(|h| h.expose_secret() == text) {
+            held.push(secret.clone());
         }
-        _ => text.to_owned(),
     }
+}
+
+/// Removes every secret (the attempt's `key` and all [`register_secrets`] holds) from
+/// provider-supplied text, should a provider echo one, and then bounds it: redacting first,
+/// so that no key cut at the bound leaves its prefix behind.
+pub fn scrub(text: &str, key: Option<&SecretString>) -> String {
+    let mut out = text.to_owned();
+    let held = SECRETS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for secret in key.into_iter().chain(held.iter()) {
+        let secret = secret.expose_secret();
+        if !secret.is_empty() && out.contains(secret) {
+            out = out.replace(secret, "[redacted]");
+        }
+    }
+    truncate(&out, MAX_ERROR_TEXT).to_owned()
 }
 
 /// The error for a classified failure answer. A credential failure's text is not copied
@@ -175,12 +204,13 @@ pub fn transport_error(error: reqwest::Error) -> ProviderError {
     ProviderError::retry(code, None, error.without_url().to_string())
 }
 
-/// A 2xx answer whose body is not what the wire format promises.
+/// A 2xx answer whose body is not what the wire format promises. The parser's text may
+/// quote the body: it is scrubbed like any provider text.
 pub fn malformed(what: &str, error: impl std::fmt::Display) -> ProviderError {
     ProviderError::retry(
         ErrorCode::ProviderError,
         None,
-        format!("malformed {what}: {error}"),
+        scrub(&format!("malformed {what}: {error}"), None),
     )
 }
 

@@ -63,6 +63,9 @@ pub struct ProviderRequest<'a> {
     /// W3C trace context of this attempt: `traceparent` (a child span of the job's) and
     /// `tracestate`, sent as HTTP headers.
     pub trace: Option<(crate::trace::TraceParent, Option<&'a str>)>,
+    /// Most schema nodes a provider's rewrite of `json_schema` may produce
+    /// (`worker.max_schema_nodes`); past it the attempt fails `INVALID_REQUEST`.
+    pub max_schema_nodes: usize,
 }
 
 /// The schema a request carries: the job's own, as the text the pipeline keeps per distinct

@@ -182,8 +182,14 @@ impl OpenAiCompatible {
             .and_then(|e| e.code.as_ref())
             .and_then(Value::as_str);
         let after = ratelimit::retry_after(&raw.headers);
+        // Only the API's own error object condemns the key: a 401 page from a proxy or a
+        // gateway in between is retried with the key kept in rotation.
+        let structured = detail
+            .as_ref()
+            .is_some_and(|e| e.code.is_some() || e.kind.is_some());
         let (code, disposition) = match (raw.status.as_u16(), code_field) {
-            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::RotateKey),
+            (401 | 403, _) if structured => (ErrorCode::AuthFailed, Disposition::RotateKey),
+            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::Retry { after }),
             (402, _) | (429, Some("insufficient_quota")) => {
                 (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
             }
@@ -405,6 +411,8 @@ struct ErrorEnvelope {
 struct WireError {
     message: Option<String>,
     code: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
 }
 
 #[cfg(test)]
@@ -445,6 +453,7 @@ mod tests {
             api_key: None,
             repairs,
             trace: None,
+            max_schema_nodes: 10_000,
         }
     }
 

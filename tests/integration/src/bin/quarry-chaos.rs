@@ -439,6 +439,7 @@ async fn producer(namespace: &str) -> Client {
     let options = ClientOptions {
         namespace: namespace.to_owned(),
         connection_name: "quarry-chaos".into(),
+        ..ClientOptions::default()
     };
     Client::connect_patiently(&amqp_url(), options, Duration::from_secs(60))
         .await
@@ -742,6 +743,29 @@ impl BadInputs {
             )
             .await
             .unwrap();
+        // Results reach a queue bound to the results exchange, as the SDK binds its own.
+        channel
+            .exchange_declare(
+                topology.results_exchange().as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                replies.as_str().into(),
+                topology.results_exchange().as_str().into(),
+                replies.as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         channel.confirm_select(Default::default()).await.unwrap();
         let valid = |n: usize| chaos_job(Scenario::BadInput, 1_000_000 + n);
         let now_ms = std::time::SystemTime::now()
@@ -850,11 +874,36 @@ impl BadInputs {
                 true,
                 Expect::Code(ErrorCode::NotAuthorized),
             ));
+            // Nothing vouches for who sent it: not answered, not even with a refusal.
             cases.push((
                 "no-user-id",
                 serde_json::to_vec(&valid(n * 10 + 20_000)).unwrap(),
                 true,
-                Expect::Code(ErrorCode::NotAuthorized),
+                Expect::Dead("no_user_id"),
+            ));
+            // Results go only to the sender's own reply queues.
+            cases.push((
+                "foreign-reply-to",
+                serde_json::to_vec(&valid(n * 10 + 30_000)).unwrap(),
+                true,
+                Expect::Dead("reply_to_refused"),
+            ));
+            let mut metadata = valid(n * 10 + 40_000);
+            metadata.metadata = Some(json!({"blob": "m".repeat(20_000)}));
+            cases.push((
+                "huge-metadata",
+                serde_json::to_vec(&metadata).unwrap(),
+                true,
+                Expect::Code(ErrorCode::InvalidRequest),
+            ));
+            let mut big_schema = valid(n * 10 + 50_000);
+            big_schema.json_schema =
+                Some(json!({"type": "object", "description": "s".repeat(70_000)}).into());
+            cases.push((
+                "huge-schema",
+                serde_json::to_vec(&big_schema).unwrap(),
+                true,
+                Expect::Code(ErrorCode::InvalidRequest),
             ));
             for (kind, body, with_reply, expect) in cases {
                 let correlation = format!("bad-{kind}-{n}");
@@ -864,7 +913,10 @@ impl BadInputs {
                 if kind != "no-user-id" {
                     properties = properties.with_user_id("guest".into());
                 }
-                if with_reply {
+                if kind == "foreign-reply-to" {
+                    let foreign = topology.batch_reply_queue("someone-else", "chaos-bad");
+                    properties = properties.with_reply_to(foreign.as_str().into());
+                } else if with_reply {
                     properties = properties.with_reply_to(replies.as_str().into());
                 }
                 let confirm = channel

@@ -43,7 +43,7 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         let bytes = texts.iter().map(String::len).sum::<usize>() / answers.max(1);
         // The schema as a message carries it (the producer SDK writes it compactly).
         let message = JsonSchema::from(&schema).as_str().to_owned();
-        let cache = SchemaCache::new(64);
+        let cache = SchemaCache::new(64, 1 << 30, 100_000);
         let compiled = cache.get(&JsonSchema::from(&schema)).unwrap();
         for text in &texts {
             check_answer(&compiled.validator, text).unwrap(); // every answer is valid, and warm
@@ -74,7 +74,7 @@ pub fn schema(answers: usize, rounds: usize, json_path: &Path) -> Value {
         let started = Instant::now();
         for _ in 0..compiles {
             let schema: JsonSchema = serde_json::from_str(black_box(&message)).unwrap();
-            black_box(SchemaCache::new(1).get(&schema).unwrap());
+            black_box(SchemaCache::new(1, 1 << 30, 100_000).get(&schema).unwrap());
         }
         let compile = started.elapsed().as_secs_f64() * 1e6 / f64::from(compiles);
         let per_job = lookup + check;
