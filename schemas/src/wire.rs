@@ -254,3 +254,28 @@ impl Default for Topology {
         Self::new(DEFAULT_NAMESPACE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_queue_belongs_to_exactly_one_plugin() {
+        let t = Topology::new("quarry");
+        assert!(t.is_reply_queue_of("quarry.replies.a.batch-1", "a"));
+        assert!(t.is_reply_queue_of(&t.batch_reply_queue("a", "b1"), "a"));
+        assert!(t.is_reply_queue_of(&t.private_reply_queue("a", "x"), "a"));
+        for queue in [
+            "quarry.replies.a.",
+            "quarry.replies.ab.x",
+            "quarry.replies.a-b.x",
+            "quarry.replies.b.x",
+            "quarry.replies.a",
+            "other.replies.a.x",
+            "quarry.jobs.batch",
+            "quarryXreplies.a.x",
+        ] {
+            assert!(!t.is_reply_queue_of(queue, "a"), "{queue}");
+        }
+    }
+}

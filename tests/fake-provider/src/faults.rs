@@ -19,6 +19,8 @@ pub enum Fault {
     RateLimit,
     /// 401.
     Auth,
+    /// 401 from something in between (a proxy's HTML page, not the API's error object).
+    ProxyAuth,
     /// 500.
     ServerError,
     /// 529 (Anthropic) or 503 (OpenAI, Gemini): the model is overloaded.
@@ -37,9 +39,10 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, for listings.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::RateLimit,
         Fault::Auth,
+        Fault::ProxyAuth,
         Fault::ServerError,
         Fault::Overloaded,
         Fault::Timeout,
@@ -54,6 +57,7 @@ impl Fault {
         match self {
             Fault::RateLimit => "rate_limit",
             Fault::Auth => "auth",
+            Fault::ProxyAuth => "proxy_auth",
             Fault::ServerError => "server_error",
             Fault::Overloaded => "overloaded",
             Fault::Timeout => "timeout",

@@ -168,6 +168,15 @@ impl Format {
                 "auth",
                 "Invalid API key provided.",
             ),
+            // A proxy's page, the same in every format: not the API's error object.
+            Fault::ProxyAuth => {
+                let page = "<html><body><h1>401 Authorization Required</h1></body></html>";
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    headers,
+                    Value::String(page.into()),
+                );
+            }
             Fault::ServerError => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server",

@@ -525,7 +525,13 @@ async fn handle(
         Some(Fault::Timeout) => {
             tokio::time::sleep(state.config.hang.unwrap_or(Duration::from_secs(300))).await;
         }
-        Some(f @ (Fault::RateLimit | Fault::Auth | Fault::ServerError | Fault::Overloaded)) => {
+        Some(
+            f @ (Fault::RateLimit
+            | Fault::Auth
+            | Fault::ProxyAuth
+            | Fault::ServerError
+            | Fault::Overloaded),
+        ) => {
             let (status, headers, body) = format.error(f);
             return reply(status, headers, body);
         }

@@ -23,8 +23,8 @@ struct Args {
     #[arg(long, env = "FAKE_PROVIDER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Fault probabilities for every request, e.g. `rate_limit=0.3,server_error=0.1,timeout=0.05,invalid_json=0.05`.
-    /// Faults: rate_limit, auth, server_error, overloaded, timeout, invalid_json, truncated,
-    /// schema_invalid, refusal. Output faults hit first answers only.
+    /// Faults: rate_limit, auth, proxy_auth, server_error, overloaded, timeout, invalid_json,
+    /// truncated, schema_invalid, refusal. Output faults hit first answers only.
     #[arg(long, env = "FAKE_PROVIDER_FAULTS", default_value = "")]
     faults: Profile,
     /// How long a `timeout` fault holds a request, milliseconds.

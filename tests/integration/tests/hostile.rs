@@ -175,6 +175,34 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
             fallbacks: Vec::new(),
         },
     );
+    // A pool of two keys behind a "proxy" that answers 401 pages.
+    let pooled = |name: &str| KeyConfig {
+        name: name.into(),
+        api_key: Some(SecretString::from(format!("sk-hostile-{name}"))),
+        api_key_env: None,
+        api_key_file: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        concurrent: None,
+        profile: "default".into(),
+    };
+    config.providers.insert(
+        "k-pool".into(),
+        ProviderConfig {
+            base_url: Some(fleet.fake.base_url()),
+            keys: vec![pooled("one"), pooled("two")],
+            ..ProviderConfig::default()
+        },
+    );
+    config.routing.aliases.insert(
+        "k-pool".into(),
+        Route {
+            provider: "k-pool".into(),
+            model: "fake-large".into(),
+            images: false,
+            fallbacks: Vec::new(),
+        },
+    );
     config.plugins = BTreeMap::from([
         (attacker.clone(), PluginConfig::default()),
         (victim.clone(), PluginConfig::default()),
@@ -391,6 +419,40 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
     )
     .await
     .unwrap();
+
+    // 7. A 401 storm from a proxy in front of the provider (HTML pages, not the API's
+    //    error object): retried, and the pool keeps both keys.
+    let storm: Vec<Job> = (0..10)
+        .map(|n| {
+            let mut job = job(&format!("[[fake:proxy_auth*2]] Receipt {n}: total 6.00"));
+            job.model = Some("k-pool".into());
+            job
+        })
+        .collect();
+    let answers = within(
+        60,
+        "the 401 storm's results",
+        futures::future::join_all(storm.into_iter().map(|j| attacker_client.extract(j, call))),
+    )
+    .await;
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, Status::Ok, "{answer:?}");
+    }
+    let scrape = quarry_integration::parse_metrics(
+        &quarry_integration::http_get(worker.http, "/metrics")
+            .await
+            .1,
+    );
+    assert_eq!(
+        quarry_integration::counter_sum(
+            &scrape,
+            "quarry_key_disabled_total",
+            &[("provider", "k-pool")]
+        ),
+        0.0,
+        "no key left rotation for a proxy's pages"
+    );
 
     // The victim's batch completes with exactly its own results, none forged, none lost.
     let mut received = std::collections::HashSet::new();

@@ -474,6 +474,8 @@ async fn every_key_rejected_ends_credentials_exhausted() {
     if let Some(fake) = config.providers.get_mut("fake") {
         fake.keys = vec![key_config("old1", "sk-old1"), key_config("old2", "sk-old2")];
     }
+    // Each refusal takes its key out at once (the threshold has its own test).
+    config.limits.disable_key_after = 1;
     let worker = fleet.spawn_task_worker(config).await;
     let results = run_all(&fleet, text_jobs(10)).await;
     for result in &results {
@@ -706,4 +708,72 @@ async fn a_long_wait_goes_through_the_delay_queue_not_a_held_delivery() {
         .map(|&l| topology.delay_queue(l, 1))
         .collect();
     fleet.teardown(&delay_queues).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_of_a_minute_loses_no_job() {
+    let redis = PrivateRedis::start().await;
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    config.redis.url = SecretString::from(redis.url());
+    if let Some(fake) = config.providers.get_mut("fake") {
+        fake.limits = Limits {
+            requests_per_minute: Some(1000),
+            ..Limits::default()
+        };
+    }
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = fleet.client().await;
+    let jobs = text_jobs(20);
+    let ids: std::collections::BTreeSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
+
+    // Redis is down before the batch arrives and stays down for a minute: every job meets
+    // the unavailable limiter, again and again, far past the lane's delivery limit (5) had
+    // it been requeued. They wait in the delay queue instead, and all run once it is back.
+    let port = redis.stop().await;
+    let batch = tokio::spawn(async move {
+        let options = quarry_producer::BatchOptions {
+            idle_timeout: None,
+            ..quarry_producer::BatchOptions::default()
+        };
+        let mut stream = client.run_batch(&new_job_id(), jobs, options).await.unwrap();
+        let mut results = Vec::new();
+        while let Some(item) = stream.next().await {
+            let item = item.unwrap();
+            results.push(item.result.clone());
+            item.ack().await.unwrap();
+        }
+        stream.finish().await.unwrap();
+        (client, results)
+    });
+    tokio::time::sleep(Duration::from_secs(60)).await; // the outage itself
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        0,
+        "nothing was spent without a limit check"
+    );
+    let _redis = PrivateRedis::start_on(port).await;
+    let (client, results) = within(180, "the batch after the outage", batch)
+        .await
+        .unwrap();
+    let answered: std::collections::BTreeSet<String> =
+        results.iter().map(|r| r.job_id.clone()).collect();
+    assert_eq!(answered, ids, "every job exactly one result");
+    assert_eq!(results.len(), 20);
+    for result in &results {
+        assert_eq!(result.status, Status::Ok, "{:?}", result.error);
+    }
+    let scrape = parse_metrics(&http_get(worker.http, "/metrics").await.1);
+    assert!(
+        counter_sum(&scrape, "quarry_jobs_deferred_total", &[]) >= 20.0,
+        "the jobs waited in the delay queue"
+    );
+    assert_eq!(
+        counter_sum(&scrape, "quarry_dead_letters_total", &[]),
+        0.0,
+        "none was dead-lettered"
+    );
+    let _ = client.close().await;
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
 }

@@ -723,15 +723,21 @@ impl Pipeline {
             if error.code == ErrorCode::ModelUnavailable && leg.has_fallback {
                 return Err(error);
             }
-            // Another key may serve at once: the rejected one is out of rotation now.
-            if error.disposition == Disposition::RotateKey
-                && leg.keys.keys.len() > 1
-                && rotations + 1 < leg.keys.keys.len()
-            {
-                rotations += 1;
-                refused_keys.push(admitted.key);
-                attempts_here -= 1;
-                continue;
+            // Another key may serve at once: the rejected one is not offered this job again.
+            if error.disposition == Disposition::RotateKey && leg.keys.keys.len() > 1 {
+                if rotations + 1 < leg.keys.keys.len() {
+                    rotations += 1;
+                    refused_keys.push(admitted.key);
+                    attempts_here -= 1;
+                    continue;
+                }
+                return Err(ProviderError::permanent(
+                    ErrorCode::CredentialsExhausted,
+                    format!(
+                        "every key of `{}` refused this job's credentials",
+                        target.provider
+                    ),
+                ));
             }
             let wait = match error.disposition {
                 Disposition::Retry { after } => {

@@ -603,4 +603,19 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn a_schema_that_explodes_when_inlined_stops_at_the_node_budget() {
+        let mut properties = serde_json::Map::new();
+        for n in 0..10 {
+            properties.insert(format!("p{n}"), json!({"$ref": "#"}));
+        }
+        let bomb = json!({"type": "object", "properties": properties});
+        let error = gemini_schema(&bomb, 10_000).expect_err("past the budget");
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        // A schema within the budget converts whole.
+        let fine = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        assert!(gemini_schema(&fine, 2).is_ok());
+        assert!(gemini_schema(&fine, 1).is_err());
+    }
 }

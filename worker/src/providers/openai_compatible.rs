@@ -634,4 +634,37 @@ mod tests {
             (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
         );
     }
+
+    #[test]
+    fn only_the_apis_own_refusal_condemns_a_key() {
+        let p = provider(true, Some("sk-secret-canary"));
+        for (body, disposition) in [
+            (
+                &br#"{"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}}"#[..],
+                Disposition::RotateKey,
+            ),
+            // A proxy's page, or JSON without the API's error type: retried, key kept.
+            (&b"<html><body>401 Authorization Required</body></html>"[..], Disposition::Retry { after: None }),
+            (&br#"{"error": {"message": "unauthorised"}}"#[..], Disposition::Retry { after: None }),
+        ] {
+            let raw = RawResponse {
+                status: StatusCode::UNAUTHORIZED,
+                headers: HeaderMap::new(),
+                body: body.to_vec().into(),
+            };
+            let e = p.classify(&raw, None);
+            assert_eq!((e.code, e.disposition), (ErrorCode::AuthFailed, disposition));
+        }
+    }
+
+    #[test]
+    fn every_held_secret_is_redacted_before_the_text_is_cut() {
+        let other = SecretString::from("sk-other-provider-canary".to_owned());
+        crate::providers::http::register_secrets([&other]);
+        // The key straddles the cut: redacting after cutting would leave its prefix.
+        let text = format!("{}sk-other-provider-canary", "x".repeat(490));
+        let scrubbed = crate::providers::http::scrub(&text, None);
+        assert!(!scrubbed.contains("sk-other"), "{scrubbed}");
+        assert!(!scrubbed.contains("sk-"), "{scrubbed}");
+    }
 }
