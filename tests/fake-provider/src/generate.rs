@@ -42,15 +42,26 @@ const WORDS: [&str; 16] = [
     "timber", "velvet", "willow", "amber", "cobalt", "ember", "falcon",
 ];
 const MAX_DEPTH: usize = 12;
+/// Values generated for one answer before optional properties and extra array items stop: a
+/// recursive schema (properties that `$ref` the root) would otherwise grow an answer
+/// exponentially with the depth.
+const MAX_NODES: usize = 2_000;
 
 /// Generates a value valid against `schema`, deterministic for a given `rng` state.
 pub fn generate(schema: &Value, rng: &mut Rng) -> Value {
-    Generator { root: schema, rng }.value(schema, "value", 0)
+    Generator {
+        root: schema,
+        rng,
+        budget: MAX_NODES,
+    }
+    .value(schema, "value", 0)
 }
 
 struct Generator<'a, 'r> {
     root: &'a Value,
     rng: &'r mut Rng,
+    /// Values left to generate beyond what the schema requires.
+    budget: usize,
 }
 
 impl<'a> Generator<'a, '_> {
@@ -75,6 +86,7 @@ impl<'a> Generator<'a, '_> {
     }
 
     fn value(&mut self, schema: &Value, name: &str, depth: usize) -> Value {
+        self.budget = self.budget.saturating_sub(1);
         let schema = self.resolve(schema);
         let Some(obj) = schema.as_object() else {
             // `true` or `{}`: anything goes.
@@ -193,7 +205,7 @@ impl<'a> Generator<'a, '_> {
         if let Some(properties) = properties {
             for (key, sub) in properties {
                 let include = required.contains(&key.as_str())
-                    || (depth < MAX_DEPTH && self.rng.below(4) != 0);
+                    || (depth < MAX_DEPTH && self.rng.below(4) != 0 && self.budget > 0);
                 if include {
                     let v = self.value(sub, key, depth + 1);
                     out.insert(key.clone(), v);
@@ -217,7 +229,7 @@ impl<'a> Generator<'a, '_> {
             .unwrap_or(min + 3)
             .max(min);
         let upper = max.min(min + 3);
-        let n = if depth >= MAX_DEPTH {
+        let n = if depth >= MAX_DEPTH || self.budget == 0 {
             min
         } else {
             min + self.rng.below(upper - min + 1)

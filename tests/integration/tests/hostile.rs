@@ -386,23 +386,29 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         recursive.insert(format!("p{n}"), json!({"$ref": "#"}));
     }
     let recursive = json!({"type": "object", "properties": recursive});
-    // Only Gemini's rewrite inlines $refs; the other kinds send the schema unchanged,
-    // bounded by worker.max_schema_bytes and the node count checked when it compiles.
-    let mut bomb = job("Receipt: total 4.00");
-    bomb.model = Some("k-gemini".into());
-    bomb.json_schema = Some(recursive.into());
-    let answer = within(
-        60,
-        "the recursive schema's result",
-        attacker_client.extract(bomb, call),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        answer.error.as_ref().map(|e| e.code),
-        Some(ErrorCode::InvalidRequest),
-        "{answer:?}"
-    );
+    // Through every provider kind: Gemini's rewrite (which inlines $refs) stops at the node
+    // budget; the other kinds send the schema unchanged and validate the answer against it.
+    for alias in ["k-gemini", "k-openai", "k-anthropic", "default"] {
+        let mut bomb = job("Receipt: total 4.00");
+        bomb.model = Some(alias.into());
+        bomb.json_schema = Some(recursive.clone().into());
+        let answer = within(
+            60,
+            "the recursive schema's result",
+            attacker_client.extract(bomb, call),
+        )
+        .await
+        .unwrap();
+        if alias == "k-gemini" {
+            assert_eq!(
+                answer.error.as_ref().map(|e| e.code),
+                Some(ErrorCode::InvalidRequest),
+                "{answer:?}"
+            );
+        } else {
+            assert_eq!(answer.status, Status::Ok, "{alias}: {answer:?}");
+        }
+    }
     let mut fat = job("Receipt: total 5.00");
     fat.metadata = Some(json!({"blob": "m".repeat(20 * 1024)}));
     let body = serde_json::to_vec(&fat).unwrap();
@@ -532,6 +538,81 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
     assert_eq!(
         header_text(letters[0].properties.headers(), HEADER_DEAD_USER).as_deref(),
         Some(attacker.as_str())
+    );
+
+    // 8. Forged dead-letter headers naming the victim, on a job that is dead-lettered (it
+    //    has no reply_to): the letter names its real sender, and a redrive by the operator
+    //    runs it as the attacker again, never as the victim.
+    let mut headers = FieldTable::default();
+    for name in [HEADER_DEAD_USER, HEADER_PLUGIN] {
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(victim.as_str())),
+        );
+    }
+    let orphan = job("Receipt: total 7.00");
+    publish(
+        &jobs_channel,
+        &topology.jobs_exchange(),
+        "batch",
+        &serde_json::to_vec(&orphan).unwrap(),
+        BasicProperties::default()
+            .with_user_id(attacker.as_str().into())
+            .with_message_id(orphan.id.as_str().into())
+            .with_headers(headers),
+    )
+    .await
+    .unwrap();
+    let quarry = |args: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(quarry_integration::binary("quarry"));
+        command
+            .env("QUARRY_AMQP_URL", amqp_url_as(&worker_user, &password))
+            .args([
+                "--namespace",
+                ns.as_str(),
+                "--worker-user",
+                worker_user.as_str(),
+            ])
+            .args(args);
+        async move {
+            let out = within(60, "quarry to finish", command.output())
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let listed = within(30, "the orphan's dead letter", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let list = quarry(&["dead-letters", "list"]).await;
+            if list.contains(orphan.id.as_str()) {
+                return list;
+            }
+        }
+    })
+    .await;
+    let line = listed
+        .lines()
+        .find(|l| l.contains(orphan.id.as_str()))
+        .unwrap();
+    assert!(
+        line.contains("missing_reply_to") && line.contains(&format!("plugin={attacker}\t")),
+        "{line}"
+    );
+    let redriven = quarry(&["dead-letters", "redrive", "--reason", "missing_reply_to"]).await;
+    assert!(redriven.contains("re-drove 1 jobs"), "{redriven}");
+    let again = fleet.take(&topology.dead_queue(), 1, 30).await;
+    assert_eq!(dead_reason(&again[0]).as_deref(), Some("missing_reply_to"));
+    assert_eq!(
+        header_text(again[0].properties.headers(), HEADER_DEAD_USER).as_deref(),
+        Some(attacker.as_str()),
+        "the re-driven job ran as its sender"
     );
 
     // The worker never stopped, and its memory stayed bounded (docs/trust.md).

@@ -736,7 +736,10 @@ async fn a_redis_outage_of_a_minute_loses_no_job() {
             idle_timeout: None,
             ..quarry_producer::BatchOptions::default()
         };
-        let mut stream = client.run_batch(&new_job_id(), jobs, options).await.unwrap();
+        let mut stream = client
+            .run_batch(&new_job_id(), jobs, options)
+            .await
+            .unwrap();
         let mut results = Vec::new();
         while let Some(item) = stream.next().await {
             let item = item.unwrap();

@@ -364,6 +364,7 @@ async fn the_compose_file_is_valid_and_complete() {
     let compose = repo().join("docker-compose.yml");
     let run = |args: &[&str]| {
         let output = std::process::Command::new(tool("docker-compose"))
+            .env("QUARRY_WORKER_PASSWORD", "compose-check")
             .arg("-f")
             .arg(&compose)
             .args(args)
@@ -383,6 +384,7 @@ async fn the_compose_file_is_valid_and_complete() {
         .collect();
     for service in [
         "rabbitmq",
+        "rabbitmq-users",
         "redis",
         "fake-provider",
         "worker",
