@@ -465,8 +465,10 @@ impl Client {
 }
 
 /// Binds a reply queue to the fleet's results exchange under its own name: workers
-/// publish every result there with the job's `reply_to` as routing key.
-pub(crate) async fn bind_reply_queue(
+/// publish every result there with the job's `reply_to` as routing key. The SDK binds its own
+/// queues; call this for a queue of yours that [`Client::publish`] names as `reply_to` (it
+/// must be one of your user's, [`Topology::reply_prefix`]).
+pub async fn bind_reply_queue(
     channel: &Channel,
     topology: &Topology,
     queue: &str,

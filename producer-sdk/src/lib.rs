@@ -32,7 +32,7 @@ mod publish;
 mod trace;
 
 pub use batch::{BatchItem, BatchOptions, BatchStream};
-pub use client::{CallOptions, Client, ClientOptions, DEFAULT_WORKER_USER};
+pub use client::{CallOptions, Client, ClientOptions, DEFAULT_WORKER_USER, bind_reply_queue};
 pub use error::Error;
 pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{

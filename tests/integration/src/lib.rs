@@ -466,8 +466,22 @@ base_url = "{fake}"
 }
 
 /// Declares `queue` (classic, not durable) and binds it to the results exchange under its
-/// own name, declaring the exchange as workers do when none has yet.
+/// own name.
 pub async fn bind_reply_queue(channel: &Channel, topology: &Topology, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    bind_to_results(channel, topology, queue).await;
+}
+
+/// Binds an existing `queue` to the results exchange as the SDK binds its own, declaring the
+/// exchange as workers do when none has yet (a test may publish before a worker starts).
+pub async fn bind_to_results(channel: &Channel, topology: &Topology, queue: &str) {
     let durable = lapin::options::ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -481,24 +495,35 @@ pub async fn bind_reply_queue(channel: &Channel, topology: &Topology, queue: &st
         )
         .await
         .expect("declare the results exchange");
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    channel
-        .queue_bind(
-            queue.into(),
-            topology.results_exchange().as_str().into(),
-            queue.into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    quarry_producer::bind_reply_queue(channel, topology, queue)
         .await
         .expect("bind the reply queue");
+}
+
+/// A producer client of `user` on `fleet`'s namespace, taking results from `worker_user`.
+pub async fn client_as(fleet: &Fleet, user: &str, password: &str, worker_user: &str) -> Client {
+    let options = ClientOptions {
+        namespace: fleet.namespace.clone(),
+        connection_name: format!("quarry-test-{user}"),
+        worker_user: worker_user.to_owned(),
+    };
+    Client::connect_with(&amqp_url_as(user, password), options)
+        .await
+        .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+}
+
+/// A pool key of the default profile, without limits.
+pub fn key_config(name: &str, secret: &str) -> quarry_worker::config::KeyConfig {
+    quarry_worker::config::KeyConfig {
+        name: name.into(),
+        api_key: Some(SecretString::from(secret.to_owned())),
+        api_key_env: None,
+        api_key_file: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        concurrent: None,
+        profile: "default".into(),
+    }
 }
 
 /// A `redis-server` of the caller's own, without persistence, for tests that stop and restart

@@ -14,10 +14,11 @@ use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use quarry_fake_provider::FakeConfig;
-use quarry_integration::{Fleet, amqp_url_as, rabbitmq_user, unique, within};
+use quarry_integration::{
+    Fleet, amqp_url_as, client_as, key_config, rabbitmq_user, unique, within,
+};
 use quarry_producer::{
-    BatchOptions, CallOptions, Client, ClientOptions, ErrorCode, InputPart, Job, JobResult, Status,
-    new_job_id,
+    BatchOptions, CallOptions, ErrorCode, InputPart, Job, JobResult, Status, new_job_id,
 };
 use quarry_schemas::wire::{HEADER_DEAD_REASON, HEADER_DEAD_USER, HEADER_PLUGIN};
 use quarry_worker::amqp::publisher::header_text;
@@ -36,17 +37,6 @@ fn job(text: &str) -> Job {
             text: text.to_owned(),
         }],
     )
-}
-
-async fn client_as(fleet: &Fleet, user: &str, password: &str, worker_user: &str) -> Client {
-    let options = ClientOptions {
-        namespace: fleet.namespace.clone(),
-        connection_name: format!("quarry-hostile-{user}"),
-        worker_user: worker_user.to_owned(),
-    };
-    Client::connect_with(&amqp_url_as(user, password), options)
-        .await
-        .unwrap_or_else(|e| panic!("{user} connects: {e}"))
 }
 
 /// The broker's refusal of `outcome`, as text; panics if the broker took it.
@@ -154,14 +144,8 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         ProviderConfig {
             base_url: Some(fleet.fake.base_url()),
             keys: vec![KeyConfig {
-                name: "slow".into(),
-                api_key: Some(SecretString::from("sk-hostile-slow".to_owned())),
-                api_key_env: None,
-                api_key_file: None,
                 requests_per_minute: Some(1),
-                tokens_per_minute: None,
-                concurrent: None,
-                profile: "default".into(),
+                ..key_config("slow", "sk-hostile-slow")
             }],
             ..ProviderConfig::default()
         },
@@ -176,21 +160,14 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         },
     );
     // A pool of two keys behind a "proxy" that answers 401 pages.
-    let pooled = |name: &str| KeyConfig {
-        name: name.into(),
-        api_key: Some(SecretString::from(format!("sk-hostile-{name}"))),
-        api_key_env: None,
-        api_key_file: None,
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        concurrent: None,
-        profile: "default".into(),
-    };
     config.providers.insert(
         "k-pool".into(),
         ProviderConfig {
             base_url: Some(fleet.fake.base_url()),
-            keys: vec![pooled("one"), pooled("two")],
+            keys: vec![
+                key_config("one", "sk-hostile-one"),
+                key_config("two", "sk-hostile-two"),
+            ],
             ..ProviderConfig::default()
         },
     );

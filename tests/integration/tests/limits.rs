@@ -322,9 +322,9 @@ async fn a_crashed_holders_lease_expires_and_budgets_stop_spending() {
 // ---- the limiter inside the fleet ----
 
 use quarry_fake_provider::FakeConfig;
-use quarry_integration::{Fleet, PrivateRedis, counter_sum, http_get, parse_metrics};
+use quarry_integration::{Fleet, PrivateRedis, counter_sum, http_get, key_config, parse_metrics};
 use quarry_producer::{ErrorCode, InputPart, Job, JobResult, Lane, Status, new_job_id};
-use quarry_worker::config::{KeyConfig, Limits, PluginConfig};
+use quarry_worker::config::{Limits, PluginConfig};
 use secrecy::SecretString;
 
 fn text_jobs(n: usize) -> Vec<Job> {
@@ -348,19 +348,6 @@ async fn run_all(fleet: &Fleet, jobs: Vec<Job>) -> Vec<JobResult> {
     let results = quarry_integration::batch_results(&client, jobs, 100, 120).await;
     client.close().await.unwrap();
     results
-}
-
-fn key_config(name: &str, secret: &str) -> KeyConfig {
-    KeyConfig {
-        name: name.into(),
-        api_key: Some(SecretString::from(secret.to_owned())),
-        api_key_env: None,
-        api_key_file: None,
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        concurrent: None,
-        profile: "default".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,10 +575,9 @@ async fn the_happy_path_costs_two_redis_round_trips_per_job() {
     fleet.teardown(&[]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
-    let redis = PrivateRedis::start().await;
-    let fleet = Fleet::start(FakeConfig::default()).await;
+/// The fleet's worker configuration on a private Redis, with a request limit: every job
+/// needs the limiter.
+fn limited_on(fleet: &Fleet, redis: &PrivateRedis) -> quarry_worker::config::Config {
     let mut config = fleet.worker_config();
     config.redis.url = SecretString::from(redis.url());
     if let Some(fake) = config.providers.get_mut("fake") {
@@ -600,7 +586,14 @@ async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
             ..Limits::default()
         };
     }
-    let worker = fleet.spawn_task_worker(config).await;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_nothing_is_spent_and_jobs_wait_in_their_queue() {
+    let redis = PrivateRedis::start().await;
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let worker = fleet.spawn_task_worker(limited_on(&fleet, &redis)).await;
     let client = std::sync::Arc::new(fleet.client().await);
     let options = quarry_producer::CallOptions {
         lane: Lane::Interactive,
@@ -714,15 +707,7 @@ async fn a_long_wait_goes_through_the_delay_queue_not_a_held_delivery() {
 async fn a_redis_outage_of_a_minute_loses_no_job() {
     let redis = PrivateRedis::start().await;
     let fleet = Fleet::start(FakeConfig::default()).await;
-    let mut config = fleet.worker_config();
-    config.redis.url = SecretString::from(redis.url());
-    if let Some(fake) = config.providers.get_mut("fake") {
-        fake.limits = Limits {
-            requests_per_minute: Some(1000),
-            ..Limits::default()
-        };
-    }
-    let worker = fleet.spawn_task_worker(config).await;
+    let worker = fleet.spawn_task_worker(limited_on(&fleet, &redis)).await;
     let client = fleet.client().await;
     let jobs = text_jobs(20);
     let ids: std::collections::BTreeSet<String> = jobs.iter().map(|j| j.id.clone()).collect();

@@ -12,10 +12,8 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptio
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use quarry_fake_provider::FakeConfig;
-use quarry_integration::{Fleet, amqp_url_as, rabbitmq_user, unique, within};
-use quarry_producer::{
-    CallOptions, Client, ClientOptions, ErrorCode, InputPart, Job, JobResult, Status, new_job_id,
-};
+use quarry_integration::{Fleet, amqp_url_as, client_as, rabbitmq_user, unique, within};
+use quarry_producer::{CallOptions, ErrorCode, InputPart, Job, JobResult, Status, new_job_id};
 use quarry_worker::config::PluginConfig;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -41,17 +39,6 @@ fn refusal(result: &JobResult) -> (ErrorCode, String) {
         .unwrap_or_default()
         .to_owned();
     (error.code, rule)
-}
-
-async fn client_as(fleet: &Fleet, user: &str, password: &str, worker_user: &str) -> Client {
-    let options = ClientOptions {
-        namespace: fleet.namespace.clone(),
-        connection_name: format!("quarry-test-{user}"),
-        worker_user: worker_user.to_owned(),
-    };
-    Client::connect_with(&amqp_url_as(user, password), options)
-        .await
-        .unwrap_or_else(|e| panic!("{user} connects: {e}"))
 }
 
 /// The error a broker operation ended with, as text (`ACCESS_REFUSED`, `PRECONDITION_FAILED`).

@@ -744,28 +744,7 @@ impl BadInputs {
             .await
             .unwrap();
         // Results reach a queue bound to the results exchange, as the SDK binds its own.
-        channel
-            .exchange_declare(
-                topology.results_exchange().as_str().into(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                replies.as_str().into(),
-                topology.results_exchange().as_str().into(),
-                replies.as_str().into(),
-                Default::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        quarry_integration::bind_to_results(&channel, &topology, &replies).await;
         channel.confirm_select(Default::default()).await.unwrap();
         let valid = |n: usize| chaos_job(Scenario::BadInput, 1_000_000 + n);
         let now_ms = std::time::SystemTime::now()
