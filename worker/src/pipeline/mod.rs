@@ -605,7 +605,6 @@ impl Pipeline {
         let (target, entry) = (leg.target, leg.entry);
         let per_attempt = request.timeout;
         let mut attempts_here = 0u32;
-        let mut rotations = 0usize;
         // Keys whose credential was refused during this job: the next attempt uses another.
         let mut refused_keys: Vec<usize> = Vec::new();
         loop {
@@ -725,8 +724,7 @@ impl Pipeline {
             }
             // Another key may serve at once: the rejected one is not offered this job again.
             if error.disposition == Disposition::RotateKey && leg.keys.keys.len() > 1 {
-                if rotations + 1 < leg.keys.keys.len() {
-                    rotations += 1;
+                if refused_keys.len() + 1 < leg.keys.keys.len() {
                     refused_keys.push(admitted.key);
                     attempts_here -= 1;
                     continue;
