@@ -31,39 +31,22 @@ pub async fn declare(
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    channel
-        .exchange_declare(
-            topology.jobs_exchange().into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            topology.dead_exchange().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-
-    channel
-        .exchange_declare(
-            topology.results_exchange().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            topology.delay_exchange().into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    for (exchange, kind) in [
+        (topology.jobs_exchange(), ExchangeKind::Direct),
+        (topology.dead_exchange(), ExchangeKind::Fanout),
+        (topology.control_exchange(), ExchangeKind::Fanout),
+        (topology.results_exchange(), ExchangeKind::Topic),
+        (topology.delay_exchange(), ExchangeKind::Direct),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
 
     let queue_options = QueueDeclareOptions {
         durable: true,
@@ -107,14 +90,6 @@ pub async fn declare(
         )
         .await?;
 
-    channel
-        .exchange_declare(
-            topology.control_exchange().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
     let mut control_args = FieldTable::default();
     control_args.insert(
         ShortString::from("x-queue-type"),
