@@ -39,6 +39,15 @@ ensure_rust() {
   command -v cargo >/dev/null || die "cargo is not installed. Install Rust (https://rustup.rs) and run this again."
 }
 
+# The one test runner: nextest gives every test its own process, which the metric-delta tests
+# rely on (a process-wide recorder), and retries nothing unless told.
+ensure_nextest() {
+  cargo nextest --version >/dev/null 2>&1 && return
+  say "cargo-nextest: installing (cargo install cargo-nextest --locked; a few minutes, once)"
+  cargo install cargo-nextest --locked >&2 \
+    || die "cargo-nextest could not be installed. Run: cargo install cargo-nextest --locked"
+}
+
 ensure_redis() {
   # The binary is needed even when a Redis already runs: a test starts a private one.
   if ! command -v redis-server >/dev/null; then

@@ -72,9 +72,9 @@ impl ControlRequest {
     }
 }
 
-/// The answer to a control request. Mirrors `json/control-reply.v1.schema.json`.
+/// The answer to a control request. Mirrors `json/control-reply.v1.schema.json`; ignores
+/// fields a newer worker adds (`docs/wire-contract.md`, "Compatibility").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ControlReply {
     /// Always [`ControlVersion::V1`].
     pub version: ControlVersion,

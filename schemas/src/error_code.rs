@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Why a job failed. The string forms (`INVALID_REQUEST`, ...) are the stable wire contract;
-/// new codes may be added, so consumers must treat unknown codes as errors too.
+/// a newer worker may add codes, which an older reader decodes as [`ErrorCode::Unknown`]
+/// (the error's [`ErrorInfo::code_text`](crate::ErrorInfo::code_text) keeps the text): an
+/// error all the same, never a result dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -36,6 +38,10 @@ pub enum ErrorCode {
     BudgetExceeded,
     /// A fault inside Quarry.
     Internal,
+    /// A code this version does not know, from a newer worker. Never written by a worker;
+    /// not in [`ErrorCode::ALL`].
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -74,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::BudgetExceeded => "BUDGET_EXCEEDED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unknown => "UNKNOWN",
         }
     }
 
@@ -93,7 +100,8 @@ impl ErrorCode {
             | ErrorCode::DeadlineExceeded
             | ErrorCode::OutputInvalid
             | ErrorCode::Cancelled
-            | ErrorCode::BudgetExceeded => false,
+            | ErrorCode::BudgetExceeded
+            | ErrorCode::Unknown => false,
         }
     }
 }

@@ -34,9 +34,9 @@ pub enum ContentType {
     Text,
 }
 
-/// Token usage summed over every provider attempt of the job.
+/// Token usage summed over every provider attempt of the job. Like every result-side type, it
+/// ignores fields a newer worker adds (`docs/wire-contract.md`, "Compatibility").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Usage {
     /// Prompt tokens, including cached ones.
     pub input_tokens: u64,
@@ -61,17 +61,18 @@ impl Usage {
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "WireError", into = "WireError")]
 pub struct ErrorInfo {
-    /// Stable code.
+    /// Stable code; [`ErrorCode::Unknown`] for a code this version does not know.
     pub code: ErrorCode,
     /// Human-readable explanation. Never contains a secret.
     pub message: String,
     /// Whether the same job submitted again may succeed.
     pub retryable: bool,
     /// Structured detail, e.g. validation errors.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
+    /// The wire text of an [`ErrorCode::Unknown`] code, kept as it came.
+    pub unknown_code: Option<String>,
 }
 
 impl ErrorInfo {
@@ -82,6 +83,50 @@ impl ErrorInfo {
             message: message.into(),
             retryable: code.default_retryable(),
             details: None,
+            unknown_code: None,
+        }
+    }
+
+    /// The code as it came on the wire: a known code's string, or an unknown one's text.
+    pub fn code_text(&self) -> &str {
+        match (self.code, &self.unknown_code) {
+            (ErrorCode::Unknown, Some(text)) => text,
+            (code, _) => code.as_str(),
+        }
+    }
+}
+
+/// [`ErrorInfo`] as it is written: the code as text, so that an unknown one survives a
+/// round trip.
+#[derive(Serialize, Deserialize)]
+struct WireError {
+    code: String,
+    message: String,
+    retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    details: Option<Value>,
+}
+
+impl From<WireError> for ErrorInfo {
+    fn from(wire: WireError) -> Self {
+        let known = ErrorCode::ALL.into_iter().find(|c| c.as_str() == wire.code);
+        Self {
+            code: known.unwrap_or(ErrorCode::Unknown),
+            unknown_code: known.is_none().then_some(wire.code),
+            message: wire.message,
+            retryable: wire.retryable,
+            details: wire.details,
+        }
+    }
+}
+
+impl From<ErrorInfo> for WireError {
+    fn from(error: ErrorInfo) -> Self {
+        Self {
+            code: error.code_text().to_owned(),
+            message: error.message,
+            retryable: error.retryable,
+            details: error.details,
         }
     }
 }

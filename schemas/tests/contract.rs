@@ -8,6 +8,7 @@
 )]
 
 use jsonschema::Validator;
+use quarry_schemas::control::ControlReply;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{
@@ -238,8 +239,47 @@ fn broken_results_are_rejected_by_the_schema() {
     ] {
         assert!(!schema.is_valid(&value), "schema accepted: {name}");
     }
-    assert!(serde_json::from_value::<JobResult>(unknown_code).is_err());
+    // A reader tolerates a code it does not know (docs/wire-contract.md, "Compatibility"):
+    // an error all the same, its text kept.
+    let decoded = serde_json::from_value::<JobResult>(unknown_code).expect("an unknown code");
+    let error = decoded.error.expect("error");
+    assert_eq!(
+        (error.code, error.code_text()),
+        (ErrorCode::Unknown, "OOPS")
+    );
     assert!(serde_json::from_value::<JobResult>(negative_tokens).is_err());
+}
+
+/// A result and a control reply as a newer worker might write them: fields this version does
+/// not know, at every level, and an error code it does not know.
+#[test]
+fn an_older_reader_accepts_a_newer_result() {
+    let results = example_results();
+    let mut newer = serde_json::to_value(&results[0]).expect("serialise");
+    newer["finish_reason"] = json!("stop");
+    newer["queue_ms"] = json!(12);
+    newer["usage"]["cache_write_tokens"] = json!(3);
+    let decoded: JobResult = serde_json::from_value(newer).expect("newer ok result");
+    assert_eq!(decoded, results[0], "the known fields are read as before");
+
+    let mut newer_error = serde_json::to_value(&results[1]).expect("serialise");
+    newer_error["error"]["code"] = json!("QUOTA_PAUSED");
+    newer_error["error"]["retry_after_ms"] = json!(1500);
+    let decoded: JobResult = serde_json::from_value(newer_error).expect("newer failed result");
+    let error = decoded.error.as_ref().expect("error");
+    assert_eq!(error.code, ErrorCode::Unknown);
+    assert_eq!(error.code_text(), "QUOTA_PAUSED");
+    assert!(!decoded.is_ok(), "an unknown code is still an error");
+    // Written again, the unknown code is kept as it came.
+    let rewritten = serde_json::to_value(&decoded).expect("serialise");
+    assert_eq!(rewritten["error"]["code"], json!("QUOTA_PAUSED"));
+
+    let reply = json!({
+        "version": "control.v1", "action": "batch_status", "batch_id": "b",
+        "status": "ok", "progress": {"ok": 2}, "cost_usd": 0.5
+    });
+    let reply: ControlReply = serde_json::from_value(reply).expect("newer control reply");
+    assert_eq!(reply.progress.expect("progress")["ok"], 2);
 }
 
 #[test]

@@ -123,12 +123,14 @@ impl Worker {
         let core = Core {
             deferral: Arc::new(Deferral {
                 topology: topology.clone(),
-                steps_secs: {
-                    let mut steps = config.limits.delay_steps_secs.clone();
-                    steps.sort_unstable();
-                    steps
+                steps: consumer::Deferrals {
+                    steps_secs: {
+                        let mut steps = config.limits.delay_steps_secs.clone();
+                        steps.sort_unstable();
+                        steps
+                    },
+                    max: config.limits.max_deferrals,
                 },
-                max: config.limits.max_deferrals,
                 worker_user: config.amqp.user(),
             }),
             topology,
@@ -329,7 +331,7 @@ async fn drive(
 /// The first session, retried for `amqp.connect_timeout_secs` while the broker cannot be
 /// reached (a worker often starts before its broker).
 async fn connect_at_start(config: &Config, core: &Core) -> anyhow::Result<Session> {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let limit = Duration::from_secs(config.amqp.connect_timeout_secs);
     let mut delay = Duration::from_millis(200);
     loop {

@@ -229,7 +229,8 @@ impl ResultStore {
         batch_id: &str,
     ) -> redis::RedisResult<std::collections::BTreeMap<String, u64>> {
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("batch_progress");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::BatchProgress);
         conn.hgetall(self.progress_key(plugin, batch_id)).await
     }
 
@@ -238,7 +239,8 @@ impl ResultStore {
     pub async fn cancel_batch(&self, plugin: &str, batch_id: &str) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
         let key = format!("{}:cancelled", self.group(plugin, Some(batch_id), ""));
-        let _round_trip = crate::telemetry::redis_round_trip("cancel_batch");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::CancelBatch);
         conn.set_ex::<_, _, ()>(key, 1, self.cancel_ttl.as_secs().max(1))
             .await
     }
@@ -253,7 +255,7 @@ impl ResultStore {
     /// [`ResultStore::claim_command`] sends it with other work instead.
     pub async fn claim(&self, keys: &JobKeys) -> redis::RedisResult<Claim> {
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("claim");
+        let _round_trip = crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::Claim);
         let reply: Vec<Vec<u8>> = self
             .script
             .key(&keys.result)
@@ -355,7 +357,8 @@ impl ResultStore {
     /// Drops a claim without a result (the job goes back to a queue).
     pub async fn release(&self, guard: ClaimGuard) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("release_claim");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::ReleaseClaim);
         conn.del::<_, ()>(&guard.key).await
     }
 
@@ -378,7 +381,8 @@ impl ResultStore {
             pipe.pexpire(key, lifetime).ignore();
         }
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("extend_claims");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::ExtendClaims);
         pipe.query_async::<()>(&mut conn).await
     }
 
@@ -404,7 +408,8 @@ impl ResultStore {
         pipe.set_ex(result_key, result, ttl).ignore();
         pipe.del(claim_key).ignore();
         self.count(&mut pipe, keys, progress);
-        let _round_trip = crate::telemetry::redis_round_trip("store_result");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::StoreResult);
         match pipe.query_async::<()>(&mut conn).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
@@ -414,7 +419,8 @@ impl ResultStore {
                 if let Some(settlement) = settlement {
                     settlement.run().await?;
                 }
-                let _round_trip = crate::telemetry::redis_round_trip("store_result");
+                let _round_trip =
+                    crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::StoreResult);
                 let mut pipe = redis::pipe();
                 pipe.set_ex(result_key, result, ttl)
                     .ignore()
@@ -451,7 +457,8 @@ impl ResultStore {
         let mut pipe = redis::pipe();
         self.count(&mut pipe, keys, &Progress { outcome, tokens: 0 });
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("batch_progress");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::BatchProgress);
         pipe.query_async::<()>(&mut conn).await
     }
 

@@ -565,12 +565,71 @@ pub fn key_disabled(provider: &str, key: &str, code: quarry_schemas::ErrorCode) 
         .increment(1);
 }
 
+/// A Redis round trip's `operation` label: every value the worker uses, so that a dashboard
+/// or a test counts only labels that exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisOp {
+    /// A job's claim with its first limiter reservation.
+    ClaimAndReserve,
+    /// A job's claim on its own (no limits apply).
+    Claim,
+    /// A result's write, with its settlement and batch progress.
+    StoreResult,
+    /// A claim given up (the job went to a delay queue).
+    ReleaseClaim,
+    /// Every held claim extended.
+    ExtendClaims,
+    /// A batch marked cancelled.
+    CancelBatch,
+    /// A batch's progress counters read or counted.
+    BatchProgress,
+    /// A limiter reservation without a claim.
+    LimiterReserve,
+    /// A reservation settled on its own.
+    LimiterFinish,
+    /// A key's state read or written.
+    LimiterKeyState,
+}
+
+impl RedisOp {
+    /// Every operation.
+    pub const ALL: [RedisOp; 10] = [
+        RedisOp::ClaimAndReserve,
+        RedisOp::Claim,
+        RedisOp::StoreResult,
+        RedisOp::ReleaseClaim,
+        RedisOp::ExtendClaims,
+        RedisOp::CancelBatch,
+        RedisOp::BatchProgress,
+        RedisOp::LimiterReserve,
+        RedisOp::LimiterFinish,
+        RedisOp::LimiterKeyState,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RedisOp::ClaimAndReserve => "claim_and_reserve",
+            RedisOp::Claim => "claim",
+            RedisOp::StoreResult => "store_result",
+            RedisOp::ReleaseClaim => "release_claim",
+            RedisOp::ExtendClaims => "extend_claims",
+            RedisOp::CancelBatch => "cancel_batch",
+            RedisOp::BatchProgress => "batch_progress",
+            RedisOp::LimiterReserve => "limiter_reserve",
+            RedisOp::LimiterFinish => "limiter_finish",
+            RedisOp::LimiterKeyState => "limiter_key_state",
+        }
+    }
+}
+
 /// One Redis round trip: counted now, timed until the returned guard is dropped.
-pub fn redis_round_trip(operation: &'static str) -> RoundTrip {
+pub fn redis_round_trip(operation: RedisOp) -> RoundTrip {
+    let operation = operation.as_str();
     counter!(REDIS_ROUND_TRIPS_TOTAL, "operation" => operation).increment(1);
     RoundTrip {
         operation,
-        started: std::time::Instant::now(),
+        started: tokio::time::Instant::now(),
     }
 }
 
@@ -578,7 +637,7 @@ pub fn redis_round_trip(operation: &'static str) -> RoundTrip {
 #[must_use = "the round trip is timed until the guard is dropped"]
 pub struct RoundTrip {
     operation: &'static str,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
 }
 
 impl Drop for RoundTrip {

@@ -17,7 +17,8 @@ use quarry_worker::pipeline::Pipeline;
 use quarry_worker::providers::{self, Disposition, ProviderRequest};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const KEY: &str = "sk-conformance-canary-0123456789";
 

@@ -544,17 +544,23 @@ async fn the_happy_path_costs_two_redis_round_trips_per_job() {
     // Metrics are process-wide and tests share the process: count this worker's operations
     // by difference, and only those of the job path.
     let trips = |s: &prometheus_parse::Scrape| {
+        use quarry_worker::telemetry::RedisOp;
         [
-            "claim",
-            "claim_and_reserve",
-            "limiter_reserve",
-            "limiter_finish",
-            "store_result",
-            "replay_lookup",
-            "limiter_key_state",
+            RedisOp::Claim,
+            RedisOp::ClaimAndReserve,
+            RedisOp::LimiterReserve,
+            RedisOp::LimiterFinish,
+            RedisOp::StoreResult,
+            RedisOp::LimiterKeyState,
         ]
         .iter()
-        .map(|op| counter_sum(s, "quarry_redis_round_trips_total", &[("operation", op)]))
+        .map(|op| {
+            counter_sum(
+                s,
+                "quarry_redis_round_trips_total",
+                &[("operation", op.as_str())],
+            )
+        })
         .sum::<f64>()
     };
     let per_job = (trips(&after) - trips(&before)) / jobs as f64;

@@ -45,10 +45,6 @@ pub enum PublishError {
     /// [`CONFIRM_TIMEOUT`]).
     #[error("no publisher confirm (connection lost, or nothing within {} s)", CONFIRM_TIMEOUT.as_secs())]
     ConfirmTimeout,
-    /// Not a publishing failure: the job must go back to its queue unanswered (its limits
-    /// could not be checked).
-    #[error("the job goes back to its queue")]
-    Requeue,
 }
 
 /// A message to dead-letter, with why.
@@ -350,7 +346,7 @@ async fn confirmed(
     operation: &'static str,
     publish: impl std::future::Future<Output = lapin::Result<lapin::PublisherConfirm>>,
 ) -> Result<Confirmation, PublishError> {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let confirm = async { publish.await?.await };
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(CONFIRM_TIMEOUT, confirm) => match outcome {

@@ -159,7 +159,8 @@ impl Limiter {
         candidates: &[Candidate],
     ) -> redis::RedisResult<Decision> {
         let (keys, spec) = self.reserve_args(shared, candidates);
-        let _round_trip = crate::telemetry::redis_round_trip("limiter_reserve");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterReserve);
         let mut invocation = self.reserve.prepare_invoke();
         for key in &keys {
             invocation.key(key);
@@ -196,7 +197,8 @@ impl Limiter {
         pipe.add_command(first).add_command(reserve).ignore_errors();
         let mut conn = self.redis.clone();
         let replies: redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> = {
-            let _round_trip = crate::telemetry::redis_round_trip("claim_and_reserve");
+            let _round_trip =
+                crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::ClaimAndReserve);
             pipe.query_async(&mut conn).await
         };
         let mut replies = match replies {
@@ -291,7 +293,8 @@ impl Limiter {
         }
         invocation.arg(&reservation.id).arg(spec);
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("limiter_finish");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterFinish);
         invocation.invoke_async::<i64>(&mut conn).await.map(drop)
     }
 
@@ -398,7 +401,8 @@ impl Limiter {
     /// Cools a candidate down (after a 429) for `period`.
     pub async fn cool_down(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("limiter_key_state");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterKeyState);
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(candidate, "cool"))
@@ -412,7 +416,8 @@ impl Limiter {
     /// Takes a candidate out of rotation (after a 401) for `period`.
     pub async fn disable(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        let _round_trip = crate::telemetry::redis_round_trip("limiter_key_state");
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterKeyState);
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(candidate, "disabled"))

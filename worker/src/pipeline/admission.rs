@@ -13,7 +13,8 @@ use crate::telemetry;
 use quarry_schemas::{ErrorCode, InputPart};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// A concurrency lease outlives the attempt's timeout by this much.

@@ -40,7 +40,8 @@ use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{ErrorCode, ErrorInfo, InputPart, Job, JobResult, Status, Usage};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 /// Distinct schemas whose compiled validators are kept.
 const SCHEMA_CACHE_CAPACITY: usize = 1024;
@@ -79,29 +80,51 @@ pub struct Pipeline {
     max_schema_nodes: usize,
 }
 
-/// A finished job: its result and the time spent waiting on providers.
+/// A finished job: how it ended, its result, and the time spent waiting on providers.
 #[derive(Debug)]
 pub struct Execution {
-    /// The result to publish.
+    /// How the job ended; the consumer maps each outcome to what it publishes
+    /// ([`crate::consumer::decide`]).
+    pub outcome: Outcome,
+    /// The job's result: its answer or error. For [`Outcome::RetryLater`] and
+    /// [`Outcome::Defer`], the answer the job gets once it may wait no longer; for
+    /// [`Outcome::Stopped`], only its ids count (the claim decides the answer).
     pub result: JobResult,
     /// Time inside provider calls (for the overhead histogram).
     pub provider_time: Duration,
-    /// The limits could not be checked (Redis unavailable): nothing was spent, and the job
-    /// must go back to its queue instead of getting this result.
-    pub retry_later: bool,
-    /// The limiter reservation to settle together with storing the result.
-    pub settlement: Option<Settlement>,
-    /// The job should wait this long in a delay queue rather than get this result
-    /// (`RATE_LIMITED`, which it gets when it cannot be deferred any more).
-    pub defer: Option<Duration>,
     /// The configured model of the target that answered (or failed last), a bounded label.
     pub target_model: Option<String>,
-    /// The job's claim, held until its result is stored (`None`: no claim was made or Redis
-    /// did not answer it).
+    /// The job's claim, held until its result is stored (`None`: no claim was made, Redis
+    /// did not answer it, or it stopped the job).
     pub claim: Option<ClaimGuard>,
-    /// The claim stopped the job before any provider call: the result above does not count;
-    /// the job is answered from what the claim found.
-    pub stopped: Option<Claim>,
+}
+
+/// How a job ended. Every way is here: a new one is a new variant, which the consumer's
+/// exhaustive `match` must then place.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job has its result, an answer or an error: it is stored (settling this limiter
+    /// reservation in the same round trip) and published.
+    Answered(Option<Settlement>),
+    /// The claim stopped the job before any provider call.
+    Stopped(Stop),
+    /// The limits could not be checked (Redis did not answer): nothing was spent, and the job
+    /// runs again after the shortest delay.
+    RetryLater,
+    /// The limits are full for this long, too long to hold the delivery: nothing was spent,
+    /// and the job waits in a delay queue (`RATE_LIMITED` once it may wait no longer).
+    Defer(Duration),
+}
+
+/// What a job's claim found instead of letting it run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The job finished before: its stored result bytes.
+    Stored(Vec<u8>),
+    /// Another delivery of the job holds it, for at most this much longer.
+    Held(Duration),
+    /// The job's batch was cancelled before the job started.
+    Cancelled,
 }
 
 /// Why a job failed before or instead of producing an answer.
@@ -128,11 +151,11 @@ struct Tally<'k> {
     usage: Usage,
     cost: CostTally,
     provider_time: Duration,
-    limiter_down: bool,
+    /// The job ends without spending: the limiter did not answer, or asked for a wait too
+    /// long to hold the delivery ([`Outcome::RetryLater`], [`Outcome::Defer`]).
+    unspent: Option<Outcome>,
     /// The last successful attempt's reservation, settled with the result's write.
     settlement: Option<Settlement>,
-    /// The limits asked for a wait too long to hold the delivery.
-    defer: Option<Duration>,
 }
 
 /// One target of the route, as the attempt loop sees it.
@@ -328,18 +351,25 @@ impl Pipeline {
         }
         let (claim, stopped) = match tally.claim {
             ClaimState::Held(guard) => (guard, None),
-            ClaimState::Stopped(found) => (None, Some(found)),
+            ClaimState::Stopped(Claim::Stored(bytes)) => (None, Some(Stop::Stored(bytes))),
+            ClaimState::Stopped(Claim::Held(left)) => (None, Some(Stop::Held(left))),
+            ClaimState::Stopped(Claim::Cancelled) => (None, Some(Stop::Cancelled)),
+            ClaimState::Stopped(Claim::Claimed(guard)) => (Some(guard), None),
             ClaimState::Unwanted | ClaimState::Pending(..) => (None, None),
         };
+        // In this order: a stopped job spent nothing and is answered from its claim; a job
+        // the limiter could not check or that must wait spent nothing either.
+        let outcome = match (stopped, tally.unspent) {
+            (Some(stop), _) => Outcome::Stopped(stop),
+            (None, Some(unspent)) => unspent,
+            (None, None) => Outcome::Answered(tally.settlement),
+        };
         Execution {
+            outcome,
             result,
             provider_time: tally.provider_time,
-            retry_later: tally.limiter_down,
-            settlement: tally.settlement,
-            defer: tally.defer,
             target_model: target.map(|t| t.model),
             claim,
-            stopped,
         }
     }
 
@@ -649,12 +679,12 @@ impl Pipeline {
                 Err(Refused::Defer(wait, error)) => {
                     // Only a job that spent nothing yet is worth re-running later.
                     if tally.attempts == 0 {
-                        tally.defer = Some(wait);
+                        tally.unspent = Some(Outcome::Defer(wait));
                     }
                     return Err(error);
                 }
                 Err(Refused::Unavailable) => {
-                    tally.limiter_down = true;
+                    tally.unspent = Some(Outcome::RetryLater);
                     return Err(ProviderError::retry(
                         ErrorCode::Internal,
                         None,

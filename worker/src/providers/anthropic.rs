@@ -8,8 +8,9 @@
 //! alias falls back to its next target.
 
 use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed};
+use super::status::{self, Said};
 use super::{
-    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse,
     SentSchema, ratelimit,
 };
 use crate::config::ProviderConfig;
@@ -182,38 +183,25 @@ impl Anthropic {
             .and_then(|e| e.message.clone())
             .unwrap_or_else(|| body_text(&raw.body));
         let after = ratelimit::retry_after(&raw.headers);
-        let (code, disposition) = match (raw.status.as_u16(), kind) {
-            // Only the API's own error type condemns the key: a 401 page from a proxy or a
-            // gateway in between is retried with the key kept in rotation.
-            (_, "authentication_error" | "permission_error") => {
-                (ErrorCode::AuthFailed, Disposition::RotateKey)
-            }
-            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::Retry { after }),
-            (402, _) | (_, "billing_error") => {
-                (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
-            }
-            (404, _) | (_, "not_found_error") => {
-                (ErrorCode::ModelUnavailable, Disposition::Permanent)
-            }
-            (429, _) | (_, "rate_limit_error") => {
-                (ErrorCode::RateLimited, Disposition::Retry { after })
-            }
-            (529, _) | (_, "overloaded_error") => {
-                (ErrorCode::ModelUnavailable, Disposition::Retry { after })
-            }
-            (408 | 504, _) | (_, "timeout_error") => {
-                (ErrorCode::Timeout, Disposition::Retry { after })
-            }
-            (400 | 413 | 422, _) | (_, "invalid_request_error" | "request_too_large") => {
-                (ErrorCode::InvalidRequest, Disposition::Permanent)
-            }
-            (500..=599, _) | (_, "api_error") => {
-                (ErrorCode::ProviderError, Disposition::Retry { after })
-            }
-            (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
-        };
+        let (code, disposition) = status::classify(raw.status.as_u16(), said(kind), after);
         failure(raw.status, code, disposition, &text, key)
     }
+}
+
+/// What Anthropic's error `type` says ([`status`]'s shared words). Only the API's own type
+/// condemns a key: a 401 page from a proxy or a gateway in between has none.
+pub fn said(kind: &str) -> Option<Said> {
+    Some(match kind {
+        "authentication_error" | "permission_error" => Said::KeyRejected,
+        "billing_error" => Said::QuotaSpent,
+        "not_found_error" => Said::NotFound,
+        "rate_limit_error" => Said::RateLimited,
+        "overloaded_error" => Said::Overloaded,
+        "timeout_error" => Said::TimedOut,
+        "invalid_request_error" | "request_too_large" => Said::Invalid,
+        "api_error" => Said::ServerError,
+        _ => return None,
+    })
 }
 
 impl Provider for Anthropic {

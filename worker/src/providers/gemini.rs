@@ -10,8 +10,9 @@
 //! turns. Rate-limit errors carry `RetryInfo.retryDelay`.
 
 use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
+use super::status::{self, Said};
 use super::{
-    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
@@ -172,7 +173,7 @@ impl Gemini {
         let error: Option<Value> = serde_json::from_slice::<Value>(&raw.body)
             .ok()
             .and_then(|v| v.get("error").cloned());
-        let status = error
+        let google_status = error
             .as_ref()
             .and_then(|e| e.get("status"))
             .and_then(Value::as_str)
@@ -194,35 +195,29 @@ impl Gemini {
             .as_ref()
             .and_then(ratelimit::google_retry_info)
             .or_else(|| ratelimit::retry_after(&raw.headers));
-        let (code, disposition) = match (raw.status.as_u16(), status) {
-            // Only the API's own error status condemns the key: a 401 page from a proxy or
-            // a gateway in between is retried with the key kept in rotation.
-            (_, _) if bad_key => (ErrorCode::AuthFailed, Disposition::RotateKey),
-            (_, "UNAUTHENTICATED" | "PERMISSION_DENIED") => {
-                (ErrorCode::AuthFailed, Disposition::RotateKey)
-            }
-            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::Retry { after }),
-            (404, _) | (_, "NOT_FOUND") => (ErrorCode::ModelUnavailable, Disposition::Permanent),
-            (429, _) | (_, "RESOURCE_EXHAUSTED") => {
-                (ErrorCode::RateLimited, Disposition::Retry { after })
-            }
-            (503, _) | (_, "UNAVAILABLE") => {
-                (ErrorCode::ModelUnavailable, Disposition::Retry { after })
-            }
-            (504, _) | (_, "DEADLINE_EXCEEDED") => {
-                (ErrorCode::Timeout, Disposition::Retry { after })
-            }
-            (400 | 413 | 422, _)
-            | (_, "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => {
-                (ErrorCode::InvalidRequest, Disposition::Permanent)
-            }
-            (500..=599, _) | (_, "INTERNAL" | "UNKNOWN") => {
-                (ErrorCode::ProviderError, Disposition::Retry { after })
-            }
-            (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
+        let said = if bad_key {
+            Some(Said::KeyRejected)
+        } else {
+            said(google_status)
         };
+        let (code, disposition) = status::classify(raw.status.as_u16(), said, after);
         failure(raw.status, code, disposition, &text, key)
     }
+}
+
+/// What Google's error `status` says ([`status`]'s shared words). Only the API's own status
+/// condemns a key: a 401 page from a proxy or a gateway in between has none.
+pub fn said(status: &str) -> Option<Said> {
+    Some(match status {
+        "UNAUTHENTICATED" | "PERMISSION_DENIED" => Said::KeyRejected,
+        "NOT_FOUND" => Said::NotFound,
+        "RESOURCE_EXHAUSTED" => Said::RateLimited,
+        "UNAVAILABLE" => Said::Overloaded,
+        "DEADLINE_EXCEEDED" => Said::TimedOut,
+        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" => Said::Invalid,
+        "INTERNAL" | "UNKNOWN" => Said::ServerError,
+        _ => return None,
+    })
 }
 
 impl Provider for Gemini {

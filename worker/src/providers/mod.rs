@@ -11,7 +11,8 @@
 //! | `gemini` | [`gemini`] | `responseMimeType` + `responseSchema` (unsupported keywords stripped) |
 //! | `openai_compatible` | [`openai_compatible`] | `json_schema`, or `json_object` + schema in the prompt |
 //!
-//! Shared plumbing: [`http`] (client, send, scrubbing), [`ratelimit`] (retry hints).
+//! Shared plumbing: [`http`] (client, send, scrubbing), [`status`] (one classifier of
+//! failures, with each provider's own error words), [`ratelimit`] (retry hints).
 
 pub mod anthropic;
 pub mod gemini;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod openai;
 pub mod openai_compatible;
 pub mod ratelimit;
+pub mod status;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use futures::future::BoxFuture;

@@ -8,8 +8,9 @@
 //! `image_url` parts with `data:` URLs; repairs as assistant + user turns.
 
 use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, scrub};
+use super::status::{self, Said};
 use super::{
-    BuildError, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse,
     SentSchema, ratelimit,
 };
 use crate::config::ProviderConfig;
@@ -187,20 +188,12 @@ impl OpenAiCompatible {
         let structured = detail
             .as_ref()
             .is_some_and(|e| e.code.is_some() || e.kind.is_some());
-        let (code, disposition) = match (raw.status.as_u16(), code_field) {
-            (401 | 403, _) if structured => (ErrorCode::AuthFailed, Disposition::RotateKey),
-            (401 | 403, _) => (ErrorCode::AuthFailed, Disposition::Retry { after }),
-            (402, _) | (429, Some("insufficient_quota")) => {
-                (ErrorCode::CredentialsExhausted, Disposition::RotateKey)
-            }
-            (404, _) => (ErrorCode::ModelUnavailable, Disposition::Permanent),
-            (400 | 413 | 415 | 422, _) => (ErrorCode::InvalidRequest, Disposition::Permanent),
-            (408, _) => (ErrorCode::Timeout, Disposition::Retry { after }),
-            (429, _) => (ErrorCode::RateLimited, Disposition::Retry { after }),
-            (503 | 529, _) => (ErrorCode::ModelUnavailable, Disposition::Retry { after }),
-            (500..=599, _) => (ErrorCode::ProviderError, Disposition::Retry { after }),
-            (_, _) => (ErrorCode::ProviderError, Disposition::Permanent),
+        let said = match (raw.status.as_u16(), code_field) {
+            (401 | 403, _) if structured => Some(Said::KeyRejected),
+            (_, Some("insufficient_quota")) => Some(Said::QuotaSpent),
+            _ => None,
         };
+        let (code, disposition) = status::classify(raw.status.as_u16(), said, after);
         // A provider's 401 text may quote part of the key; say nothing of it.
         failure(raw.status, code, disposition, &text, key)
     }
@@ -418,7 +411,7 @@ struct WireError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Repair;
+    use crate::providers::{Disposition, Repair};
     use quarry_schemas::job::ImagePart;
     use reqwest::StatusCode;
     use reqwest::header::{HeaderMap, HeaderValue};
