@@ -9,6 +9,7 @@
     reason = "tests fail by panicking"
 )]
 
+use quarry_fake_provider::faults::Fault;
 use quarry_fake_provider::{FakeConfig, FakeProvider, Recorded};
 use quarry_schemas::job::{ImageMime, ImagePart};
 use quarry_schemas::{ErrorCode, InputPart, Job, Status};
@@ -264,48 +265,73 @@ async fn structured_text_and_images(kind: ProviderKind) {
     assert!(provider.image_mimes().contains(&ImageMime::Png));
 }
 
+/// What one provider call answers under a fault: an error with its code and disposition, or
+/// an answer that the pipeline's validation must reject (output faults).
+#[derive(Debug, PartialEq)]
+enum Expect {
+    Error(ErrorCode, Disposition),
+    RejectedAnswer,
+}
+
+/// The conformance table: every fault the fake provider injects, for every provider kind. An
+/// exhaustive `match`: a new fault is placed here before it compiles.
+fn expected(fault: Fault) -> Expect {
+    let retry = Disposition::Retry { after: None };
+    match fault {
+        Fault::RateLimit => Expect::Error(
+            ErrorCode::RateLimited,
+            Disposition::Retry {
+                after: Some(Duration::from_secs(1)),
+            },
+        ),
+        Fault::Auth => Expect::Error(ErrorCode::AuthFailed, Disposition::RotateKey),
+        Fault::ProxyAuth => Expect::Error(ErrorCode::AuthFailed, retry),
+        Fault::ServerError => Expect::Error(ErrorCode::ProviderError, retry),
+        Fault::Overloaded => Expect::Error(ErrorCode::ModelUnavailable, retry),
+        Fault::Timeout => Expect::Error(ErrorCode::Timeout, retry),
+        Fault::Refusal => Expect::Error(ErrorCode::OutputInvalid, Disposition::Permanent),
+        Fault::BadRequest => Expect::Error(ErrorCode::InvalidRequest, Disposition::Permanent),
+        Fault::PaymentRequired => {
+            Expect::Error(ErrorCode::CredentialsExhausted, Disposition::RotateKey)
+        }
+        Fault::NotFound => Expect::Error(ErrorCode::ModelUnavailable, Disposition::Permanent),
+        Fault::Malformed => Expect::Error(ErrorCode::ProviderError, retry),
+        Fault::InvalidJson | Fault::Truncated | Fault::SchemaInvalid => Expect::RejectedAnswer,
+    }
+}
+
 async fn faults_map_to_codes_and_dispositions(kind: ProviderKind) {
     let key = SecretString::from(KEY.to_owned());
     let fake = fake().await;
     let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
     let schema = receipt_schema();
-    let one_second = Some(Duration::from_secs(1));
-    let cases = [
-        (
-            "rate_limit",
-            ErrorCode::RateLimited,
-            Disposition::Retry { after: one_second },
-        ),
-        ("auth", ErrorCode::AuthFailed, Disposition::RotateKey),
-        (
-            "server_error",
-            ErrorCode::ProviderError,
-            Disposition::Retry { after: None },
-        ),
-        (
-            "overloaded",
-            ErrorCode::ModelUnavailable,
-            Disposition::Retry { after: None },
-        ),
-        ("refusal", ErrorCode::OutputInvalid, Disposition::Permanent),
-    ];
-    for (fault, code, disposition) in cases {
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for fault in Fault::ALL {
         let input = text(&format!("receipt [[fake:{fault}]]"));
-        let error = provider
-            .call(&request(&input, Some(&schema), &key))
-            .await
-            .expect_err(fault);
-        assert_eq!(
-            (error.code, error.disposition),
-            (code, disposition),
-            "{kind:?} {fault}: {}",
-            error.message
-        );
-        assert!(
-            !error.message.contains(KEY),
-            "{kind:?} {fault}: the key leaked: {}",
-            error.message
-        );
+        let mut req = request(&input, Some(&schema), &key);
+        if fault == Fault::Timeout {
+            req.timeout = Duration::from_millis(300);
+        }
+        let got = match provider.call(&req).await {
+            Ok(answer) => {
+                let checked = quarry_worker::pipeline::check_answer(&validator, &answer.text);
+                assert!(
+                    checked.is_err(),
+                    "{kind:?} {fault}: the answer passed validation: {}",
+                    answer.text
+                );
+                Expect::RejectedAnswer
+            }
+            Err(error) => {
+                assert!(
+                    !error.message.contains(KEY),
+                    "{kind:?} {fault}: the key leaked: {}",
+                    error.message
+                );
+                Expect::Error(error.code, error.disposition)
+            }
+        };
+        assert_eq!(got, expected(fault), "{kind:?} {fault}");
     }
     // A wrong key is rejected by the fake and classified as such.
     let wrong = SecretString::from("sk-wrong".to_owned());

@@ -35,11 +35,20 @@ pub enum Fault {
     SchemaInvalid,
     /// The model declines to answer.
     Refusal,
+    /// 400: the API refuses the request (its invalid-request error object).
+    BadRequest,
+    /// 402 with the format's own word for a spent quota where it has one (OpenAI
+    /// `insufficient_quota`, Anthropic `billing_error`; Gemini has none).
+    PaymentRequired,
+    /// 404: no such model.
+    NotFound,
+    /// 200 with a body that is not the format's answer at all.
+    Malformed,
 }
 
 impl Fault {
     /// Every fault, for listings.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 14] = [
         Fault::RateLimit,
         Fault::Auth,
         Fault::ProxyAuth,
@@ -50,6 +59,10 @@ impl Fault {
         Fault::Truncated,
         Fault::SchemaInvalid,
         Fault::Refusal,
+        Fault::BadRequest,
+        Fault::PaymentRequired,
+        Fault::NotFound,
+        Fault::Malformed,
     ];
 
     /// The name used in markers and profiles.
@@ -65,6 +78,10 @@ impl Fault {
             Fault::Truncated => "truncated",
             Fault::SchemaInvalid => "schema_invalid",
             Fault::Refusal => "refusal",
+            Fault::BadRequest => "bad_request",
+            Fault::PaymentRequired => "payment_required",
+            Fault::NotFound => "not_found",
+            Fault::Malformed => "malformed",
         }
     }
 

@@ -192,6 +192,29 @@ impl Format {
                 "overloaded",
                 "The model is overloaded.",
             ),
+            Fault::BadRequest => (
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "Invalid value for 'messages': the request is malformed.",
+            ),
+            Fault::PaymentRequired => (
+                StatusCode::PAYMENT_REQUIRED,
+                "billing",
+                "You exceeded your current quota, please check your plan and billing details.",
+            ),
+            Fault::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "The model does not exist or you do not have access to it.",
+            ),
+            // A gateway's or a broken server's 200: not the format's answer.
+            Fault::Malformed => {
+                return (
+                    StatusCode::OK,
+                    headers,
+                    json!({"status": "ok", "data": [1, 2, 3]}),
+                );
+            }
             // Not errors: answered in the body. Reaching here is a bug in the caller.
             Fault::Timeout
             | Fault::InvalidJson
@@ -214,6 +237,9 @@ impl Format {
                 let (kind, code) = match kind {
                     "rate_limit" => ("requests", "rate_limit_exceeded"),
                     "auth" => ("invalid_request_error", "invalid_api_key"),
+                    "invalid" => ("invalid_request_error", "invalid_value"),
+                    "billing" => ("insufficient_quota", "insufficient_quota"),
+                    "not_found" => ("invalid_request_error", "model_not_found"),
                     _ => ("server_error", "server_error"),
                 };
                 if fault == Fault::RateLimit {
@@ -229,6 +255,9 @@ impl Format {
                     "rate_limit" => "rate_limit_error",
                     "auth" => "authentication_error",
                     "overloaded" => "overloaded_error",
+                    "invalid" => "invalid_request_error",
+                    "billing" => "billing_error",
+                    "not_found" => "not_found_error",
                     _ => "api_error",
                 };
                 json!({"type": "error", "error": {"type": kind, "message": message}})
@@ -238,6 +267,10 @@ impl Format {
                     "rate_limit" => "RESOURCE_EXHAUSTED",
                     "auth" => "UNAUTHENTICATED",
                     "overloaded" => "UNAVAILABLE",
+                    "invalid" => "INVALID_ARGUMENT",
+                    // Google has no status of its own for billing; the HTTP status says it.
+                    "billing" => "",
+                    "not_found" => "NOT_FOUND",
                     _ => "INTERNAL",
                 };
                 let details = if fault == Fault::RateLimit {

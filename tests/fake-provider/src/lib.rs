@@ -530,7 +530,11 @@ async fn handle(
             | Fault::Auth
             | Fault::ProxyAuth
             | Fault::ServerError
-            | Fault::Overloaded),
+            | Fault::Overloaded
+            | Fault::BadRequest
+            | Fault::PaymentRequired
+            | Fault::NotFound
+            | Fault::Malformed),
         ) => {
             let (status, headers, body) = format.error(f);
             return reply(status, headers, body);

@@ -24,7 +24,8 @@ struct Args {
     api_key: Option<String>,
     /// Fault probabilities for every request, e.g. `rate_limit=0.3,server_error=0.1,timeout=0.05,invalid_json=0.05`.
     /// Faults: rate_limit, auth, proxy_auth, server_error, overloaded, timeout, invalid_json,
-    /// truncated, schema_invalid, refusal. Output faults hit first answers only.
+    /// truncated, schema_invalid, refusal, bad_request, payment_required, not_found,
+    /// malformed. Output faults hit first answers only.
     #[arg(long, env = "FAKE_PROVIDER_FAULTS", default_value = "")]
     faults: Profile,
     /// How long a `timeout` fault holds a request, milliseconds.

@@ -10,8 +10,7 @@
 use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed};
 use super::status::{self, Said};
 use super::{
-    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse,
-    SentSchema, ratelimit,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, ratelimit,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
@@ -293,7 +292,8 @@ struct Tool<'a> {
 #[derive(Deserialize)]
 struct MessagesResponse {
     model: Option<String>,
-    #[serde(default)]
+    /// Required: a 2xx body without it is no message at all (`PROVIDER_ERROR`), not a model
+    /// that skipped the tool.
     content: Vec<ContentBlock>,
     stop_reason: Option<String>,
     usage: Option<WireUsage>,

@@ -11,9 +11,7 @@
 
 use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
 use super::status::{self, Said};
-use super::{
-    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit,
-};
+use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit};
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;

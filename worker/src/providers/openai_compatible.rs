@@ -10,8 +10,7 @@
 use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, scrub};
 use super::status::{self, Said};
 use super::{
-    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse,
-    SentSchema, ratelimit,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, ratelimit,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;

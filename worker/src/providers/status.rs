@@ -78,7 +78,11 @@ fn by_status(status: u16, after: Option<Duration>) -> (ErrorCode, Disposition) {
 
 /// A failed answer's code and disposition: what the provider said, else its HTTP status.
 /// `after`: the provider's retry hint.
-pub fn classify(status: u16, said: Option<Said>, after: Option<Duration>) -> (ErrorCode, Disposition) {
+pub fn classify(
+    status: u16,
+    said: Option<Said>,
+    after: Option<Duration>,
+) -> (ErrorCode, Disposition) {
     match said {
         Some(said) => said.class(after),
         None => by_status(status, after),
@@ -93,7 +97,9 @@ mod tests {
 
     /// The rows of the doc's table headed `heading`: cells, trimmed, code spans unwrapped.
     fn rows(heading: &str) -> Vec<Vec<String>> {
-        let start = DOC.find(heading).unwrap_or_else(|| panic!("docs/providers.md has no `{heading}`"));
+        let start = DOC
+            .find(heading)
+            .unwrap_or_else(|| panic!("docs/providers.md has no `{heading}`"));
         DOC[start..]
             .lines()
             .skip(2)
@@ -126,7 +132,10 @@ mod tests {
             let statuses: Vec<u16> = match row[0].as_str() {
                 "other 5xx" => (500..=599).filter(|s| !listed.contains(s)).collect(),
                 "anything else" => (100..=599).filter(|s| !listed.contains(s)).collect(),
-                cell => cell.split(',').map(|s| s.trim().parse().expect("a status")).collect(),
+                cell => cell
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("a status"))
+                    .collect(),
             };
             for status in statuses {
                 let (got, how) = classify(status, None, None);
@@ -135,7 +144,11 @@ mod tests {
                 listed.push(status);
             }
         }
-        assert_eq!(listed.len(), 500, "every status from 100 to 599 is in one row");
+        assert_eq!(
+            listed.len(),
+            500,
+            "every status from 100 to 599 is in one row"
+        );
     }
 
     #[test]
@@ -151,7 +164,11 @@ mod tests {
                 (3, super::super::anthropic::said as fn(&str) -> Option<Said>),
                 (4, super::super::gemini::said),
             ] {
-                for word in row[column].split(',').map(str::trim).filter(|w| !w.is_empty() && *w != "—") {
+                for word in row[column]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|w| !w.is_empty() && *w != "—")
+                {
                     assert_eq!(said_by(word), Some(said), "column {column}: {word}");
                 }
             }
@@ -169,6 +186,9 @@ mod tests {
             classify(500, Some(Said::RateLimited), after),
             (ErrorCode::RateLimited, Disposition::Retry { after })
         );
-        assert_eq!(classify(418, None, None), (ErrorCode::ProviderError, Disposition::Permanent));
+        assert_eq!(
+            classify(418, None, None),
+            (ErrorCode::ProviderError, Disposition::Permanent)
+        );
     }
 }
