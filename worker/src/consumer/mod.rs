@@ -1,6 +1,10 @@
 //! One delivery, from bytes to ack: decode, reply address, redelivery replay, pipeline,
 //! result store, confirmed reply, ack. The ack comes only after the reply's confirm.
 //!
+//! The decisions of the table below are pure functions in [`decide`] (`decode`, `intake`,
+//! `next`, `settle`), unit-tested row by row; this module does the I/O each one names. The
+//! pipeline says how a job ended in one [`Outcome`](crate::pipeline::Outcome).
+//!
 //! Every answer goes through one gate first ([`reply_address`]): the sender is the message's
 //! broker-validated `user_id` (a worker's own deferred job names its plugin in a header only
 //! the worker's `user_id` makes trusted), and `reply_to` must be one of that plugin's reply
@@ -30,8 +34,8 @@
 //! | a control request on `{ns}.control`            | through the same gate (without `reply_to`: applied, not answered); applied for its publisher: `cancel_batch` marks the batch in Redis; a `control-reply.v1` answers |
 //! | a dead letter copied to `{ns}.expired` that expired in a lane (AMQP `expiration`) | through the same gate: `DEADLINE_EXCEEDED` result, no provider call; other copies are dropped (the original stays in `{ns}.dead`) |
 
-mod decide;
-mod gate;
+pub mod decide;
+pub mod gate;
 
 pub use decide::{Deferrals, Handled, Intake, Next, Settle, Wait};
 pub use gate::{Address, Sender, Unanswerable, reply_address};

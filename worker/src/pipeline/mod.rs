@@ -84,7 +84,7 @@ pub struct Pipeline {
 #[derive(Debug)]
 pub struct Execution {
     /// How the job ended; the consumer maps each outcome to what it publishes
-    /// ([`crate::consumer::decide`]).
+    /// (`consumer/decide.rs`, `next`).
     pub outcome: Outcome,
     /// The job's result: its answer or error. For [`Outcome::RetryLater`] and
     /// [`Outcome::Defer`], the answer the job gets once it may wait no longer; for
