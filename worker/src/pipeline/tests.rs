@@ -144,7 +144,7 @@ fn total_schema() -> Value {
     json!({"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}})
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_a_retryable_failure_and_sums_usage() {
     let (pipeline, calls) = scripted(vec![
         failure(ErrorCode::ProviderError, Disposition::Retry { after: None }),
@@ -168,7 +168,7 @@ async fn retries_a_retryable_failure_and_sums_usage() {
     assert_eq!(result.custom_id.as_deref(), Some("c-1"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn gives_up_after_max_attempts_with_the_last_code() {
     let (pipeline, calls) = scripted(vec![
         failure(ErrorCode::RateLimited, Disposition::Retry { after: None }),
@@ -186,7 +186,7 @@ async fn gives_up_after_max_attempts_with_the_last_code() {
     assert_eq!(*calls.lock().unwrap(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn permanent_and_key_failures_are_not_retried() {
     for (code, disposition) in [
         (ErrorCode::AuthFailed, Disposition::RotateKey),
@@ -202,7 +202,7 @@ async fn permanent_and_key_failures_are_not_retried() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
     let (pipeline, _) = scripted(vec![answer("{\"total\": ")]);
     let result = pipeline
@@ -229,7 +229,7 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
     assert!(result.parsed.is_none() && result.text.is_none());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn text_mode_returns_text() {
     let (pipeline, _) = scripted(vec![answer("plain words")]);
     let result = pipeline
@@ -241,7 +241,37 @@ async fn text_mode_returns_text() {
     assert!(result.parsed.is_none());
 }
 
-#[tokio::test]
+/// Paused time: the minute of backoff passes on the runtime's clock, not the test's.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_that_fits_the_deadline_is_waited_out() {
+    let (pipeline, calls) = scripted(vec![
+        failure(
+            ErrorCode::RateLimited,
+            Disposition::Retry {
+                after: Some(Duration::from_secs(60)),
+            },
+        ),
+        answer("at last"),
+    ]);
+    let mut job = job(None);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    job.deadline_ms = Some(now_ms + 120_000);
+    let began = Instant::now();
+    let result = pipeline.execute(job, &anyone(), began).await.result;
+    assert_eq!(result.text.as_deref(), Some("at last"), "{:?}", result.error);
+    assert_eq!(*calls.lock().unwrap(), 2);
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60),
+        "the Retry-After is a floor on the backoff: waited {waited:?}"
+    );
+    assert!(result.latency_ms >= 60_000, "{} ms", result.latency_ms);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_deadline_that_would_pass_during_backoff_stops_retries() {
     let (pipeline, calls) = scripted(vec![
         failure(
@@ -270,7 +300,7 @@ async fn a_deadline_that_would_pass_during_backoff_stops_retries() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stages_before_the_provider_fail_without_calling_it() {
     let cases = [
         (
@@ -311,7 +341,7 @@ async fn stages_before_the_provider_fail_without_calling_it() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_repair_loop_re_asks_with_the_answer_and_its_errors() {
     let mut config = test_config();
     config.worker.repair_attempts = 2;
@@ -341,7 +371,7 @@ async fn the_repair_loop_re_asks_with_the_answer_and_its_errors() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_repair_loop_gives_up_with_details() {
     let mut config = test_config();
     config.worker.repair_attempts = 2;
@@ -379,7 +409,7 @@ fn fallback_config() -> Config {
     config
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unavailable_model_falls_back_to_the_next_target() {
     let (primary, primary_probe) = provider(
         vec![failure(ErrorCode::ModelUnavailable, Disposition::Permanent)],
@@ -402,7 +432,7 @@ async fn an_unavailable_model_falls_back_to_the_next_target() {
     assert_eq!(*primary_probe.calls.lock().unwrap(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn other_failures_do_not_fall_back() {
     let (primary, _) = provider(
         vec![failure(ErrorCode::InvalidRequest, Disposition::Permanent)],
@@ -435,7 +465,7 @@ fn image_job(mime: ImageMime, count: usize, bytes: usize) -> Job {
     job
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn images_are_checked_before_any_call() {
     let mut config = test_config();
     config.worker.max_images = 2;
@@ -487,7 +517,7 @@ async fn images_are_checked_before_any_call() {
     assert_eq!(*probe.calls.lock().unwrap(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cost_comes_from_the_price_table() {
     let mut config = test_config();
     config.prices = vec![crate::config::Price {
@@ -569,7 +599,7 @@ fn rule(result: &JobResult) -> (Option<ErrorCode>, Option<String>) {
     )
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_profile_picks_the_key_and_a_suffix_cannot_bypass_the_gate() {
     use crate::config::PluginConfig;
     // Allowed: the premium key serves a job that asks for it, either way.
@@ -646,7 +676,7 @@ async fn the_profile_picks_the_key_and_a_suffix_cannot_bypass_the_gate() {
     assert_eq!(*probe.calls.lock().unwrap(), 0, "no call was made");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn allowed_models_are_checked_on_the_target_dispatched_fallbacks_included() {
     use crate::config::PluginConfig;
     // Only the fallback is allowed: the job goes straight to it.
@@ -712,7 +742,7 @@ async fn allowed_models_are_checked_on_the_target_dispatched_fallbacks_included(
     assert_eq!(*probe.calls.lock().unwrap(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_max_tokens_ceiling_bounds_every_call() {
     use crate::config::PluginConfig;
     let (pipeline, probe, policy) = policed(
