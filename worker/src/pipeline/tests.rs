@@ -261,7 +261,12 @@ async fn a_retry_after_that_fits_the_deadline_is_waited_out() {
     job.deadline_ms = Some(now_ms + 120_000);
     let began = Instant::now();
     let result = pipeline.execute(job, &anyone(), began).await.result;
-    assert_eq!(result.text.as_deref(), Some("at last"), "{:?}", result.error);
+    assert_eq!(
+        result.text.as_deref(),
+        Some("at last"),
+        "{:?}",
+        result.error
+    );
     assert_eq!(*calls.lock().unwrap(), 2);
     let waited = began.elapsed();
     assert!(

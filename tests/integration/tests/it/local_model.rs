@@ -38,7 +38,9 @@ fn schemas() -> Vec<(&'static str, &'static str, Value, Vec<&'static str>)> {
         (
             "expense",
             "Extract the expense record from this receipt.",
-            schema(include_str!("../../../examples/local/expense.schema.json")),
+            schema(include_str!(
+                "../../../../examples/local/expense.schema.json"
+            )),
             vec![
                 "Lufthansa, 3 x flight LH400 412.00, TOTAL 412.00 EUR, paid by card",
                 "Cafe Central, 2 coffees 7.00, 1 cake 4.50, TOTAL 11.50 EUR",
@@ -49,7 +51,9 @@ fn schemas() -> Vec<(&'static str, &'static str, Value, Vec<&'static str>)> {
         (
             "ticket",
             "Turn this customer message into a support ticket.",
-            schema(include_str!("../../../examples/local/ticket.schema.json")),
+            schema(include_str!(
+                "../../../../examples/local/ticket.schema.json"
+            )),
             vec![
                 "Hi, this is Ana (pro plan). The export button crashes the app every time!",
                 "Bob here, free tier. How do I change my password?",
@@ -59,7 +63,7 @@ fn schemas() -> Vec<(&'static str, &'static str, Value, Vec<&'static str>)> {
         (
             "note",
             "Write a CRM note for this conversation.",
-            schema(include_str!("../../../examples/local/note.schema.json")),
+            schema(include_str!("../../../../examples/local/note.schema.json")),
             vec![
                 "Call with Dana from Acme: happy with the trial, wants a quote by Friday.",
                 "Email from Eli: unhappy about the invoice error, asks for a refund.",
