@@ -80,6 +80,31 @@ pub enum Error {
     /// The broker did not confirm closing the connection in time.
     #[error("the broker did not confirm closing the connection")]
     CloseTimeout,
+    /// The namespace has no dead-letter queue: no worker has declared it yet.
+    #[error("{queue} does not exist")]
+    DeadQueueMissing {
+        /// The queue.
+        queue: String,
+    },
+    /// Re-driving dead letters needs the fleet's worker user.
+    #[error(
+        "dead-letters redrive must run as the fleet's worker user `{worker_user}` (the login is \
+         `{login}`): workers take a re-driven job's plugin only from their own user's messages"
+    )]
+    NotWorkerUser {
+        /// The login.
+        login: String,
+        /// The worker user.
+        worker_user: String,
+    },
+    /// The broker did not take a re-driven job back; it stays dead-lettered.
+    #[error("the broker did not take job {job_id} back ({detail}); it stays dead-lettered")]
+    RedriveRefused {
+        /// The job.
+        job_id: String,
+        /// The broker's answer.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -96,8 +121,13 @@ impl Error {
             | Error::Amqp(_)
             | Error::ConnectionLost
             | Error::Closed
-            | Error::CloseTimeout => true,
-            Error::Url(_) | Error::InvalidJob { .. } | Error::Refused(_) => false,
+            | Error::CloseTimeout
+            | Error::DeadQueueMissing { .. }
+            | Error::RedriveRefused { .. } => true,
+            Error::Url(_)
+            | Error::InvalidJob { .. }
+            | Error::Refused(_)
+            | Error::NotWorkerUser { .. } => false,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`Client::extract`]: publish one job (confirmed, mandatory) and await its result.
 //! - [`Client::run_batch`]: many jobs with bounded in-flight, results streamed as they
 //!   arrive from a durable per-batch reply queue (a producer restart loses nothing).
+//! - [`DeadLetters`]: the fleet's dead letters, listed and re-driven (an operator's tool).
 //! - [`Error`]: typed errors. A failed *extraction* is a [`JobResult`] with an `error`;
 //!   an [`Error`] is always about transport or an invalid job.
 //!
@@ -27,12 +28,14 @@
 
 mod batch;
 mod client;
+mod dead_letters;
 mod error;
 mod publish;
 mod trace;
 
 pub use batch::{BatchItem, BatchOptions, BatchStream};
 pub use client::{CallOptions, Client, ClientOptions, DEFAULT_WORKER_USER, bind_reply_queue};
+pub use dead_letters::{DeadLetter, DeadLetters, Redriven};
 pub use error::Error;
 pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{

@@ -640,168 +640,33 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<()> {
 }
 
 async fn dead_letters(cli: &Cli, command: &DeadLetterCommand) -> anyhow::Result<()> {
-    use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
-    use quarry_schemas::wire::{
-        HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER, HEADER_PLUGIN,
-        Topology,
-    };
-    let topology = Topology::new(cli.namespace.clone());
-    let connection = lapin::Connection::connect(
-        &cli.amqp_url,
-        lapin::ConnectionProperties::default().with_connection_name("quarry-dead-letters".into()),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
-    let login = cli
-        .amqp_url
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|u| u.authority.userinfo.username)
-        .unwrap_or_default();
-    let channel = connection.create_channel().await?;
-    channel.confirm_select(Default::default()).await?;
-    let header = |d: &lapin::message::BasicGetMessage, name: &str| -> Option<String> {
-        match d.properties.headers().as_ref()?.inner().get(name)? {
-            lapin::types::AMQPValue::LongString(s) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        }
-    };
-    // The broker's own reason (delivery_limit, expired, ...) when Quarry did not set one.
-    let reason_of = |d: &lapin::message::BasicGetMessage| {
-        header(d, HEADER_DEAD_REASON)
-            .or_else(|| header(d, "x-first-death-reason"))
-            .unwrap_or_else(|| "unknown".into())
-    };
-    let queue_of = |d: &lapin::message::BasicGetMessage| {
-        header(d, HEADER_DEAD_QUEUE).or_else(|| header(d, "x-first-death-queue"))
-    };
-    let (limit, redrive, only) = match command {
-        DeadLetterCommand::List { limit } => (*limit, false, None),
-        DeadLetterCommand::Redrive { reason, limit } => (*limit, true, reason.clone()),
-    };
-    let (mut seen, mut redriven, mut skipped) = (0usize, 0usize, 0usize);
-    let dead_queue = topology.dead_queue();
-    // Only the letters there now: a re-driven job that fails again comes back behind them.
-    let present = channel
-        .queue_declare(
-            dead_queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .with_context(|| format!("{dead_queue} does not exist"))?
-        .message_count() as usize;
-    let limit = limit.min(present);
-    while seen < limit {
-        // Unacknowledged gets: the letters stay in the queue until this channel closes.
-        let Some(letter) = channel
-            .basic_get(
-                dead_queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .with_context(|| format!("reading {dead_queue}"))?
-        else {
-            break;
-        };
-        seen += 1;
-        let reason = reason_of(&letter);
-        let queue = queue_of(&letter).unwrap_or_default();
-        // Who the job belongs to, from the broker-validated user_id only: a letter a worker
-        // published (its user_id is the workers') names the plugin in headers the worker
-        // wrote; any other letter was dead-lettered by the broker with the plugin's own
-        // message, whose headers are the plugin's say-so and count for nothing.
-        let sender = letter.properties.user_id().as_ref().map(|u| u.as_str());
-        let user = match sender {
-            Some(worker) if worker == cli.worker_user => header(&letter, HEADER_DEAD_USER)
-                .or_else(|| header(&letter, HEADER_PLUGIN))
-                .unwrap_or_default(),
-            Some(plugin) => plugin.to_owned(),
-            None => String::new(),
-        };
-        let job_id = letter
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default();
-        if !redrive {
-            let detail = header(&letter, HEADER_DEAD_DETAIL).unwrap_or_default();
-            println!("{reason}\tqueue={queue}\tplugin={user}\tjob={job_id}\t{detail}");
-            continue;
-        }
-        let lane = Lane::ALL
-            .into_iter()
-            .find(|&l| queue == topology.lane_queue(l));
-        let (Some(lane), true, false) = (
-            lane,
-            only.as_deref().is_none_or(|r| r == reason),
-            user.is_empty(),
-        ) else {
-            skipped += 1;
-            continue;
-        };
-        anyhow::ensure!(
-            login == cli.worker_user,
-            "dead-letters redrive must run as the fleet's worker user `{}` (the login is `{login}`): \
-             workers take a re-driven job's plugin only from their own user's messages",
-            cli.worker_user
-        );
-        // The job goes back to its lane under the login's user_id; the worker trusts the
-        // plugin header only from its own user, so the plugin is kept when this runs as the
-        // workers' user.
-        let mut headers = lapin::types::FieldTable::default();
-        headers.insert(
-            HEADER_PLUGIN.into(),
-            lapin::types::AMQPValue::LongString(user.as_str().into()),
-        );
-        let mut properties = lapin::BasicProperties::default()
-            .with_headers(headers)
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
-        if let Some(v) = letter.properties.reply_to() {
-            properties = properties.with_reply_to(v.clone());
-        }
-        if let Some(v) = letter.properties.correlation_id() {
-            properties = properties.with_correlation_id(v.clone());
-        }
-        if let Some(v) = letter.properties.message_id() {
-            properties = properties.with_message_id(v.clone());
-        }
-        if !login.is_empty() {
-            properties = properties.with_user_id(login.as_str().into());
-        }
-        let confirm = channel
-            .basic_publish(
-                topology.jobs_exchange().as_str().into(),
-                lane.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &letter.data,
-                properties,
-            )
-            .await?
+    let letters =
+        quarry_producer::DeadLetters::connect(&cli.amqp_url, &cli.namespace, &cli.worker_user)
             .await?;
-        anyhow::ensure!(
-            matches!(confirm, lapin::Confirmation::Ack(None)),
-            "the broker did not take job {job_id} back ({confirm:?}); it stays dead-lettered"
-        );
-        letter.ack(BasicAckOptions::default()).await?;
-        redriven += 1;
-    }
-    let _ = channel.close(200, "done".into()).await;
-    let _ = connection.close(200, "done".into()).await;
-    if redrive {
-        println!("re-drove {redriven} jobs to their lanes; {skipped} letters left in {dead_queue}");
-    } else {
-        println!("{seen} dead letters shown (of {dead_queue}; they stay there)");
-    }
-    Ok(())
+    let dead_queue = letters.queue();
+    let outcome = match command {
+        DeadLetterCommand::List { limit } => letters.list(*limit).await.map(|found| {
+            for l in &found {
+                println!(
+                    "{}\tqueue={}\tplugin={}\tjob={}\t{}",
+                    l.reason, l.queue, l.plugin, l.job_id, l.detail
+                );
+            }
+            println!(
+                "{} dead letters shown (of {dead_queue}; they stay there)",
+                found.len()
+            );
+        }),
+        DeadLetterCommand::Redrive { reason, limit } => letters
+            .redrive(reason.as_deref(), *limit)
+            .await
+            .map(|done| {
+                println!(
+                    "re-drove {} jobs to their lanes; {} letters left in {dead_queue}",
+                    done.redriven, done.skipped
+                );
+            }),
+    };
+    letters.close().await;
+    Ok(outcome?)
 }
