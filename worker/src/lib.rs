@@ -15,6 +15,7 @@
 pub mod amqp;
 pub mod config;
 pub mod consumer;
+pub mod functions;
 pub mod http;
 pub mod limits;
 pub mod pipeline;
@@ -109,6 +110,10 @@ impl Worker {
         .await
         .context("connecting to Redis timed out")?
         .context("connecting to Redis")?;
+        functions::LIBRARY
+            .load(&redis)
+            .await
+            .context("loading the worker's Redis functions (FUNCTION LOAD; Redis 7 or later)")?;
         let limiter = limits::Limiter::new(redis.clone(), config.redis.prefix.clone());
         let pipeline = pipeline.with_limiter(limiter);
         let store = result_store::ResultStore::new(

@@ -1,7 +1,7 @@
 //! The idempotency record of each job in Redis: a *claim* while a worker runs it, then its
 //! *result*, so that a redelivered job is neither started twice nor paid for twice.
 //!
-//! Every delivery makes one round trip (`claim.v2.lua`): the stored result if there is one
+//! Every delivery makes one round trip (`functions/claim.lua`): the stored result if there is one
 //! (the worker republishes it), else `cancelled` if its batch was cancelled, else a claim with a short lifetime that the holder keeps
 //! extending while it works (another worker that gets the same job meanwhile defers it), else
 //! the claim's time left. Finishing stores the result and drops the claim in one round trip,
@@ -17,6 +17,7 @@
 //! at-least-once guarantee does not depend on this store, only the saving of a duplicate
 //! provider call by a job redelivered during the same outage does.
 
+use crate::functions::{Function, LIBRARY};
 use crate::limits::Settlement;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -24,8 +25,6 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-
-const CLAIM: &str = include_str!("claim.v2.lua");
 
 /// What the idempotency record said about a delivery.
 pub enum Claim {
@@ -123,7 +122,6 @@ pub struct ResultStore {
     ttl: Duration,
     cancel_ttl: Duration,
     claims: Arc<Claims>,
-    script: Arc<redis::Script>,
 }
 
 /// Claims this worker holds, extended together by [`ResultStore::extend_claims`].
@@ -194,7 +192,6 @@ impl ResultStore {
                 lifetime: claim_lifetime.max(Duration::from_secs(1)),
                 held: Mutex::new(HashSet::new()),
             }),
-            script: Arc::new(redis::Script::new(CLAIM)),
         }
     }
 
@@ -254,47 +251,34 @@ impl ResultStore {
     /// new claim, or the time left on another delivery's claim. One round trip of its own;
     /// [`ResultStore::claim_command`] sends it with other work instead.
     pub async fn claim(&self, keys: &JobKeys) -> redis::RedisResult<Claim> {
-        let mut conn = self.redis.clone();
         let _round_trip = crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::Claim);
-        let reply: Vec<Vec<u8>> = self
-            .script
-            .key(&keys.result)
-            .key(&keys.claim)
-            .key(&keys.cancelled)
-            .arg(self.next_owner())
-            .arg(self.lifetime_ms())
-            .invoke_async(&mut conn)
+        let reply: Vec<Vec<u8>> = LIBRARY
+            .query(&self.redis, &self.claim_command(keys))
             .await?;
         self.read_claim(keys, reply)
     }
 
-    /// The claim as one `EVALSHA` command, to pipeline with the job's first limiter
-    /// reservation; its reply goes to [`ResultStore::claim_from`].
+    /// The claim as one `FCALL`, to pipeline with the job's first limiter reservation; its
+    /// reply goes to [`ResultStore::claim_from`].
     pub fn claim_command(&self, keys: &JobKeys) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
-            .arg(3)
-            .arg(&keys.result)
-            .arg(&keys.claim)
-            .arg(&keys.cancelled)
-            .arg(self.next_owner())
-            .arg(self.lifetime_ms());
+        let mut cmd = LIBRARY.call(
+            Function::Claim,
+            &[&keys.result, &keys.claim, &keys.cancelled],
+        );
+        cmd.arg(self.next_owner()).arg(self.lifetime_ms());
         cmd
     }
 
-    /// Reads the reply to [`ResultStore::claim_command`]. If Redis had lost the script
-    /// (`NOSCRIPT`: the command did not run), claims in a round trip of its own.
+    /// Reads the reply to [`ResultStore::claim_command`]. If Redis had lost the functions
+    /// (it restarted: the command did not run), claims in a round trip of its own, which
+    /// loads them.
     pub async fn claim_from(
         &self,
         keys: &JobKeys,
         reply: redis::RedisResult<redis::Value>,
     ) -> redis::RedisResult<Claim> {
         match reply {
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                self.claim(keys).await
-            }
+            Err(error) if crate::functions::is_missing(&error) => self.claim(keys).await,
             Err(error) => Err(error),
             Ok(value) => {
                 let reply: Vec<Vec<u8>> =
@@ -411,11 +395,9 @@ impl ResultStore {
         let _round_trip =
             crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::StoreResult);
         match pipe.query_async::<()>(&mut conn).await {
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                    && settle.is_some() =>
-            {
-                // Redis restarted and forgot the script: settle (which loads it), then store.
+            Err(error) if crate::functions::is_missing(&error) && settle.is_some() => {
+                // Redis restarted and forgot the functions: settle (which loads them), then
+                // store.
                 if let Some(settlement) = settlement {
                     settlement.run().await?;
                 }

@@ -13,17 +13,14 @@
 //!   wins; cooling (after a 429) and disabled (after a 401) keys are skipped.
 //!
 //! Keys: `{prefix}:{lim}:<bucket>:<part>`; the `{lim}` hash tag keeps every key of one
-//! decision in one Redis Cluster slot. Scripts: `reserve.v1.lua`, `finish.v1.lua`, called by
-//! SHA (loaded on first use).
+//! decision in one Redis Cluster slot. Scripts: `functions/reserve.lua`, `finish.lua`,
+//! `status.lua`, functions of the worker's library ([`crate::functions`]).
 //!
 
+use crate::functions::{Function, LIBRARY};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const RESERVE: &str = include_str!("reserve.v1.lua");
-const FINISH: &str = include_str!("finish.v1.lua");
-const STATUS: &str = include_str!("status.v1.lua");
 
 /// What a bucket counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +116,6 @@ pub struct Reservation {
 pub struct Limiter {
     redis: ConnectionManager,
     prefix: String,
-    reserve: std::sync::Arc<redis::Script>,
-    finish: std::sync::Arc<redis::Script>,
-    status: std::sync::Arc<redis::Script>,
 }
 
 /// A candidate's state, for gauges.
@@ -141,9 +135,6 @@ impl Limiter {
         Self {
             redis,
             prefix: prefix.into(),
-            reserve: std::sync::Arc::new(redis::Script::new(RESERVE)),
-            finish: std::sync::Arc::new(redis::Script::new(FINISH)),
-            status: std::sync::Arc::new(redis::Script::new(STATUS)),
         }
     }
 
@@ -161,20 +152,15 @@ impl Limiter {
         let (keys, spec) = self.reserve_args(shared, candidates);
         let _round_trip =
             crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterReserve);
-        let mut invocation = self.reserve.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(id).arg(spec);
-        let mut conn = self.redis.clone();
-        let reply: (u8, i64, u64) = invocation.invoke_async(&mut conn).await?;
+        let mut cmd = LIBRARY.call(Function::Reserve, &keys);
+        cmd.arg(id).arg(spec);
+        let reply: (u8, i64, u64) = LIBRARY.query(&self.redis, &cmd).await?;
         Ok(decision(reply, id, shared, candidates))
     }
 
     /// [`Limiter::reserve`] with `first` sent ahead of it in the same round trip (a job's
     /// idempotency claim). Returns `first`'s reply, and the decision. If Redis had lost the
-    /// reservation script (`NOSCRIPT`: it did not run), the reservation goes again on its
-    /// own, loading the script.
+    /// functions (it restarted), the reservation goes again on its own, which loads them.
     pub async fn reserve_after(
         &self,
         first: redis::Cmd,
@@ -186,13 +172,8 @@ impl Limiter {
         redis::RedisResult<Decision>,
     ) {
         let (keys, spec) = self.reserve_args(shared, candidates);
-        let mut reserve = redis::cmd("EVALSHA");
-        reserve
-            .arg(self.reserve.get_hash())
-            .arg(keys.len())
-            .arg(&keys)
-            .arg(id)
-            .arg(&spec);
+        let mut reserve = LIBRARY.call(Function::Reserve, &keys);
+        reserve.arg(id).arg(&spec);
         let mut pipe = redis::pipe();
         pipe.add_command(first).add_command(reserve).ignore_errors();
         let mut conn = self.redis.clone();
@@ -213,9 +194,7 @@ impl Limiter {
         };
         let first = replies.next().unwrap_or_else(missing);
         let decided = match replies.next().unwrap_or_else(missing) {
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+            Err(error) if crate::functions::is_missing(&error) => {
                 self.reserve(id, shared, candidates).await
             }
             Err(error) => Err(error),
@@ -287,32 +266,24 @@ impl Limiter {
         let Some((keys, spec)) = self.finish_args(reservation, actual_tokens) else {
             return Ok(());
         };
-        let mut invocation = self.finish.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(&reservation.id).arg(spec);
-        let mut conn = self.redis.clone();
+        let mut cmd = LIBRARY.call(Function::Finish, &keys);
+        cmd.arg(&reservation.id).arg(spec);
         let _round_trip =
             crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterFinish);
-        invocation.invoke_async::<i64>(&mut conn).await.map(drop)
+        LIBRARY.query::<i64>(&self.redis, &cmd).await.map(drop)
     }
 
-    /// The settlement as one `EVALSHA` command, to pipeline with other work (the result
-    /// store's write): `None` when there is nothing to settle. If Redis lost the script
-    /// (`NOSCRIPT`), fall back to [`Limiter::finish`].
+    /// The settlement as one `FCALL`, to pipeline with other work (the result store's
+    /// write): `None` when there is nothing to settle. If Redis lost the functions, fall back
+    /// to [`Limiter::finish`] (which loads them).
     pub fn finish_command(
         &self,
         reservation: &Reservation,
         actual_tokens: Option<u64>,
     ) -> Option<redis::Cmd> {
         let (keys, spec) = self.finish_args(reservation, actual_tokens)?;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.finish.get_hash())
-            .arg(keys.len())
-            .arg(keys)
-            .arg(&reservation.id)
-            .arg(spec);
+        let mut cmd = LIBRARY.call(Function::Finish, &keys);
+        cmd.arg(&reservation.id).arg(spec);
         Some(cmd)
     }
 
@@ -381,13 +352,9 @@ impl Limiter {
                 .collect();
             spec.push(json!({"cool": cool, "disabled": disabled, "windows": windows}));
         }
-        let mut invocation = self.status.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(Value::Array(spec).to_string());
-        let mut conn = self.redis.clone();
-        let rows: Vec<Vec<i64>> = invocation.invoke_async(&mut conn).await?;
+        let mut cmd = LIBRARY.call(Function::Status, &keys);
+        cmd.arg(Value::Array(spec).to_string());
+        let rows: Vec<Vec<i64>> = LIBRARY.query(&self.redis, &cmd).await?;
         Ok(rows
             .into_iter()
             .map(|row| CandidateStatus {

@@ -771,3 +771,41 @@ async fn a_redis_outage_of_a_minute_loses_no_job() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+/// A Redis that restarts without persistence forgets the worker's functions: the next call
+/// loads them again, on its own and pipelined behind a job's claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_the_functions_gets_them_back_on_the_next_call() {
+    let redis = quarry_integration::PrivateRedis::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let limiter = Limiter::new(manager.clone(), "qt-fn");
+    let flush = || async {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let () = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    let shared = [requests("fn-shared", 100, Duration::from_secs(60))];
+    let candidates = [key(
+        "fn-key",
+        vec![requests("fn-k", 100, Duration::from_secs(60))],
+    )];
+    // Never loaded: the first call loads the library.
+    let first = limiter.reserve("r1", &shared, &candidates).await.unwrap();
+    assert!(matches!(first, Decision::Granted { .. }), "{first:?}");
+    flush().await;
+    let again = limiter.reserve("r2", &shared, &candidates).await.unwrap();
+    assert!(matches!(again, Decision::Granted { .. }), "{again:?}");
+    // Pipelined behind another command: the reservation goes again on its own.
+    flush().await;
+    let (ping, decided) = limiter
+        .reserve_after(redis::cmd("PING"), "r3", &shared, &candidates)
+        .await;
+    assert_eq!(ping.unwrap(), redis::Value::SimpleString("PONG".into()));
+    assert!(matches!(decided.unwrap(), Decision::Granted { .. }));
+}
