@@ -19,10 +19,10 @@
 //! Decoding and publishing belong to the consumer ([`crate::consumer`]); this module knows
 //! nothing of AMQP, so it is tested without a broker (`tests.rs`).
 
-mod admission;
 mod cost;
 
 use crate::config::{Config, Route, Target};
+use crate::limits::admission::{Admission, Keys, Refused};
 use crate::limits::{Limiter, Settlement};
 use crate::policy::{Policies, Policy};
 use crate::providers::{
@@ -33,7 +33,6 @@ use crate::retry::RetryPolicy;
 use crate::schema_cache::{CompiledSchema, InvalidSchema, SchemaCache, Violation, violations};
 use crate::telemetry;
 use crate::trace::TraceContext;
-use admission::{Admission, Keys, Refused};
 use cost::{CostTally, PriceTable};
 use jsonschema::Validator;
 use quarry_schemas::result::{ContentType, ResultVersion};

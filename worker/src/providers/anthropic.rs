@@ -10,7 +10,7 @@
 use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed};
 use super::status::{self, Said};
 use super::{
-    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, ratelimit,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, retry_hint,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
@@ -181,7 +181,7 @@ impl Anthropic {
             .as_ref()
             .and_then(|e| e.message.clone())
             .unwrap_or_else(|| body_text(&raw.body));
-        let after = ratelimit::retry_after(&raw.headers);
+        let after = retry_hint::retry_after(&raw.headers);
         let (code, disposition) = status::classify(raw.status.as_u16(), said(kind), after);
         failure(raw.status, code, disposition, &text, key)
     }

@@ -11,7 +11,7 @@
 
 use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
 use super::status::{self, Said};
-use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, ratelimit};
+use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, retry_hint};
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
@@ -191,8 +191,8 @@ impl Gemini {
         });
         let after = error
             .as_ref()
-            .and_then(ratelimit::google_retry_info)
-            .or_else(|| ratelimit::retry_after(&raw.headers));
+            .and_then(retry_hint::google_retry_info)
+            .or_else(|| retry_hint::retry_after(&raw.headers));
         let said = if bad_key {
             Some(Said::KeyRejected)
         } else {

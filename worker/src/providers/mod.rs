@@ -12,14 +12,14 @@
 //! | `openai_compatible` | [`openai_compatible`] | `json_schema`, or `json_object` + schema in the prompt |
 //!
 //! Shared plumbing: [`http`] (client, send, scrubbing), [`status`] (one classifier of
-//! failures, with each provider's own error words), [`ratelimit`] (retry hints).
+//! failures, with each provider's own error words), [`retry_hint`] (the retry hints in a provider's answer).
 
 pub mod anthropic;
 pub mod gemini;
 pub mod http;
 pub mod openai;
 pub mod openai_compatible;
-pub mod ratelimit;
+pub mod retry_hint;
 pub mod status;
 
 use crate::config::{ProviderConfig, ProviderKind};

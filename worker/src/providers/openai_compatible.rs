@@ -10,7 +10,7 @@
 use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, scrub};
 use super::status::{self, Said};
 use super::{
-    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, ratelimit,
+    BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, retry_hint,
 };
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
@@ -181,7 +181,7 @@ impl OpenAiCompatible {
             .as_ref()
             .and_then(|e| e.code.as_ref())
             .and_then(Value::as_str);
-        let after = ratelimit::retry_after(&raw.headers);
+        let after = retry_hint::retry_after(&raw.headers);
         // Only the API's own error object condemns the key: a 401 page from a proxy or a
         // gateway in between is retried with the key kept in rotation.
         let structured = detail

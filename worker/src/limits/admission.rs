@@ -5,8 +5,8 @@
 //!
 //! Without limits to keep (one key, no limits, no quota) no Redis call is made.
 
+use super::limiter::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Settlement, Unit};
 use crate::config::{Config, LimiterConfig, Limits, PluginQuota, ProviderConfig};
-use crate::limits::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Settlement, Unit};
 use crate::providers::{Disposition, ProviderError, ProviderRequest};
 use crate::result_store::ClaimState;
 use crate::telemetry;
@@ -21,7 +21,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// One key of a provider's pool.
-pub(super) struct KeyEntry {
+pub(crate) struct KeyEntry {
     /// Configured name (a bounded label).
     pub label: String,
     /// Limiter candidate name: `provider/key`.
@@ -35,7 +35,7 @@ pub(super) struct KeyEntry {
 }
 
 /// A provider's key pool and per-model limits.
-pub(super) struct Keys {
+pub(crate) struct Keys {
     pub keys: Vec<KeyEntry>,
     model_limits: BTreeMap<String, Limits>,
 }
@@ -43,7 +43,7 @@ pub(super) struct Keys {
 impl Keys {
     /// The provider's pool split by credential profile: a job is served by its profile's
     /// keys only.
-    pub(super) fn by_profile(
+    pub(crate) fn by_profile(
         provider: &str,
         config: Option<&ProviderConfig>,
     ) -> BTreeMap<String, Keys> {
@@ -93,7 +93,7 @@ impl Keys {
 }
 
 /// A granted attempt.
-pub(super) struct Admitted {
+pub(crate) struct Admitted {
     /// Index of the key in the pool.
     pub key: usize,
     reservation: Option<Reservation>,
@@ -101,7 +101,7 @@ pub(super) struct Admitted {
 }
 
 /// Why an attempt may not go.
-pub(super) enum Refused {
+pub(crate) enum Refused {
     /// The job ends (or waits in its queue) with this error.
     Job(ProviderError),
     /// Redis did not answer: the limits cannot be checked, so nothing is spent.
@@ -116,14 +116,14 @@ pub(super) enum Refused {
 }
 
 /// Limits, quotas and the key pool.
-pub(super) struct Admission {
+pub(crate) struct Admission {
     limiter: Option<Limiter>,
     quotas: BTreeMap<String, PluginQuota>,
     config: LimiterConfig,
 }
 
 impl Admission {
-    pub(super) fn new(config: &Config, limiter: Option<Limiter>) -> Self {
+    pub(crate) fn new(config: &Config, limiter: Option<Limiter>) -> Self {
         Self {
             limiter,
             quotas: config
@@ -135,7 +135,7 @@ impl Admission {
         }
     }
 
-    pub(super) fn set_limiter(&mut self, limiter: Limiter) {
+    pub(crate) fn set_limiter(&mut self, limiter: Limiter) {
         self.limiter = Some(limiter);
     }
 
@@ -147,7 +147,7 @@ impl Admission {
         clippy::too_many_arguments,
         reason = "one attempt's inputs; the admission redesign (issue 19) groups them"
     )]
-    pub(super) async fn admit(
+    pub(crate) async fn admit(
         &self,
         provider: &str,
         keys: &Keys,
@@ -282,7 +282,7 @@ impl Admission {
 
     /// The settlement of a successful attempt, deferred so that it travels with the result
     /// store's write (one round trip for both).
-    pub(super) fn defer(
+    pub(crate) fn defer(
         &self,
         provider: &str,
         admitted: Admitted,
@@ -297,7 +297,7 @@ impl Admission {
 
     /// Settles an attempt now: tokens reconciled with `actual_tokens` (`None`: the
     /// reservation stands), leases released.
-    pub(super) async fn settle(
+    pub(crate) async fn settle(
         &self,
         provider: &str,
         admitted: &Admitted,
@@ -316,7 +316,7 @@ impl Admission {
 
     /// Publishes each key's state (available, cooling, disabled) and what is left of its
     /// per-minute limits as gauges.
-    pub(super) async fn report(&self, provider: &str, keys: &Keys) {
+    pub(crate) async fn report(&self, provider: &str, keys: &Keys) {
         let Some(limiter) = &self.limiter else { return };
         if !keys.limited() {
             return;
@@ -363,7 +363,7 @@ impl Admission {
 
     /// Acts on a failed attempt: a 429 cools the key down, a key the provider rejected
     /// `limits.disable_key_after` times in a row leaves rotation.
-    pub(super) async fn after_failure(
+    pub(crate) async fn after_failure(
         &self,
         provider: &str,
         keys: &Keys,
@@ -495,7 +495,7 @@ fn plugin_charges(
 
 /// Tokens an attempt may use: its prompt (≈ 4 characters a token, 85 an image) plus its
 /// output bound.
-pub(super) fn estimate_tokens(request: &ProviderRequest<'_>, default_output: u64) -> u64 {
+pub(crate) fn estimate_tokens(request: &ProviderRequest<'_>, default_output: u64) -> u64 {
     let mut chars = request.instructions.map_or(0, str::len);
     let mut images = 0u64;
     for part in request.input {
