@@ -1,0 +1,414 @@
+//! Worker configuration: one TOML file, then `QUARRY__SECTION__KEY` environment overrides.
+//!
+//! Every field has a default, so a worker with no file at all runs against the local
+//! RabbitMQ, Redis and a fake provider on 127.0.0.1:8089. The reference for every key is
+//! `docs/configuration.md`; keep the two in step.
+//!
+//! One file per section, each section checking itself (`check`); [`Config::check`] runs them
+//! and the checks across sections.
+
+mod amqp;
+mod limits;
+mod plugins;
+mod prices;
+mod providers;
+mod redis;
+mod routing;
+mod worker;
+
+pub use amqp::AmqpConfig;
+pub use limits::LimiterConfig;
+pub use plugins::{PluginConfig, PluginQuota};
+pub use prices::Price;
+pub use providers::{KeyConfig, Limits, ModelLimits, PoolKey, ProviderConfig, ProviderKind};
+pub use redis::RedisConfig;
+pub use routing::{Route, RoutingConfig, Target};
+pub use worker::{HttpConfig, LogConfig, LogFormat, WorkerConfig};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// RabbitMQ connection and topology.
+    pub amqp: AmqpConfig,
+    /// Redis connection and key prefix.
+    pub redis: RedisConfig,
+    /// Concurrency, retries, shutdown.
+    pub worker: WorkerConfig,
+    /// Metrics and health endpoints.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Model aliases.
+    pub routing: RoutingConfig,
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Prices of models, for `cost_usd`.
+    pub prices: Vec<Price>,
+    /// Plugins (AMQP users) allowed to publish jobs, with their policy and quotas. Absent:
+    /// only [`DEVELOPMENT_PLUGIN`], unrestricted.
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// How the limiter waits.
+    pub limits: LimiterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert("fake".to_owned(), ProviderConfig::default());
+        Self {
+            amqp: AmqpConfig::default(),
+            redis: RedisConfig::default(),
+            worker: WorkerConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            routing: RoutingConfig::default(),
+            providers,
+            prices: Vec::new(),
+            plugins: BTreeMap::from([(DEVELOPMENT_PLUGIN.to_owned(), PluginConfig::default())]),
+            limits: LimiterConfig::default(),
+        }
+    }
+}
+
+/// Profile of a key that names none, and of a job that asks for none.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// The plugin a worker without a `[plugins]` table accepts: RabbitMQ's own `guest` user, which
+/// the broker admits from localhost only. Any `[plugins.NAME]` table replaces it.
+pub const DEVELOPMENT_PLUGIN: &str = "guest";
+
+/// Configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or did not match the types.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// Values that parse but do not fit together.
+    #[error("configuration: {key}: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A secret file could not be read.
+    #[error("configuration: {key}: cannot read {path}: {source}")]
+    SecretFile {
+        /// Dotted key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// [`ConfigError::Invalid`] for `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (when given; it must exist) and then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// Like [`Config::load`], with the environment given as a map (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let environment = config::Environment::with_prefix("QUARRY")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("amqp.lanes")
+            .source(env);
+        let mut config: Config = builder.add_source(environment).build()?.try_deserialize()?;
+        config.resolve_secret_files()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (name, provider) in &mut self.providers {
+            provider.resolve_secret_files(name)?;
+        }
+        Ok(())
+    }
+
+    /// Every section's checks, then the ones across sections (aliases name providers,
+    /// plugins name aliases and providers, prices name providers).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.worker.check()?;
+        self.limits.check()?;
+        self.amqp.check()?;
+        self.routing.check(&self.providers)?;
+        for (name, provider) in &self.providers {
+            provider.check(name)?;
+        }
+        for (name, provider) in &self.providers {
+            provider.check_keys(name)?;
+        }
+        for (name, plugin) in &self.plugins {
+            plugin.check(name, self)?;
+        }
+        for (i, price) in self.prices.iter().enumerate() {
+            price.check(i, &self.providers)?;
+        }
+        Ok(())
+    }
+}
+/// A credential profile name: 1 to 64 ASCII letters, digits, `_` and `-`.
+pub fn is_profile_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_schemas::wire::Lane;
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(config.amqp.namespace, "quarry");
+        assert_eq!(config.amqp.lanes, vec![Lane::Interactive, Lane::Batch]);
+        assert_eq!(config.routing.aliases["default"].provider, "fake");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[amqp]
+namespace = "from-file"
+[worker]
+concurrency = 8
+[providers.openai]
+base_url = "https://api.openai.com/v1"
+[routing]
+default_alias = "smart"
+[routing.aliases.smart]
+provider = "openai"
+model = "gpt-4o"
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(
+            Some(file.path()),
+            env(&[
+                ("QUARRY__WORKER__CONCURRENCY", "32"),
+                ("QUARRY__AMQP__LANES", "batch"),
+                ("QUARRY__PROVIDERS__OPENAI__API_KEY", "sk-test-123"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(config.amqp.namespace, "from-file");
+        assert_eq!(config.worker.concurrency, 32);
+        assert_eq!(config.amqp.lanes, vec![Lane::Batch]);
+        let key = config.providers["openai"]
+            .api_key
+            .as_ref()
+            .expect("key from env");
+        assert_eq!(key.expose_secret(), "sk-test-123");
+        assert!(
+            !format!("{config:?}").contains("sk-test-123"),
+            "Debug must not print secrets"
+        );
+    }
+
+    #[test]
+    fn api_key_file_is_read_and_trimmed() {
+        let mut key = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(key, "sk-from-file").expect("write");
+        let path = key.path().to_str().expect("utf-8 path").to_owned();
+        let config = Config::load_with_env(
+            None,
+            env(&[("QUARRY__PROVIDERS__FAKE__API_KEY_FILE", &path)]),
+        )
+        .expect("load");
+        let secret = config.providers["fake"].api_key.as_ref().expect("key");
+        assert_eq!(secret.expose_secret(), "sk-from-file");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load_with_env(None, env(&[("QUARRY__ROUTING__DEFAULT_ALIAS", "nope")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("routing.default_alias"), "{err}");
+        let err = Config::load_with_env(None, env(&[("QUARRY__WORKER__CONCURRENCY", "0")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        let err = Config::load_with_env(None, env(&[("QUARRY__AMQP__LANES", "urgent")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("urgent"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(file, "[worker]\nconcurency = 4\n").expect("write");
+        let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("typo must fail");
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn fallbacks_prices_and_provider_kinds() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[routing]
+default_alias = "smart"
+[routing.aliases.smart]
+provider = "anthropic"
+model = "claude-sonnet-4-5"
+fallbacks = [{{ provider = "openai", model = "gpt-4.1", images = false }}]
+[providers.anthropic]
+kind = "anthropic"
+[providers.openai]
+kind = "openai"
+strict = true
+[[prices]]
+provider = "openai"
+model = "gpt-4.1"
+input_per_mtok = 2.0
+output_per_mtok = 8.0
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(Some(file.path()), env(&[])).expect("load");
+        let targets = config.routing.aliases["smart"].targets();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(
+            (targets[1].model.as_str(), targets[1].images),
+            ("gpt-4.1", false)
+        );
+        assert_eq!(config.prices[0].model, "gpt-4.1");
+        assert_eq!(
+            config.providers["anthropic"].base_url(),
+            "https://api.anthropic.com/v1"
+        );
+        assert_eq!(config.providers["openai"].kind, ProviderKind::Openai);
+    }
+
+    #[test]
+    fn a_fallback_to_an_unknown_provider_names_its_key() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            "[routing.aliases.default]\nprovider = \"fake\"\nmodel = \"m\"\nfallbacks = [{{ provider = \"nope\", model = \"x\" }}]\n"
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("must fail");
+        assert!(
+            err.to_string()
+                .contains("routing.aliases.default.fallbacks[0].provider"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plugin_policies_and_key_profiles_load_and_are_checked() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[plugins.receipts]
+default_model = "fast"
+model_override = false
+allowed_models = ["fake/fake-mini", "fake/*"]
+profiles = ["team-a"]
+max_tokens = 300
+[[providers.fake.keys]]
+name = "a"
+api_key = "sk-a"
+profile = "team-a"
+[[providers.fake.keys]]
+name = "b"
+api_key = "sk-b"
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(Some(file.path()), env(&[])).expect("load");
+        assert_eq!(
+            config.plugins.keys().collect::<Vec<_>>(),
+            ["receipts"],
+            "a [plugins] table replaces the development default"
+        );
+        let plugin = &config.plugins["receipts"];
+        assert!(!plugin.model_override);
+        assert_eq!(plugin.default_profile, "default");
+        let profiles: Vec<String> = config.providers["fake"]
+            .key_pool()
+            .into_iter()
+            .map(|k| k.profile)
+            .collect();
+        assert_eq!(profiles, ["team-a", "default"]);
+
+        for (bad, key) in [
+            (
+                "QUARRY__PLUGINS__X__DEFAULT_MODEL",
+                "plugins.x.default_model",
+            ),
+            (
+                "QUARRY__PLUGINS__X__ALLOWED_MODELS",
+                "plugins.x.allowed_models",
+            ),
+            ("QUARRY__PLUGINS__X__DEFAULT_PROFILE", "plugins.x.profiles"),
+        ] {
+            let value = match key {
+                "plugins.x.allowed_models" => "nowhere/model",
+                "plugins.x.profiles" => "has space",
+                _ => "no-such-alias",
+            };
+            let err = Config::load_with_env(None, env(&[(bad, value)])).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            "[routing.aliases.default]\nprovider = \"fake\"\nmodel = \"m\"\n[routing.aliases.\"a@b\"]\nprovider = \"fake\"\nmodel = \"m\"\n"
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("@ in alias");
+        assert!(err.to_string().contains("routing.aliases.a@b"), "{err}");
+    }
+}

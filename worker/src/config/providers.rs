@@ -1,0 +1,310 @@
+//! `[providers.NAME]`: providers, their key pools and limits.
+
+use super::{ConfigError, DEFAULT_PROFILE, is_profile_name};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `[providers.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Base URL. Default per kind: `openai` <https://api.openai.com/v1>, `anthropic`
+    /// <https://api.anthropic.com/v1>, `gemini` <https://generativelanguage.googleapis.com/v1beta>,
+    /// `openai_compatible` the local fake provider.
+    pub base_url: Option<String>,
+    /// API key. Set it through the environment (`QUARRY__PROVIDERS__NAME__API_KEY`) or
+    /// `api_key_file`, never in a committed file.
+    pub api_key: Option<SecretString>,
+    /// File holding the API key (e.g. a mounted Kubernetes secret).
+    pub api_key_file: Option<PathBuf>,
+    /// Default timeout of one attempt, milliseconds (a job's `timeout_ms` overrides it).
+    pub timeout_ms: u64,
+    /// `openai_compatible`: send the schema as `response_format: json_schema` (else
+    /// `json_object` with the schema in the system message).
+    pub native_json_schema: bool,
+    /// `openai`: strict structured outputs (the schema is made strict-compatible).
+    pub strict: bool,
+    /// `anthropic`: the `anthropic-version` header.
+    pub anthropic_version: String,
+    /// `anthropic`: `max_tokens` when the job sets none (the API requires one).
+    pub default_max_tokens: u32,
+    /// Extra HTTP headers sent with every request. Their values are secrets (gateways take
+    /// credentials there): never logged, and scrubbed from provider text like keys.
+    pub headers: BTreeMap<String, SecretString>,
+    /// The key pool. Empty: one key named `default`, from `api_key` / `api_key_file`.
+    pub keys: Vec<KeyConfig>,
+    /// Limits of every key of this provider (a key's own values override them).
+    pub limits: Limits,
+    /// Limits of every key for one model (in addition to the key's own).
+    pub model_limits: Vec<ModelLimits>,
+}
+
+/// `[[providers.NAME.keys]]`: one credential of the pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name in logs and metrics (never the secret).
+    pub name: String,
+    /// The secret itself (prefer `api_key_env` or `api_key_file`).
+    pub api_key: Option<SecretString>,
+    /// Environment variable holding the secret.
+    pub api_key_env: Option<String>,
+    /// File holding the secret.
+    pub api_key_file: Option<PathBuf>,
+    /// Requests in any 60 s, for this key (default: the provider's `limits`).
+    pub requests_per_minute: Option<u64>,
+    /// Tokens in any 60 s, for this key.
+    pub tokens_per_minute: Option<u64>,
+    /// Calls at once, for this key.
+    pub concurrent: Option<u64>,
+    /// Credential profile of this key: a job is served by keys of its profile only.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+}
+
+fn default_profile() -> String {
+    DEFAULT_PROFILE.to_owned()
+}
+
+/// One key of a provider's pool, as the pipeline uses it.
+#[derive(Debug, Clone)]
+pub struct PoolKey {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// The secret.
+    pub secret: Option<SecretString>,
+    /// Its limits (the provider's where the key sets none).
+    pub limits: Limits,
+    /// Its credential profile.
+    pub profile: String,
+}
+
+impl KeyConfig {
+    /// This key's own limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            concurrent: self.concurrent,
+        }
+    }
+}
+
+/// Requests, tokens and concurrent calls; unset means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Requests in any 60 s.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (input + output) in any 60 s.
+    pub tokens_per_minute: Option<u64>,
+    /// Calls at once.
+    pub concurrent: Option<u64>,
+}
+
+impl Limits {
+    /// `self`, with unset values taken from `fallback`.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute.or(fallback.requests_per_minute),
+            tokens_per_minute: self.tokens_per_minute.or(fallback.tokens_per_minute),
+            concurrent: self.concurrent.or(fallback.concurrent),
+        }
+    }
+
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.tokens_per_minute.is_some()
+            || self.concurrent.is_some()
+    }
+}
+
+/// `[[providers.NAME.model_limits]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    /// The provider's model id.
+    pub model: String,
+    /// Requests in any 60 s, per key.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens in any 60 s, per key.
+    pub tokens_per_minute: Option<u64>,
+    /// Calls at once, per key.
+    pub concurrent: Option<u64>,
+}
+
+impl ModelLimits {
+    /// As [`Limits`].
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            concurrent: self.concurrent,
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The key pool: the configured keys, or one `default` key (profile `default`) from
+    /// `api_key`.
+    pub fn key_pool(&self) -> Vec<PoolKey> {
+        if self.keys.is_empty() {
+            return vec![PoolKey {
+                name: "default".to_owned(),
+                secret: self.api_key.clone(),
+                limits: self.limits,
+                profile: DEFAULT_PROFILE.to_owned(),
+            }];
+        }
+        self.keys
+            .iter()
+            .map(|k| PoolKey {
+                name: k.name.clone(),
+                secret: k.api_key.clone(),
+                limits: k.limits().or(self.limits),
+                profile: k.profile.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::OpenaiCompatible,
+            base_url: None,
+            api_key: None,
+            api_key_file: None,
+            timeout_ms: 60_000,
+            native_json_schema: true,
+            strict: false,
+            anthropic_version: "2023-06-01".to_owned(),
+            default_max_tokens: 4096,
+            headers: BTreeMap::new(),
+            keys: Vec::new(),
+            limits: Limits::default(),
+            model_limits: Vec::new(),
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The configured base URL, or the kind's default, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        let url = self.base_url.as_deref().unwrap_or(match self.kind {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            ProviderKind::OpenaiCompatible => "http://127.0.0.1:8089/v1",
+        });
+        url.trim_end_matches('/').to_owned()
+    }
+}
+
+/// Provider wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI chat completions with structured outputs.
+    Openai,
+    /// Anthropic messages; structured output through a forced tool.
+    Anthropic,
+    /// Google Gemini `generateContent` with `responseSchema`.
+    Gemini,
+    /// Servers that speak OpenAI chat completions (vLLM, llama.cpp, Ollama, ...).
+    OpenaiCompatible,
+}
+
+impl ProviderConfig {
+    /// Its own checks (`name`: its `[providers.NAME]`).
+    pub fn check(&self, name: &str) -> Result<(), ConfigError> {
+        let url = self.base_url();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                format!("providers.{name}.base_url"),
+                "must be an http(s) URL",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                format!("providers.{name}.timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key pool's checks: unique names, profile names, keys that are valid headers.
+    pub fn check_keys(&self, name: &str) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, key) in self.key_pool().iter().enumerate() {
+            if key.name.is_empty() || !seen.insert(key.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("providers.{name}.keys[{i}].name"),
+                    "key names must be unique and not empty",
+                ));
+            }
+            if !is_profile_name(&key.profile) {
+                return Err(ConfigError::invalid(
+                    format!("providers.{name}.keys[{i}].profile"),
+                    "must match ^[A-Za-z0-9_-]{1,64}$",
+                ));
+            }
+            if let Some(secret) = &key.secret
+                && reqwest::header::HeaderValue::from_str(secrecy::ExposeSecret::expose_secret(
+                    secret,
+                ))
+                .is_err()
+            {
+                return Err(ConfigError::invalid(
+                    format!("providers.{name}.keys[{i}]"),
+                    "the API key is not a valid HTTP header value",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the secrets named by `api_key_file`, `keys[].api_key_env` and
+    /// `keys[].api_key_file` (`name`: its `[providers.NAME]`).
+    pub fn resolve_secret_files(&mut self, name: &str) -> Result<(), ConfigError> {
+        if self.api_key.is_none()
+            && let Some(path) = &self.api_key_file
+        {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                key: format!("providers.{name}.api_key_file"),
+                path: path.clone(),
+                source,
+            })?;
+            self.api_key = Some(SecretString::from(text.trim().to_owned()));
+        }
+        for (i, key) in self.keys.iter_mut().enumerate() {
+            if key.api_key.is_some() {
+                continue;
+            }
+            if let Some(var) = &key.api_key_env {
+                let value = std::env::var(var).map_err(|_| {
+                    ConfigError::invalid(
+                        format!("providers.{name}.keys[{i}].api_key_env"),
+                        format!("environment variable `{var}` is not set"),
+                    )
+                })?;
+                key.api_key = Some(SecretString::from(value));
+            } else if let Some(path) = &key.api_key_file {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                        key: format!("providers.{name}.keys[{i}].api_key_file"),
+                        path: path.clone(),
+                        source,
+                    })?;
+                key.api_key = Some(SecretString::from(text.trim().to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
