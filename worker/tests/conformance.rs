@@ -13,7 +13,7 @@ use quarry_fake_provider::faults::Fault;
 use quarry_fake_provider::{FakeConfig, FakeProvider, Recorded};
 use quarry_schemas::job::{ImageMime, ImagePart};
 use quarry_schemas::{ErrorCode, InputPart, Job, Status};
-use quarry_worker::config::{Config, ProviderConfig, ProviderKind, Route};
+use quarry_worker::config::{Config, ProviderConfig, ProviderKind, ProviderSettings, Route};
 use quarry_worker::pipeline::Pipeline;
 use quarry_worker::providers::{self, Disposition, ProviderRequest};
 use secrecy::SecretString;
@@ -27,15 +27,24 @@ fn receipt_schema() -> Value {
     serde_json::from_str(quarry_schemas::examples::RECEIPT).unwrap()
 }
 
+/// The kind's settings, OpenAI with strict structured outputs (as a real deployment runs it).
+fn settings_of(kind: ProviderKind) -> ProviderSettings {
+    match ProviderSettings::of(kind) {
+        ProviderSettings::Openai(_) => {
+            ProviderSettings::Openai(quarry_worker::providers::openai::Settings { strict: true })
+        }
+        other => other,
+    }
+}
+
 fn provider_config(kind: ProviderKind, fake: &FakeProvider) -> ProviderConfig {
     ProviderConfig {
-        kind,
+        settings: settings_of(kind),
         base_url: Some(match kind {
             ProviderKind::Gemini => fake.gemini_base_url(),
             _ => fake.base_url(),
         }),
         api_key: Some(SecretString::from(KEY.to_owned())),
-        strict: kind == ProviderKind::Openai,
         ..ProviderConfig::default()
     }
 }

@@ -20,7 +20,9 @@ pub use amqp::AmqpConfig;
 pub use limits::LimiterConfig;
 pub use plugins::{PluginConfig, PluginQuota};
 pub use prices::Price;
-pub use providers::{KeyConfig, Limits, ModelLimits, PoolKey, ProviderConfig, ProviderKind};
+pub use providers::{
+    KeyConfig, Limits, ModelLimits, PoolKey, ProviderConfig, ProviderKind, ProviderSettings,
+};
 pub use redis::RedisConfig;
 pub use routing::{Route, RoutingConfig, Target};
 pub use worker::{HttpConfig, LogConfig, LogFormat, WorkerConfig};
@@ -282,6 +284,39 @@ model = "gpt-4o"
     }
 
     #[test]
+    fn a_setting_of_another_provider_kind_is_refused() {
+        let err = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY__PROVIDERS__FAKE__KIND", "anthropic"),
+                ("QUARRY__PROVIDERS__FAKE__STRICT", "true"),
+            ]),
+        )
+        .expect_err("strict is OpenAI's");
+        let text = err.to_string();
+        assert!(
+            text.contains("`strict` is a setting of kind `openai`"),
+            "{text}"
+        );
+        assert!(text.contains("kind `anthropic`"), "{text}");
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY__PROVIDERS__FAKE__KIND", "anthropic"),
+                ("QUARRY__PROVIDERS__FAKE__DEFAULT_MAX_TOKENS", "512"),
+            ]),
+        )
+        .expect("its own setting");
+        match &config.providers["fake"].settings {
+            ProviderSettings::Anthropic(settings) => {
+                assert_eq!(settings.default_max_tokens, 512);
+                assert_eq!(settings.version, "2023-06-01");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         write!(file, "[worker]\nconcurency = 4\n").expect("write");
@@ -326,7 +361,7 @@ output_per_mtok = 8.0
             config.providers["anthropic"].base_url(),
             "https://api.anthropic.com/v1"
         );
-        assert_eq!(config.providers["openai"].kind, ProviderKind::Openai);
+        assert_eq!(config.providers["openai"].kind(), ProviderKind::Openai);
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 /// `[providers.NAME]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "ProviderFile")]
 pub struct ProviderConfig {
-    /// Wire format.
-    pub kind: ProviderKind,
+    /// The wire format and the settings only it has.
+    pub settings: ProviderSettings,
     /// Base URL. Default per kind: `openai` <https://api.openai.com/v1>, `anthropic`
     /// <https://api.anthropic.com/v1>, `gemini` <https://generativelanguage.googleapis.com/v1beta>,
     /// `openai_compatible` the local fake provider.
@@ -23,15 +23,6 @@ pub struct ProviderConfig {
     pub api_key_file: Option<PathBuf>,
     /// Default timeout of one attempt, milliseconds (a job's `timeout_ms` overrides it).
     pub timeout_ms: u64,
-    /// `openai_compatible`: send the schema as `response_format: json_schema` (else
-    /// `json_object` with the schema in the system message).
-    pub native_json_schema: bool,
-    /// `openai`: strict structured outputs (the schema is made strict-compatible).
-    pub strict: bool,
-    /// `anthropic`: the `anthropic-version` header.
-    pub anthropic_version: String,
-    /// `anthropic`: `max_tokens` when the job sets none (the API requires one).
-    pub default_max_tokens: u32,
     /// Extra HTTP headers sent with every request. Their values are secrets (gateways take
     /// credentials there): never logged, and scrubbed from provider text like keys.
     pub headers: BTreeMap<String, SecretString>,
@@ -41,6 +32,157 @@ pub struct ProviderConfig {
     pub limits: Limits,
     /// Limits of every key for one model (in addition to the key's own).
     pub model_limits: Vec<ModelLimits>,
+}
+
+/// A provider's kind with the settings only that kind has; each variant's settings live
+/// beside their provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderSettings {
+    /// OpenAI chat completions with structured outputs.
+    Openai(crate::providers::openai::Settings),
+    /// Anthropic messages; structured output through a forced tool.
+    Anthropic(crate::providers::anthropic::Settings),
+    /// Google Gemini `generateContent` with `responseSchema`.
+    Gemini,
+    /// Servers that speak OpenAI chat completions (vLLM, llama.cpp, Ollama, ...).
+    OpenaiCompatible(crate::providers::openai_compatible::Settings),
+}
+
+impl ProviderSettings {
+    /// The kind's settings, each at its default.
+    pub fn of(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::Openai => Self::Openai(Default::default()),
+            ProviderKind::Anthropic => Self::Anthropic(Default::default()),
+            ProviderKind::Gemini => Self::Gemini,
+            ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(Default::default()),
+        }
+    }
+
+    /// The wire format.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Self::Openai(_) => ProviderKind::Openai,
+            Self::Anthropic(_) => ProviderKind::Anthropic,
+            Self::Gemini => ProviderKind::Gemini,
+            Self::OpenaiCompatible(_) => ProviderKind::OpenaiCompatible,
+        }
+    }
+}
+
+/// `[providers.NAME]` as it is written: the settings of every kind side by side, each
+/// accepted only on its own kind.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ProviderFile {
+    kind: ProviderKind,
+    base_url: Option<String>,
+    api_key: Option<SecretString>,
+    api_key_file: Option<PathBuf>,
+    timeout_ms: u64,
+    /// `openai_compatible`.
+    native_json_schema: Option<bool>,
+    /// `openai`.
+    strict: Option<bool>,
+    /// `anthropic`.
+    anthropic_version: Option<String>,
+    /// `anthropic`.
+    default_max_tokens: Option<u32>,
+    headers: BTreeMap<String, SecretString>,
+    keys: Vec<KeyConfig>,
+    limits: Limits,
+    model_limits: Vec<ModelLimits>,
+}
+
+impl Default for ProviderFile {
+    fn default() -> Self {
+        let defaults = ProviderConfig::default();
+        Self {
+            kind: defaults.kind(),
+            base_url: None,
+            api_key: None,
+            api_key_file: None,
+            timeout_ms: defaults.timeout_ms,
+            native_json_schema: None,
+            strict: None,
+            anthropic_version: None,
+            default_max_tokens: None,
+            headers: BTreeMap::new(),
+            keys: Vec::new(),
+            limits: Limits::default(),
+            model_limits: Vec::new(),
+        }
+    }
+}
+
+impl TryFrom<ProviderFile> for ProviderConfig {
+    type Error = String;
+
+    fn try_from(file: ProviderFile) -> Result<Self, String> {
+        let kind = file.kind;
+        // A setting of another kind would be silently ignored: refused, naming its kind.
+        let foreign = [
+            (
+                "native_json_schema",
+                file.native_json_schema.is_some(),
+                ProviderKind::OpenaiCompatible,
+            ),
+            ("strict", file.strict.is_some(), ProviderKind::Openai),
+            (
+                "anthropic_version",
+                file.anthropic_version.is_some(),
+                ProviderKind::Anthropic,
+            ),
+            (
+                "default_max_tokens",
+                file.default_max_tokens.is_some(),
+                ProviderKind::Anthropic,
+            ),
+        ];
+        if let Some((field, _, owner)) = foreign
+            .iter()
+            .find(|(_, set, owner)| *set && *owner != kind)
+        {
+            return Err(format!(
+                "`{field}` is a setting of kind `{}`; this provider is kind `{}`",
+                owner.as_str(),
+                kind.as_str()
+            ));
+        }
+        let settings = match (ProviderSettings::of(kind), &file) {
+            (ProviderSettings::Openai(mut openai), file) => {
+                openai.strict = file.strict.unwrap_or(openai.strict);
+                ProviderSettings::Openai(openai)
+            }
+            (ProviderSettings::Anthropic(mut anthropic), file) => {
+                if let Some(version) = &file.anthropic_version {
+                    anthropic.version.clone_from(version);
+                }
+                anthropic.default_max_tokens = file
+                    .default_max_tokens
+                    .unwrap_or(anthropic.default_max_tokens);
+                ProviderSettings::Anthropic(anthropic)
+            }
+            (ProviderSettings::Gemini, _) => ProviderSettings::Gemini,
+            (ProviderSettings::OpenaiCompatible(mut compatible), file) => {
+                compatible.native_json_schema = file
+                    .native_json_schema
+                    .unwrap_or(compatible.native_json_schema);
+                ProviderSettings::OpenaiCompatible(compatible)
+            }
+        };
+        Ok(Self {
+            settings,
+            base_url: file.base_url,
+            api_key: file.api_key,
+            api_key_file: file.api_key_file,
+            timeout_ms: file.timeout_ms,
+            headers: file.headers,
+            keys: file.keys,
+            limits: file.limits,
+            model_limits: file.model_limits,
+        })
+    }
 }
 
 /// `[[providers.NAME.keys]]`: one credential of the pool.
@@ -176,15 +318,11 @@ impl ProviderConfig {
 impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
-            kind: ProviderKind::OpenaiCompatible,
+            settings: ProviderSettings::of(ProviderKind::OpenaiCompatible),
             base_url: None,
             api_key: None,
             api_key_file: None,
             timeout_ms: 60_000,
-            native_json_schema: true,
-            strict: false,
-            anthropic_version: "2023-06-01".to_owned(),
-            default_max_tokens: 4096,
             headers: BTreeMap::new(),
             keys: Vec::new(),
             limits: Limits::default(),
@@ -194,9 +332,14 @@ impl Default for ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// The wire format.
+    pub fn kind(&self) -> ProviderKind {
+        self.settings.kind()
+    }
+
     /// The configured base URL, or the kind's default, without a trailing slash.
     pub fn base_url(&self) -> String {
-        let url = self.base_url.as_deref().unwrap_or(match self.kind {
+        let url = self.base_url.as_deref().unwrap_or(match self.kind() {
             ProviderKind::Openai => "https://api.openai.com/v1",
             ProviderKind::Anthropic => "https://api.anthropic.com/v1",
             ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
@@ -218,6 +361,18 @@ pub enum ProviderKind {
     Gemini,
     /// Servers that speak OpenAI chat completions (vLLM, llama.cpp, Ollama, ...).
     OpenaiCompatible,
+}
+
+impl ProviderKind {
+    /// The name in configuration (`kind = "..."`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+        }
+    }
 }
 
 impl ProviderConfig {

@@ -28,6 +28,24 @@ const IMAGE_MIMES: &[ImageMime] = &[
 ];
 const WRAPPED: &str = "value";
 
+/// `[providers.NAME]` settings of kind `anthropic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `anthropic_version`: the `anthropic-version` header.
+    pub version: String,
+    /// `default_max_tokens`: `max_tokens` when the job sets none (the API requires one).
+    pub default_max_tokens: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            version: "2023-06-01".to_owned(),
+            default_max_tokens: 4096,
+        }
+    }
+}
+
 /// Anthropic.
 pub struct Anthropic {
     http: HttpClient,
@@ -37,12 +55,16 @@ pub struct Anthropic {
 
 impl Anthropic {
     /// Builds the client once.
-    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, BuildError> {
-        let version = [("anthropic-version", config.anthropic_version.as_str())];
+    pub fn new(
+        name: &str,
+        config: &ProviderConfig,
+        settings: &Settings,
+    ) -> Result<Self, BuildError> {
+        let version = [("anthropic-version", settings.version.as_str())];
         Ok(Self {
             http: HttpClient::new(name, config, Auth::Header("x-api-key"), &version)?,
             url: endpoint(name, &format!("{}/messages", config.base_url()))?,
-            default_max_tokens: config.default_max_tokens,
+            default_max_tokens: settings.default_max_tokens,
         })
     }
 

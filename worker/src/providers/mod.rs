@@ -22,7 +22,7 @@ pub mod openai_compatible;
 pub mod retry_hint;
 pub mod status;
 
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderSettings};
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, InputPart, Usage};
@@ -206,14 +206,19 @@ pub struct BuildError {
     pub reason: String,
 }
 
-/// Builds the provider a config section describes. The only match on [`ProviderKind`].
+/// Builds the provider a config section describes, with its kind's own settings. The only
+/// match on [`ProviderSettings`].
 pub fn build(name: &str, config: &ProviderConfig) -> Result<Box<dyn Provider>, BuildError> {
-    Ok(match config.kind {
-        ProviderKind::Openai => Box::new(openai::OpenAi::new(name, config)?),
-        ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(name, config)?),
-        ProviderKind::Gemini => Box::new(gemini::Gemini::new(name, config)?),
-        ProviderKind::OpenaiCompatible => {
-            Box::new(openai_compatible::OpenAiCompatible::new(name, config)?)
+    Ok(match &config.settings {
+        ProviderSettings::Openai(settings) => {
+            Box::new(openai::OpenAi::new(name, config, settings)?)
         }
+        ProviderSettings::Anthropic(settings) => {
+            Box::new(anthropic::Anthropic::new(name, config, settings)?)
+        }
+        ProviderSettings::Gemini => Box::new(gemini::Gemini::new(name, config)?),
+        ProviderSettings::OpenaiCompatible(settings) => Box::new(
+            openai_compatible::OpenAiCompatible::new(name, config, settings)?,
+        ),
     })
 }

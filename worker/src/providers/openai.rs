@@ -52,6 +52,13 @@ const STRICT_UNSUPPORTED: &[&str] = &[
 /// Name of the property a non-object root is wrapped in.
 const WRAPPED: &str = "value";
 
+/// `[providers.NAME]` settings of kind `openai`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `strict`: strict structured outputs (the schema is made strict-compatible).
+    pub strict: bool,
+}
+
 /// OpenAI.
 pub struct OpenAi {
     inner: OpenAiCompatible,
@@ -60,13 +67,17 @@ pub struct OpenAi {
 
 impl OpenAi {
     /// Builds the client once.
-    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, BuildError> {
+    pub fn new(
+        name: &str,
+        config: &ProviderConfig,
+        settings: &Settings,
+    ) -> Result<Self, BuildError> {
         let flavor = Flavor::OpenAi {
-            strict: config.strict,
+            strict: settings.strict,
         };
         Ok(Self {
             inner: OpenAiCompatible::with_flavor(name, config, flavor)?,
-            strict: config.strict,
+            strict: settings.strict,
         })
     }
 

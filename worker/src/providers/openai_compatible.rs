@@ -44,6 +44,22 @@ pub(crate) enum Flavor {
     },
 }
 
+/// `[providers.NAME]` settings of kind `openai_compatible`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `native_json_schema`: send the schema as `response_format: json_schema` (else
+    /// `json_object` with the schema in the system message).
+    pub native_json_schema: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            native_json_schema: true,
+        }
+    }
+}
+
 /// An OpenAI-compatible provider.
 pub struct OpenAiCompatible {
     http: HttpClient,
@@ -53,9 +69,13 @@ pub struct OpenAiCompatible {
 
 impl OpenAiCompatible {
     /// A generic OpenAI-compatible server.
-    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, BuildError> {
+    pub fn new(
+        name: &str,
+        config: &ProviderConfig,
+        settings: &Settings,
+    ) -> Result<Self, BuildError> {
         let flavor = Flavor::Compatible {
-            native_json_schema: config.native_json_schema,
+            native_json_schema: settings.native_json_schema,
         };
         Self::with_flavor(name, config, flavor)
     }
@@ -420,11 +440,13 @@ mod tests {
 
     fn provider(native: bool, key: Option<&str>) -> OpenAiCompatible {
         let config = ProviderConfig {
-            native_json_schema: native,
             api_key: key.map(|k| SecretString::from(k.to_owned())),
             ..ProviderConfig::default()
         };
-        OpenAiCompatible::new("test", &config).expect("build")
+        let settings = Settings {
+            native_json_schema: native,
+        };
+        OpenAiCompatible::new("test", &config, &settings).expect("build")
     }
 
     fn request<'a>(

@@ -22,7 +22,9 @@ use quarry_producer::{
 };
 use quarry_schemas::wire::{HEADER_DEAD_REASON, HEADER_DEAD_USER, HEADER_PLUGIN};
 use quarry_worker::amqp::publisher::header_text;
-use quarry_worker::config::{KeyConfig, PluginConfig, ProviderConfig, ProviderKind, Route};
+use quarry_worker::config::{
+    KeyConfig, PluginConfig, ProviderConfig, ProviderKind, ProviderSettings, Route,
+};
 use secrecy::SecretString;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -122,7 +124,7 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         config.providers.insert(
             name.into(),
             ProviderConfig {
-                kind,
+                settings: ProviderSettings::of(kind),
                 base_url: Some(base_url),
                 api_key: Some(SecretString::from("sk-hostile-test".to_owned())),
                 ..ProviderConfig::default()

@@ -11,7 +11,7 @@ use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics};
 use quarry_producer::{Client, ErrorCode, InputPart, Job, JobResult, Status, new_job_id};
 use quarry_schemas::examples;
 use quarry_schemas::job::{ImageMime, ImagePart};
-use quarry_worker::config::{Config, Price, ProviderConfig, ProviderKind, Route};
+use quarry_worker::config::{Config, Price, ProviderConfig, ProviderKind, ProviderSettings, Route};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -39,10 +39,18 @@ fn every_kind(fleet: &Fleet) -> Config {
             ProviderKind::Gemini => fleet.fake.gemini_base_url(),
             _ => fleet.fake.base_url(),
         };
+        // OpenAI with strict structured outputs, as a real deployment would run it.
+        let settings = match ProviderSettings::of(kind) {
+            ProviderSettings::Openai(_) => {
+                ProviderSettings::Openai(quarry_worker::providers::openai::Settings {
+                    strict: true,
+                })
+            }
+            other => other,
+        };
         let provider = ProviderConfig {
-            kind,
+            settings,
             base_url: Some(base_url),
-            strict: kind == ProviderKind::Openai,
             ..ProviderConfig::default()
         };
         config.providers.insert(name.into(), provider);
@@ -248,7 +256,7 @@ async fn an_overloaded_model_falls_back_to_the_next_target() {
     config.providers.insert(
         "busy".into(),
         ProviderConfig {
-            kind: ProviderKind::Anthropic,
+            settings: ProviderSettings::of(ProviderKind::Anthropic),
             base_url: Some(overloaded.base_url()),
             ..ProviderConfig::default()
         },
