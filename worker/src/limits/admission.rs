@@ -13,6 +13,7 @@ use crate::telemetry;
 use quarry_schemas::{ErrorCode, InputPart};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -25,7 +26,11 @@ pub(crate) struct KeyEntry {
     /// Configured name (a bounded label).
     pub label: String,
     /// Limiter candidate name: `provider/key`.
-    candidate: String,
+    candidate: Arc<str>,
+    /// Its buckets' names, made once.
+    names: BucketNames,
+    /// Its buckets' names for each model with limits of its own, made once.
+    model_names: BTreeMap<String, BucketNames>,
     /// The secret.
     pub secret: Option<SecretString>,
     limits: Limits,
@@ -48,9 +53,12 @@ impl Keys {
         config: Option<&ProviderConfig>,
     ) -> BTreeMap<String, Keys> {
         let Some(config) = config else {
+            let candidate: Arc<str> = format!("{provider}/default").into();
             let key = KeyEntry {
                 label: "default".into(),
-                candidate: format!("{provider}/default"),
+                names: BucketNames::of(&candidate),
+                model_names: BTreeMap::new(),
+                candidate,
                 secret: None,
                 limits: Limits::default(),
                 auth_failures: Default::default(),
@@ -68,6 +76,14 @@ impl Keys {
             .collect();
         let mut out: BTreeMap<String, Keys> = BTreeMap::new();
         for key in config.key_pool() {
+            let candidate: Arc<str> = format!("{provider}/{}", key.name).into();
+            let model_names = model_limits
+                .keys()
+                .map(|model| {
+                    let names = BucketNames::of(&format!("{candidate}/{model}"));
+                    (model.clone(), names)
+                })
+                .collect();
             out.entry(key.profile.clone())
                 .or_insert_with(|| Keys {
                     keys: Vec::new(),
@@ -75,7 +91,9 @@ impl Keys {
                 })
                 .keys
                 .push(KeyEntry {
-                    candidate: format!("{provider}/{}", key.name),
+                    names: BucketNames::of(&candidate),
+                    model_names,
+                    candidate,
                     label: key.name,
                     secret: key.secret,
                     limits: key.limits,
@@ -118,8 +136,52 @@ pub(crate) enum Refused {
 /// Limits, quotas and the key pool.
 pub(crate) struct Admission {
     limiter: Option<Limiter>,
-    quotas: BTreeMap<String, PluginQuota>,
+    quotas: BTreeMap<String, Quota>,
     config: LimiterConfig,
+}
+
+/// A plugin's quotas and its buckets' names, made once.
+#[derive(Default)]
+struct Quota {
+    limits: PluginQuota,
+    names: BucketNames,
+    day: Arc<str>,
+}
+
+impl Quota {
+    fn of(plugin: &str, limits: PluginQuota) -> Self {
+        let name = format!(
+            "plugin/{}",
+            if plugin.is_empty() {
+                "anonymous"
+            } else {
+                plugin
+            }
+        );
+        Self {
+            limits,
+            names: BucketNames::of(&name),
+            day: format!("{name}/day").into(),
+        }
+    }
+}
+
+/// The names of one limited thing's request, token and concurrency buckets.
+#[derive(Debug, Clone, Default)]
+struct BucketNames {
+    rpm: Arc<str>,
+    tpm: Arc<str>,
+    concurrent: Arc<str>,
+}
+
+impl BucketNames {
+    fn of(name: &str) -> Self {
+        Self {
+            rpm: format!("{name}/rpm").into(),
+            tpm: format!("{name}/tpm").into(),
+            concurrent: format!("{name}/concurrent").into(),
+        }
+    }
 }
 
 impl Admission {
@@ -129,7 +191,7 @@ impl Admission {
             quotas: config
                 .plugins
                 .iter()
-                .map(|(name, plugin)| (name.clone(), plugin.quota()))
+                .map(|(name, plugin)| (name.clone(), Quota::of(name, plugin.quota())))
                 .collect(),
             config: config.limits.clone(),
         }
@@ -157,8 +219,16 @@ impl Admission {
         claim: &mut ClaimState<'_>,
         refused_keys: &[usize],
     ) -> Result<Admitted, Refused> {
-        let quota = self.quotas.get(plugin).copied().unwrap_or_default();
-        let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota)) else {
+        let unknown;
+        let quota = match self.quotas.get(plugin) {
+            Some(quota) => quota,
+            None => {
+                unknown = Quota::default();
+                &unknown
+            }
+        };
+        let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota.limits))
+        else {
             return Ok(Admitted {
                 key: 0,
                 reservation: None,
@@ -183,21 +253,17 @@ impl Admission {
             .iter()
             .filter_map(|&i| keys.keys.get(i))
             .map(|key| {
-                let mut charges = charges_for(&key.candidate, key.limits, estimate, lease, window);
-                charges.extend(charges_for(
-                    &format!("{}/{}", key.candidate, request.model),
-                    model_limits,
-                    estimate,
-                    lease,
-                    window,
-                ));
+                let mut charges = charges_for(&key.names, key.limits, estimate, lease, window);
+                if let Some(names) = key.model_names.get(request.model) {
+                    charges.extend(charges_for(names, model_limits, estimate, lease, window));
+                }
                 Candidate {
                     name: key.candidate.clone(),
                     charges,
                 }
             })
             .collect();
-        let shared = plugin_charges(plugin, &quota, estimate, window);
+        let shared = plugin_charges(quota, estimate, window);
         let max_wait = Duration::from_millis(self.config.max_inline_wait_ms);
         loop {
             let id = format!("{:016x}", fastrand::u64(..));
@@ -327,10 +393,10 @@ impl Admission {
             .iter()
             .map(|k| {
                 let windows = vec![
-                    (format!("{}/rpm", k.candidate), window),
-                    (format!("{}/tpm", k.candidate), window),
+                    (k.names.rpm.to_string(), window),
+                    (k.names.tpm.to_string(), window),
                 ];
-                (k.candidate.clone(), windows)
+                (k.candidate.to_string(), windows)
             })
             .collect();
         match limiter.status(&request).await {
@@ -414,7 +480,7 @@ fn quota_set(quota: &PluginQuota) -> bool {
 }
 
 fn charges_for(
-    name: &str,
+    names: &BucketNames,
     limits: Limits,
     estimate: u64,
     lease: Duration,
@@ -424,7 +490,7 @@ fn charges_for(
     if let Some(limit) = limits.requests_per_minute {
         out.push(Charge {
             bucket: Bucket::Window {
-                name: format!("{name}/rpm"),
+                name: names.rpm.clone(),
                 unit: Unit::Requests,
                 limit,
                 window,
@@ -435,7 +501,7 @@ fn charges_for(
     if let Some(limit) = limits.tokens_per_minute {
         out.push(Charge {
             bucket: Bucket::Window {
-                name: format!("{name}/tpm"),
+                name: names.tpm.clone(),
                 unit: Unit::Tokens,
                 limit,
                 window,
@@ -446,7 +512,7 @@ fn charges_for(
     if let Some(limit) = limits.concurrent {
         out.push(Charge {
             bucket: Bucket::Concurrency {
-                name: format!("{name}/concurrent"),
+                name: names.concurrent.clone(),
                 limit,
                 lease,
             },
@@ -456,35 +522,17 @@ fn charges_for(
     out
 }
 
-fn plugin_charges(
-    plugin: &str,
-    quota: &PluginQuota,
-    estimate: u64,
-    window: Duration,
-) -> Vec<Charge> {
-    let name = format!(
-        "plugin/{}",
-        if plugin.is_empty() {
-            "anonymous"
-        } else {
-            plugin
-        }
-    );
-    let mut out = charges_for(
-        &name,
-        Limits {
-            requests_per_minute: quota.requests_per_minute,
-            tokens_per_minute: quota.tokens_per_minute,
-            concurrent: None,
-        },
-        estimate,
-        Duration::ZERO,
-        window,
-    );
-    if let Some(limit) = quota.daily_tokens {
+fn plugin_charges(quota: &Quota, estimate: u64, window: Duration) -> Vec<Charge> {
+    let limits = Limits {
+        requests_per_minute: quota.limits.requests_per_minute,
+        tokens_per_minute: quota.limits.tokens_per_minute,
+        concurrent: None,
+    };
+    let mut out = charges_for(&quota.names, limits, estimate, Duration::ZERO, window);
+    if let Some(limit) = quota.limits.daily_tokens {
         out.push(Charge {
             bucket: Bucket::Day {
-                name: format!("{name}/day"),
+                name: quota.day.clone(),
                 limit,
             },
             cost: estimate,

@@ -20,6 +20,7 @@
 use crate::functions::{Function, LIBRARY};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a bucket counts.
@@ -36,8 +37,9 @@ pub enum Unit {
 pub enum Bucket {
     /// At most `limit` units in any `window`.
     Window {
-        /// Bucket name, unique per limited thing (e.g. `openai/primary/rpm`).
-        name: String,
+        /// Bucket name, unique per limited thing (e.g. `openai/primary/rpm`), made once at
+        /// start.
+        name: Arc<str>,
         /// What it counts.
         unit: Unit,
         /// Units per window.
@@ -48,7 +50,7 @@ pub enum Bucket {
     /// At most `limit` calls at once; a lease lasts at most `lease`.
     Concurrency {
         /// Bucket name.
-        name: String,
+        name: Arc<str>,
         /// Calls at once.
         limit: u64,
         /// Longest a lease is held (a crashed holder's lease expires then).
@@ -57,7 +59,7 @@ pub enum Bucket {
     /// At most `limit` tokens per UTC day.
     Day {
         /// Bucket name.
-        name: String,
+        name: Arc<str>,
         /// Tokens per day.
         limit: u64,
     },
@@ -76,7 +78,7 @@ pub struct Charge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// Stable name (`provider/key`), for the cooling and disabled flags.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its buckets.
     pub charges: Vec<Charge>,
 }
