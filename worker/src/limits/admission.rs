@@ -110,6 +110,18 @@ impl Keys {
     }
 }
 
+/// The keys an attempt may draw from: its provider's keys of the job's credential profile,
+/// less those that refused this job's credential already.
+#[derive(Clone, Copy)]
+pub(crate) struct Pool<'a> {
+    /// The provider's configured name.
+    pub provider: &'a str,
+    /// Its keys of the job's profile.
+    pub keys: &'a Keys,
+    /// Indexes of the keys that refused this job's credential.
+    pub refused: &'a [usize],
+}
+
 /// A granted attempt.
 pub(crate) struct Admitted {
     /// Index of the key in the pool.
@@ -205,20 +217,19 @@ impl Admission {
     /// most `limits.max_inline_wait_ms` at a time and never past the deadline. A pending
     /// `claim` travels with the first reservation (one round trip for both); one that the
     /// limits do not need stays pending.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one attempt's inputs; the admission redesign (issue 19) groups them"
-    )]
     pub(crate) async fn admit(
         &self,
-        provider: &str,
-        keys: &Keys,
+        pool: &Pool<'_>,
         plugin: &str,
         request: &ProviderRequest<'_>,
         deadline: Option<Instant>,
         claim: &mut ClaimState<'_>,
-        refused_keys: &[usize],
     ) -> Result<Admitted, Refused> {
+        let Pool {
+            provider,
+            keys,
+            refused: refused_keys,
+        } = *pool;
         let unknown;
         let quota = match self.quotas.get(plugin) {
             Some(quota) => quota,

@@ -22,7 +22,7 @@
 mod cost;
 
 use crate::config::{Config, Route, Target};
-use crate::limits::admission::{Admission, Keys, Refused};
+use crate::limits::admission::{Admission, Keys, Pool, Refused};
 use crate::limits::{Limiter, Settlement};
 use crate::policy::{Policies, Policy};
 use crate::providers::{
@@ -654,13 +654,15 @@ impl Pipeline {
             let admitted = match self
                 .admission
                 .admit(
-                    &target.provider,
-                    leg.keys,
+                    &Pool {
+                        provider: &target.provider,
+                        keys: leg.keys,
+                        refused: &refused_keys,
+                    },
                     leg.plugin,
                     &request,
                     deadline,
                     &mut tally.claim,
-                    &refused_keys,
                 )
                 .await
             {
