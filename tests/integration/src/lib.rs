@@ -17,7 +17,7 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use quarry_fake_provider::{FakeConfig, FakeProvider};
 use quarry_producer::{BatchOptions, Client, ClientOptions, Job, JobResult};
 use quarry_schemas::wire::{Lane, Topology};
@@ -693,4 +693,28 @@ pub fn counter_sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&st
             _ => 0.0,
         })
         .sum()
+}
+
+/// Publishes a raw message to `lane` of `topology`'s jobs exchange, as a hand-written
+/// producer would, and waits for the broker's confirm (which says something only on a channel
+/// in confirm mode).
+pub async fn publish_raw(
+    channel: &Channel,
+    topology: &Topology,
+    lane: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Confirmation {
+    channel
+        .basic_publish(
+            topology.jobs_exchange().as_str().into(),
+            lane.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("publisher confirm")
 }

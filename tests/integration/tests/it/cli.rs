@@ -341,18 +341,7 @@ async fn cancel_and_dead_letters_from_the_command_line() {
             lapin::BasicProperties::default().with_user_id("guest".into()),
         ),
     ] {
-        channel
-            .basic_publish(
-                topology.jobs_exchange().as_str().into(),
-                "batch".into(),
-                Default::default(),
-                &body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        quarry_integration::publish_raw(&channel, &topology, "batch", &body, properties).await;
     }
     let list = within(30, "two dead letters listed", async {
         loop {

@@ -10,7 +10,7 @@
 
 use futures::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::{Fleet, counter_sum, http_get, parse_metrics, unique, within};
@@ -93,18 +93,8 @@ async fn delivered_twice(limited: bool) {
             .with_user_id("guest".into())
             .with_reply_to(replies.as_str().into())
             .with_correlation_id(format!("copy-{copy}").as_str().into());
-        let confirm = channel
-            .basic_publish(
-                topology.jobs_exchange().as_str().into(),
-                "batch".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let confirm =
+            quarry_integration::publish_raw(&channel, &topology, "batch", &body, properties).await;
         assert!(confirm.is_ack());
     }
 
@@ -226,18 +216,14 @@ async fn past_the_delivery_limit_a_job_is_dead_lettered_with_the_reason() {
     let channel = fleet.channel().await;
     channel.confirm_select(Default::default()).await.unwrap();
     let job = text_job(7);
-    channel
-        .basic_publish(
-            topology.jobs_exchange().as_str().into(),
-            "batch".into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&job).unwrap(),
-            BasicProperties::default().with_message_id(job.id.as_str().into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    quarry_integration::publish_raw(
+        &channel,
+        &topology,
+        "batch",
+        &serde_json::to_vec(&job).unwrap(),
+        BasicProperties::default().with_message_id(job.id.as_str().into()),
+    )
+    .await;
     let crashing = fleet.channel().await;
     let mut consumer = crashing
         .basic_consume(
@@ -450,18 +436,14 @@ async fn a_job_that_expires_in_its_queue_ends_deadline_exceeded_without_a_call()
             .with_reply_to(replies.as_str().into())
             .with_correlation_id(job.id.as_str().into())
             .with_expiration("200".into());
-        channel
-            .basic_publish(
-                topology.jobs_exchange().as_str().into(),
-                "batch".into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(job).unwrap(),
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        quarry_integration::publish_raw(
+            &channel,
+            &topology,
+            "batch",
+            &serde_json::to_vec(job).unwrap(),
+            properties,
+        )
+        .await;
     }
     let answers = fleet.take(&replies, jobs.len(), 60).await;
     let mut answered = std::collections::HashSet::new();

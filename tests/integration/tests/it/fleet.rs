@@ -475,18 +475,14 @@ async fn a_failed_publishing_channel_stops_the_worker_and_keeps_the_job() {
         .await
         .unwrap();
     channel.confirm_select(Default::default()).await.unwrap();
-    let confirm = channel
-        .basic_publish(
-            topology.jobs_exchange().as_str().into(),
-            "batch".into(),
-            BasicPublishOptions::default(),
-            b"not a job",
-            BasicProperties::default().with_message_id("m-poison".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let confirm = quarry_integration::publish_raw(
+        &channel,
+        &topology,
+        "batch",
+        b"not a job",
+        BasicProperties::default().with_message_id("m-poison".into()),
+    )
+    .await;
     assert!(confirm.is_ack());
 
     let outcome = worker.stopped(30).await;

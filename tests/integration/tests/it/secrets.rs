@@ -12,7 +12,6 @@
 )]
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::{Fleet, http_get, within};
 use quarry_producer::{CallOptions, ErrorCode, InputPart, Job, JobResult, Status, new_job_id};
@@ -166,18 +165,8 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
                 ),
         ),
     ] {
-        channel
-            .basic_publish(
-                topology.jobs_exchange().as_str().into(),
-                "interactive".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        quarry_integration::publish_raw(&channel, &topology, "interactive", &body, properties)
+            .await;
     }
     let garbage_answer = fleet.take(&replies, 1, 60).await;
     let dead = fleet.take(&topology.dead_queue(), 3, 60).await;
