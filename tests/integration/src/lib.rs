@@ -421,33 +421,7 @@ base_url = "{fake}"
     pub async fn teardown(self, extra_queues: &[String]) {
         let channel = self.channel().await;
         let topology = self.topology();
-        let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
-        queues.push(topology.dead_queue());
-        queues.push(topology.control_queue());
-        queues.push(topology.expired_queue());
-        // The workers' delay queues: the default steps, and the 1 s step tests use.
-        for lane in Lane::ALL {
-            for secs in [1, 5, 30, 120, 600] {
-                queues.push(topology.delay_queue(lane, secs));
-            }
-        }
-        queues.extend(extra_queues.iter().cloned());
-        for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            topology.jobs_exchange(),
-            topology.dead_exchange(),
-            topology.control_exchange(),
-            topology.results_exchange(),
-            topology.delay_exchange(),
-        ] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        delete_topology(&channel, &topology, extra_queues).await;
         let redis = redis::Client::open(redis_url()).expect("redis url");
         if let Ok(mut conn) = redis.get_multiplexed_async_connection().await {
             let keys: Vec<String> = redis::cmd("KEYS")
@@ -717,4 +691,35 @@ pub async fn publish_raw(
         .expect("publish")
         .await
         .expect("publisher confirm")
+}
+
+/// Deletes every queue and exchange of `topology` (the delay queues of the default steps and
+/// the 1 s step tests use), and `extra_queues`. What is not there is skipped.
+pub async fn delete_topology(channel: &Channel, topology: &Topology, extra_queues: &[String]) {
+    let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
+    queues.push(topology.dead_queue());
+    queues.push(topology.control_queue());
+    queues.push(topology.expired_queue());
+    for lane in Lane::ALL {
+        for secs in [1, 5, 30, 120, 600] {
+            queues.push(topology.delay_queue(lane, secs));
+        }
+    }
+    queues.extend(extra_queues.iter().cloned());
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        topology.jobs_exchange(),
+        topology.dead_exchange(),
+        topology.control_exchange(),
+        topology.results_exchange(),
+        topology.delay_exchange(),
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }

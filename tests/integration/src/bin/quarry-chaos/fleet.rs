@@ -7,7 +7,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use quarry_integration::{amqp_url, unique};
-use quarry_producer::{InputPart, Job, Lane, new_job_id};
+use quarry_producer::{InputPart, Job, new_job_id};
 use quarry_schemas::wire::Topology;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -114,30 +114,11 @@ pub(crate) async fn cleanup(namespace: &str, batch_id: &str) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    let mut queues: Vec<String> = Lane::ALL.iter().map(|&l| topology.lane_queue(l)).collect();
-    queues.push(topology.dead_queue());
-    queues.push(topology.control_queue());
-    queues.push(topology.expired_queue());
-    queues.push(topology.batch_reply_queue("guest", batch_id));
-    queues.push(topology.batch_reply_queue("guest", "chaos-bad"));
-    for lane in Lane::ALL {
-        for secs in DELAY_STEPS_SECS {
-            queues.push(topology.delay_queue(lane, secs));
-        }
-    }
-    for queue in queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    for exchange in [
-        topology.jobs_exchange(),
-        topology.dead_exchange(),
-        topology.control_exchange(),
-    ] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
+    let replies = [
+        topology.batch_reply_queue("guest", batch_id),
+        topology.batch_reply_queue("guest", "chaos-bad"),
+    ];
+    // All of it, the results and delay exchanges included.
+    quarry_integration::delete_topology(&channel, &topology, &replies).await;
     let _ = connection.close(200, "cleaned up".into()).await;
 }
