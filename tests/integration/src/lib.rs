@@ -493,9 +493,7 @@ pub fn key_config(name: &str, secret: &str) -> quarry_worker::config::KeyConfig 
         api_key: Some(SecretString::from(secret.to_owned())),
         api_key_env: None,
         api_key_file: None,
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        concurrent: None,
+        limits: quarry_worker::config::Limits::default(),
         profile: "default".into(),
     }
 }

@@ -18,7 +18,7 @@ mod worker;
 
 pub use amqp::AmqpConfig;
 pub use limits::LimiterConfig;
-pub use plugins::{PluginConfig, PluginQuota};
+pub use plugins::PluginConfig;
 pub use prices::Price;
 pub use providers::{
     KeyConfig, Limits, ModelLimits, PoolKey, ProviderConfig, ProviderKind, ProviderSettings,
@@ -322,6 +322,89 @@ model = "gpt-4o"
         write!(file, "[worker]\nconcurency = 4\n").expect("write");
         let err = Config::load_with_env(Some(file.path()), env(&[])).expect_err("typo must fail");
         assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_one_type_written_beside_what_they_limit() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            r#"
+[providers.fake]
+limits = {{ requests_per_minute = 100, concurrent = 5 }}
+[[providers.fake.keys]]
+name = "a"
+api_key = "sk-a"
+tokens_per_minute = 9000
+[[providers.fake.model_limits]]
+model = "m"
+requests_per_minute = 7
+[plugins.guest]
+daily_tokens = 500
+"#
+        )
+        .expect("write");
+        let config = Config::load_with_env(
+            Some(file.path()),
+            env(&[("QUARRY__PLUGINS__GUEST__REQUESTS_PER_MINUTE", "30")]),
+        )
+        .expect("load");
+        let fake = &config.providers["fake"];
+        let pool = fake.key_pool();
+        assert_eq!(
+            pool[0].limits,
+            Limits {
+                requests_per_minute: Some(100),
+                tokens_per_minute: Some(9000),
+                concurrent: Some(5),
+                daily_tokens: None,
+            }
+        );
+        assert_eq!(fake.model_limits[0].limits.requests_per_minute, Some(7));
+        assert_eq!(
+            config.plugins["guest"].limits,
+            Limits {
+                requests_per_minute: Some(30),
+                tokens_per_minute: None,
+                concurrent: None,
+                daily_tokens: Some(500),
+            }
+        );
+
+        // A typo beside a flattened limit is still refused, by name; so is a limit where it
+        // is not kept.
+        for (toml, named) in [
+            (
+                "[plugins.guest]\nrequests_per_minut = 1\n",
+                "requests_per_minut",
+            ),
+            (
+                "[[providers.fake.keys]]\nname = \"a\"\ntokens_per_minit = 1\n",
+                "tokens_per_minit",
+            ),
+            (
+                "[[providers.fake.model_limits]]\nmodel = \"m\"\nconcurent = 1\n",
+                "concurent",
+            ),
+            (
+                "[[providers.fake.keys]]\nname = \"a\"\ndaily_tokens = 1\n",
+                "providers.fake.keys[0].daily_tokens",
+            ),
+            (
+                "[providers.fake.limits]\ndaily_tokens = 1\n",
+                "providers.fake.limits.daily_tokens",
+            ),
+            (
+                "[plugins.guest]\nconcurrent = 1\n",
+                "plugins.guest.concurrent",
+            ),
+        ] {
+            let mut file = tempfile::NamedTempFile::new().expect("temp file");
+            write!(file, "{toml}").expect("write");
+            let err =
+                Config::load_with_env(Some(file.path()), env(&[])).expect_err("must be refused");
+            assert!(err.to_string().contains(named), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `[plugins.NAME]`: who may publish jobs, their policies and quotas.
 
-use super::{Config, ConfigError, DEFAULT_PROFILE, DEVELOPMENT_PLUGIN, is_profile_name};
+use super::{Config, ConfigError, DEFAULT_PROFILE, DEVELOPMENT_PLUGIN, Limits, is_profile_name};
 use serde::Deserialize;
 
 /// `[plugins.NAME]`: one plugin (an AMQP user), its policy and its quotas. A job from a user
@@ -9,12 +9,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginConfig {
-    /// Requests in any 60 s.
-    pub requests_per_minute: Option<u64>,
-    /// Tokens in any 60 s.
-    pub tokens_per_minute: Option<u64>,
-    /// Tokens per UTC day; past it jobs end `BUDGET_EXCEEDED`.
-    pub daily_tokens: Option<u64>,
+    /// Its fleet-wide quotas, written beside the policy (`requests_per_minute`,
+    /// `tokens_per_minute`, `daily_tokens`): every job of the plugin, whatever its provider,
+    /// counts against them.
+    #[serde(flatten)]
+    pub limits: Limits,
     /// Alias used when a job names none (default: `routing.default_alias`).
     pub default_model: Option<String>,
     /// Whether a job may name a model alias other than `default_model`.
@@ -40,9 +39,7 @@ pub struct PluginConfig {
 impl Default for PluginConfig {
     fn default() -> Self {
         Self {
-            requests_per_minute: None,
-            tokens_per_minute: None,
-            daily_tokens: None,
+            limits: Limits::default(),
             default_model: None,
             model_override: true,
             allowed_models: None,
@@ -53,28 +50,6 @@ impl Default for PluginConfig {
             max_tokens: None,
         }
     }
-}
-
-impl PluginConfig {
-    /// Its fleet-wide quotas.
-    pub fn quota(&self) -> PluginQuota {
-        PluginQuota {
-            requests_per_minute: self.requests_per_minute,
-            tokens_per_minute: self.tokens_per_minute,
-            daily_tokens: self.daily_tokens,
-        }
-    }
-}
-
-/// The quotas of one plugin.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PluginQuota {
-    /// Requests in any 60 s.
-    pub requests_per_minute: Option<u64>,
-    /// Tokens in any 60 s.
-    pub tokens_per_minute: Option<u64>,
-    /// Tokens per UTC day.
-    pub daily_tokens: Option<u64>,
 }
 
 impl PluginConfig {
@@ -102,6 +77,8 @@ impl PluginConfig {
                  own (deploy/rabbitmq/quarry-user worker NAME)",
             ));
         }
+        self.limits
+            .check_no_concurrent(&format!("plugins.{name}"))?;
         if let Some(alias) = &self.default_model
             && !config.routing.aliases.contains_key(alias)
         {

@@ -197,12 +197,10 @@ pub struct KeyConfig {
     pub api_key_env: Option<String>,
     /// File holding the secret.
     pub api_key_file: Option<PathBuf>,
-    /// Requests in any 60 s, for this key (default: the provider's `limits`).
-    pub requests_per_minute: Option<u64>,
-    /// Tokens in any 60 s, for this key.
-    pub tokens_per_minute: Option<u64>,
-    /// Calls at once, for this key.
-    pub concurrent: Option<u64>,
+    /// This key's own limits, written beside its name (`requests_per_minute = 60`); each unset
+    /// one is the provider's `limits`.
+    #[serde(flatten)]
+    pub limits: Limits,
     /// Credential profile of this key: a job is served by keys of its profile only.
     #[serde(default = "default_profile")]
     pub profile: String,
@@ -225,18 +223,9 @@ pub struct PoolKey {
     pub profile: String,
 }
 
-impl KeyConfig {
-    /// This key's own limits.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            requests_per_minute: self.requests_per_minute,
-            tokens_per_minute: self.tokens_per_minute,
-            concurrent: self.concurrent,
-        }
-    }
-}
-
-/// Requests, tokens and concurrent calls; unset means unlimited.
+/// Limits, wherever they are written: a provider's `limits` table, a key, a model's limits, a
+/// plugin (`[plugins.NAME]`). Unset means unlimited. Daily budgets are kept per plugin only,
+/// concurrent calls per key only: each is refused where it is not kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -244,8 +233,10 @@ pub struct Limits {
     pub requests_per_minute: Option<u64>,
     /// Tokens (input + output) in any 60 s.
     pub tokens_per_minute: Option<u64>,
-    /// Calls at once.
+    /// Calls at once (keys only: a provider's `limits` and `model_limits` apply per key).
     pub concurrent: Option<u64>,
+    /// Tokens per UTC day (plugins only); past it jobs end `BUDGET_EXCEEDED`.
+    pub daily_tokens: Option<u64>,
 }
 
 impl Limits {
@@ -255,14 +246,36 @@ impl Limits {
             requests_per_minute: self.requests_per_minute.or(fallback.requests_per_minute),
             tokens_per_minute: self.tokens_per_minute.or(fallback.tokens_per_minute),
             concurrent: self.concurrent.or(fallback.concurrent),
+            daily_tokens: self.daily_tokens.or(fallback.daily_tokens),
         }
     }
 
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
-        self.requests_per_minute.is_some()
-            || self.tokens_per_minute.is_some()
-            || self.concurrent.is_some()
+        *self != Limits::default()
+    }
+
+    /// Refuses a daily budget where only plugins keep one (`at`: the table these limits are
+    /// written in).
+    pub(super) fn check_no_daily(&self, at: &str) -> Result<(), ConfigError> {
+        match self.daily_tokens {
+            Some(_) => Err(ConfigError::invalid(
+                format!("{at}.daily_tokens"),
+                "a daily budget is a plugin's ([plugins.NAME]); a provider, key or model has none",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a bound on calls at once where only keys keep one.
+    pub(super) fn check_no_concurrent(&self, at: &str) -> Result<(), ConfigError> {
+        match self.concurrent {
+            Some(_) => Err(ConfigError::invalid(
+                format!("{at}.concurrent"),
+                "calls at once are bounded per key ([providers.NAME] limits, keys, model_limits); a plugin has no such quota",
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -272,23 +285,9 @@ impl Limits {
 pub struct ModelLimits {
     /// The provider's model id.
     pub model: String,
-    /// Requests in any 60 s, per key.
-    pub requests_per_minute: Option<u64>,
-    /// Tokens in any 60 s, per key.
-    pub tokens_per_minute: Option<u64>,
-    /// Calls at once, per key.
-    pub concurrent: Option<u64>,
-}
-
-impl ModelLimits {
-    /// As [`Limits`].
-    pub fn limits(&self) -> Limits {
-        Limits {
-            requests_per_minute: self.requests_per_minute,
-            tokens_per_minute: self.tokens_per_minute,
-            concurrent: self.concurrent,
-        }
-    }
+    /// Its limits per key (in addition to the key's own), written beside `model`.
+    #[serde(flatten)]
+    pub limits: Limits,
 }
 
 impl ProviderConfig {
@@ -308,7 +307,7 @@ impl ProviderConfig {
             .map(|k| PoolKey {
                 name: k.name.clone(),
                 secret: k.api_key.clone(),
-                limits: k.limits().or(self.limits),
+                limits: k.limits.or(self.limits),
                 profile: k.profile.clone(),
             })
             .collect()
@@ -390,6 +389,17 @@ impl ProviderConfig {
                 format!("providers.{name}.timeout_ms"),
                 "must be at least 1",
             ));
+        }
+        self.limits
+            .check_no_daily(&format!("providers.{name}.limits"))?;
+        for (i, model) in self.model_limits.iter().enumerate() {
+            model
+                .limits
+                .check_no_daily(&format!("providers.{name}.model_limits[{i}]"))?;
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            key.limits
+                .check_no_daily(&format!("providers.{name}.keys[{i}]"))?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! Without limits to keep (one key, no limits, no quota) no Redis call is made.
 
 use super::limiter::{Bucket, Candidate, Charge, Decision, Limiter, Reservation, Settlement, Unit};
-use crate::config::{Config, LimiterConfig, Limits, PluginQuota, ProviderConfig};
+use crate::config::{Config, LimiterConfig, Limits, ProviderConfig};
 use crate::providers::{Disposition, ProviderError, ProviderRequest};
 use crate::result_store::ClaimState;
 use crate::telemetry;
@@ -72,7 +72,7 @@ impl Keys {
         let model_limits: BTreeMap<String, Limits> = config
             .model_limits
             .iter()
-            .map(|m| (m.model.clone(), m.limits()))
+            .map(|m| (m.model.clone(), m.limits))
             .collect();
         let mut out: BTreeMap<String, Keys> = BTreeMap::new();
         for key in config.key_pool() {
@@ -155,13 +155,12 @@ pub(crate) struct Admission {
 /// A plugin's quotas and its buckets' names, made once.
 #[derive(Default)]
 struct Quota {
-    limits: PluginQuota,
+    limits: Limits,
     names: BucketNames,
-    day: Arc<str>,
 }
 
 impl Quota {
-    fn of(plugin: &str, limits: PluginQuota) -> Self {
+    fn of(plugin: &str, limits: Limits) -> Self {
         let name = format!(
             "plugin/{}",
             if plugin.is_empty() {
@@ -173,17 +172,17 @@ impl Quota {
         Self {
             limits,
             names: BucketNames::of(&name),
-            day: format!("{name}/day").into(),
         }
     }
 }
 
-/// The names of one limited thing's request, token and concurrency buckets.
+/// The names of one limited thing's request, token, concurrency and daily buckets.
 #[derive(Debug, Clone, Default)]
 struct BucketNames {
     rpm: Arc<str>,
     tpm: Arc<str>,
     concurrent: Arc<str>,
+    day: Arc<str>,
 }
 
 impl BucketNames {
@@ -192,6 +191,7 @@ impl BucketNames {
             rpm: format!("{name}/rpm").into(),
             tpm: format!("{name}/tpm").into(),
             concurrent: format!("{name}/concurrent").into(),
+            day: format!("{name}/day").into(),
         }
     }
 }
@@ -203,7 +203,7 @@ impl Admission {
             quotas: config
                 .plugins
                 .iter()
-                .map(|(name, plugin)| (name.clone(), Quota::of(name, plugin.quota())))
+                .map(|(name, plugin)| (name.clone(), Quota::of(name, plugin.limits)))
                 .collect(),
             config: config.limits.clone(),
         }
@@ -238,8 +238,7 @@ impl Admission {
                 &unknown
             }
         };
-        let (Some(limiter), true) = (&self.limiter, keys.limited() || quota_set(&quota.limits))
-        else {
+        let (Some(limiter), true) = (&self.limiter, keys.limited() || quota.limits.any()) else {
             return Ok(Admitted {
                 key: 0,
                 reservation: None,
@@ -274,7 +273,7 @@ impl Admission {
                 }
             })
             .collect();
-        let shared = plugin_charges(quota, estimate, window);
+        let shared = charges_for(&quota.names, quota.limits, estimate, lease, window);
         let max_wait = Duration::from_millis(self.config.max_inline_wait_ms);
         loop {
             let id = format!("{:016x}", fastrand::u64(..));
@@ -289,10 +288,11 @@ impl Admission {
                 None => limiter.reserve(&id, &shared, &candidates).await,
             };
             if claim.stopped() {
-                if let Ok(Decision::Granted { reservation, .. }) = decided
-                    && let Err(error) = limiter.finish(&reservation, Some(0)).await
-                {
-                    telemetry::redis_error("limiter_finish", &error);
+                if let Ok(Decision::Granted { reservation, .. }) = decided {
+                    // Nothing was called: everything reserved goes back.
+                    Settlement::new(limiter.clone(), reservation, Some(0))
+                        .now()
+                        .await;
                 }
                 return Err(Refused::Claimed);
             }
@@ -357,38 +357,22 @@ impl Admission {
         }
     }
 
-    /// The settlement of a successful attempt, deferred so that it travels with the result
-    /// store's write (one round trip for both).
-    pub(crate) fn defer(
+    /// The settlement of an attempt with its real usage (`None`: the provider reported none,
+    /// and the reservation stands); taken out of `admitted`, so it happens once. `None` when
+    /// nothing was reserved.
+    pub(crate) fn settlement(
         &self,
         provider: &str,
-        admitted: Admitted,
-        actual_tokens: u64,
-    ) -> Option<Settlement> {
-        let (Some(limiter), Some(reservation)) = (&self.limiter, admitted.reservation) else {
-            return None;
-        };
-        telemetry::tokens_actual(provider, actual_tokens, admitted.reserved_tokens);
-        Some(Settlement::new(limiter.clone(), reservation, actual_tokens))
-    }
-
-    /// Settles an attempt now: tokens reconciled with `actual_tokens` (`None`: the
-    /// reservation stands), leases released.
-    pub(crate) async fn settle(
-        &self,
-        provider: &str,
-        admitted: &Admitted,
+        admitted: &mut Admitted,
         actual_tokens: Option<u64>,
-    ) {
-        let (Some(limiter), Some(reservation)) = (&self.limiter, &admitted.reservation) else {
-            return;
+    ) -> Option<Settlement> {
+        let (Some(limiter), Some(reservation)) = (&self.limiter, admitted.reservation.take())
+        else {
+            return None;
         };
         let charged = actual_tokens.unwrap_or(admitted.reserved_tokens);
         telemetry::tokens_actual(provider, charged, admitted.reserved_tokens);
-        if let Err(error) = limiter.finish(reservation, actual_tokens).await {
-            // The reservation expires by itself; only the reconciliation is lost.
-            telemetry::redis_error("limiter_finish", &error);
-        }
+        Some(Settlement::new(limiter.clone(), reservation, actual_tokens))
     }
 
     /// Publishes each key's state (available, cooling, disabled) and what is left of its
@@ -484,12 +468,6 @@ impl Admission {
     }
 }
 
-fn quota_set(quota: &PluginQuota) -> bool {
-    quota.requests_per_minute.is_some()
-        || quota.tokens_per_minute.is_some()
-        || quota.daily_tokens.is_some()
-}
-
 fn charges_for(
     names: &BucketNames,
     limits: Limits,
@@ -530,20 +508,10 @@ fn charges_for(
             cost: 1,
         });
     }
-    out
-}
-
-fn plugin_charges(quota: &Quota, estimate: u64, window: Duration) -> Vec<Charge> {
-    let limits = Limits {
-        requests_per_minute: quota.limits.requests_per_minute,
-        tokens_per_minute: quota.limits.tokens_per_minute,
-        concurrent: None,
-    };
-    let mut out = charges_for(&quota.names, limits, estimate, Duration::ZERO, window);
-    if let Some(limit) = quota.limits.daily_tokens {
+    if let Some(limit) = limits.daily_tokens {
         out.push(Charge {
             bucket: Bucket::Day {
-                name: quota.day.clone(),
+                name: names.day.clone(),
                 limit,
             },
             cost: estimate,

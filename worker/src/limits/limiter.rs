@@ -398,12 +398,15 @@ impl Limiter {
     }
 }
 
-/// A reservation to settle once the job's result is stored: pipelined with that write, so a
-/// job on the happy path costs two Redis round trips (reserve, then settle + store).
+/// A granted reservation, settled in one of two ways: pipelined with the write of the job's
+/// result ([`Settlement::command`]; a job on the happy path costs two Redis round trips:
+/// reserve, then settle + store), or on its own round trip ([`Settlement::now`]) when the
+/// attempt failed, a repair follows, or the job stopped. Every settlement of the worker is one
+/// of these.
 pub struct Settlement {
     limiter: Limiter,
     reservation: Reservation,
-    actual_tokens: u64,
+    actual_tokens: Option<u64>,
 }
 
 impl std::fmt::Debug for Settlement {
@@ -416,8 +419,9 @@ impl std::fmt::Debug for Settlement {
 }
 
 impl Settlement {
-    /// A settlement of `reservation` with the real usage.
-    pub fn new(limiter: Limiter, reservation: Reservation, actual_tokens: u64) -> Self {
+    /// A settlement of `reservation` with the real usage (`None`: the reservation stands, as
+    /// for an attempt the provider bills without reporting usage).
+    pub fn new(limiter: Limiter, reservation: Reservation, actual_tokens: Option<u64>) -> Self {
         Self {
             limiter,
             reservation,
@@ -428,14 +432,22 @@ impl Settlement {
     /// The command to pipeline, if any.
     pub fn command(&self) -> Option<redis::Cmd> {
         self.limiter
-            .finish_command(&self.reservation, Some(self.actual_tokens))
+            .finish_command(&self.reservation, self.actual_tokens)
     }
 
-    /// Settles on its own round trip.
+    /// Settles on its own round trip, reporting the error to the caller.
     pub async fn run(&self) -> redis::RedisResult<()> {
         self.limiter
-            .finish(&self.reservation, Some(self.actual_tokens))
+            .finish(&self.reservation, self.actual_tokens)
             .await
+    }
+
+    /// Settles on its own round trip. A failure is counted and logged only: the reservation
+    /// expires by itself, so what is lost is the reconciliation.
+    pub async fn now(self) {
+        if let Err(error) = self.run().await {
+            crate::telemetry::redis_error("limiter_finish", &error);
+        }
     }
 }
 

@@ -157,6 +157,16 @@ struct Tally<'k> {
     settlement: Option<Settlement>,
 }
 
+impl Tally<'_> {
+    /// Settles the last successful attempt's reservation on its own round trip, when the
+    /// result's write will not carry it.
+    async fn settle_now(&mut self) {
+        if let Some(settlement) = self.settlement.take() {
+            settlement.now().await;
+        }
+    }
+}
+
 /// One target of the route, as the attempt loop sees it.
 struct Leg<'t> {
     target: &'t Target,
@@ -299,11 +309,8 @@ impl Pipeline {
             tally.claim.make().await;
         }
         // A failed job's last settlement cannot wait for the result's write.
-        if outcome.is_err()
-            && let Some(settlement) = tally.settlement.take()
-            && let Err(error) = settlement.run().await
-        {
-            telemetry::redis_error("limiter_finish", &error);
+        if outcome.is_err() {
+            tally.settle_now().await;
         }
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut result = JobResult {
@@ -646,12 +653,8 @@ impl Pipeline {
             }
             request.timeout = left.map_or(per_attempt, |l| l.min(per_attempt));
             // An earlier success (answer then rejected: a repair follows) settles now.
-            if let Some(previous) = tally.settlement.take()
-                && let Err(error) = previous.run().await
-            {
-                telemetry::redis_error("limiter_finish", &error);
-            }
-            let admitted = match self
+            tally.settle_now().await;
+            let mut admitted = match self
                 .admission
                 .admit(
                     &Pool {
@@ -711,10 +714,11 @@ impl Pipeline {
                         key.auth_failures
                             .store(0, std::sync::atomic::Ordering::Relaxed);
                     }
-                    tally.settlement = self.admission.defer(
+                    // Settled with the result's write, or before a repair.
+                    tally.settlement = self.admission.settlement(
                         &target.provider,
-                        admitted,
-                        response.usage.total_tokens,
+                        &mut admitted,
+                        Some(response.usage.total_tokens),
                     );
                     telemetry::provider_attempt(
                         leg.plugin,
@@ -736,9 +740,12 @@ impl Pipeline {
             };
             // The provider bills attempts that fail (timeouts, refusals, broken answers) and
             // reported nothing here: the attempt keeps what it reserved.
-            self.admission
-                .settle(&target.provider, &admitted, None)
-                .await;
+            if let Some(settlement) =
+                self.admission
+                    .settlement(&target.provider, &mut admitted, None)
+            {
+                settlement.now().await;
+            }
             self.admission
                 .after_failure(&target.provider, leg.keys, &admitted, &error)
                 .await;

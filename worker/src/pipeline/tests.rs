@@ -557,9 +557,7 @@ fn policy_config(plugin: crate::config::PluginConfig) -> Config {
         api_key: Some(secrecy::SecretString::from(secret.to_owned())),
         api_key_env: None,
         api_key_file: None,
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        concurrent: None,
+        limits: crate::config::Limits::default(),
         profile: profile.into(),
     };
     let fake = config.providers.get_mut("fake").unwrap();

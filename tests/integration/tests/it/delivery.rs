@@ -39,7 +39,7 @@ fn with_limits(config: &mut quarry_worker::config::Config) {
         fake.limits = quarry_worker::config::Limits {
             requests_per_minute: Some(100_000),
             tokens_per_minute: Some(100_000_000),
-            concurrent: None,
+            ..Default::default()
         };
     }
 }

@@ -146,7 +146,10 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         ProviderConfig {
             base_url: Some(fleet.fake.base_url()),
             keys: vec![KeyConfig {
-                requests_per_minute: Some(1),
+                limits: quarry_worker::config::Limits {
+                    requests_per_minute: Some(1),
+                    ..Default::default()
+                },
                 ..key_config("slow", "sk-hostile-slow")
             }],
             ..ProviderConfig::default()

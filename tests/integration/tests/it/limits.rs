@@ -492,7 +492,10 @@ async fn a_plugins_daily_budget_ends_jobs_budget_exceeded() {
     config.plugins.insert(
         "guest".into(),
         PluginConfig {
-            daily_tokens: Some(500),
+            limits: Limits {
+                daily_tokens: Some(500),
+                ..Limits::default()
+            },
             ..PluginConfig::default()
         },
     );
@@ -523,15 +526,19 @@ async fn the_happy_path_costs_two_redis_round_trips_per_job() {
             requests_per_minute: Some(10_000),
             tokens_per_minute: Some(10_000_000),
             concurrent: Some(500),
+            ..Limits::default()
         };
         fake.keys = vec![key_config("a", "sk-a"), key_config("b", "sk-b")];
     }
     config.plugins.insert(
         "guest".into(),
         PluginConfig {
-            requests_per_minute: Some(10_000),
-            tokens_per_minute: Some(10_000_000),
-            daily_tokens: Some(100_000_000),
+            limits: Limits {
+                requests_per_minute: Some(10_000),
+                tokens_per_minute: Some(10_000_000),
+                daily_tokens: Some(100_000_000),
+                ..Limits::default()
+            },
             ..PluginConfig::default()
         },
     );
@@ -669,7 +676,10 @@ async fn a_long_wait_goes_through_the_delay_queue_not_a_held_delivery() {
     config.plugins.insert(
         "guest".into(),
         PluginConfig {
-            requests_per_minute: Some(2),
+            limits: Limits {
+                requests_per_minute: Some(2),
+                ..Limits::default()
+            },
             ..PluginConfig::default()
         },
     );

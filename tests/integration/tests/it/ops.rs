@@ -49,9 +49,10 @@ async fn exercised_worker(fleet: &Fleet) -> quarry_integration::TaskWorker {
         api_key: Some(SecretString::from(format!("sk-{name}"))),
         api_key_env: None,
         api_key_file: None,
-        requests_per_minute: Some(100_000),
-        tokens_per_minute: None,
-        concurrent: None,
+        limits: quarry_worker::config::Limits {
+            requests_per_minute: Some(100_000),
+            ..Default::default()
+        },
         profile: "default".into(),
     };
     fake.keys = vec![key("a"), key("b")];
