@@ -51,7 +51,9 @@ impl Default for ClientOptions {
 pub struct CallOptions {
     /// Lane to publish on.
     pub lane: Lane,
-    /// How long to wait for the result.
+    /// How long to wait for the result. A job without `deadline_ms` is published with this
+    /// as its deadline, so workers stop working (and paying) for a call its caller gave up on:
+    /// past it the job ends `DEADLINE_EXCEEDED`.
     pub timeout: Duration,
     /// The trace the job belongs to (e.g. of the request the plugin is serving): the job is
     /// published as a child span of it, and workers continue it to the provider. `None`: a
@@ -216,10 +218,23 @@ impl Client {
         &self.topology
     }
 
-    /// Publishes one job and waits for its result, at most `options.timeout`.
+    /// This client's reply queue: results of its calls (and of jobs published with it as
+    /// `reply_to`) arrive here.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
+    /// Publishes one job and waits for its result, at most `options.timeout` (which becomes
+    /// the job's `deadline_ms` when it sets none).
     ///
     /// `Ok` carries the job's result, successful or not: check [`JobResult::status`].
-    pub async fn extract(&self, job: Job, options: CallOptions) -> Result<JobResult, Error> {
+    pub async fn extract(&self, mut job: Job, options: CallOptions) -> Result<JobResult, Error> {
+        if job.deadline_ms.is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            job.deadline_ms = u64::try_from((now + options.timeout).as_millis()).ok();
+        }
         let (tx, rx) = oneshot::channel();
         let job_id = job.id.clone();
         self.lock_pending().insert(job_id.clone(), tx);

@@ -19,7 +19,7 @@ pub mod wire;
 
 pub use error_code::ErrorCode;
 pub use job::{ImagePart, InputPart, Job, JsonSchema};
-pub use result::{ErrorInfo, JobResult, Status, Usage};
+pub use result::{ErrorInfo, FinishReason, JobResult, Status, Usage};
 
 /// JSON Schema of the job message, version 1.
 pub const JOB_V1_SCHEMA: &str = include_str!("../json/job.v1.schema.json");

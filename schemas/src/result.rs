@@ -34,15 +34,70 @@ pub enum ContentType {
     Text,
 }
 
+/// Why the model's answer ended, the same words for every provider kind.
+///
+/// | finish_reason | OpenAI and compatible | Anthropic | Gemini |
+/// |---|---|---|---|
+/// | `stop` | `stop` | `end_turn`, `tool_use` | `STOP` |
+/// | `length` | `length` | `max_tokens` | `MAX_TOKENS` |
+/// | `stop_sequence` | (reported as `stop`) | `stop_sequence` | (reported as `STOP`) |
+/// | `content_filter` | `content_filter` | `refusal` | `SAFETY`, `RECITATION`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII` |
+/// | `other` | anything else | anything else | anything else |
+///
+/// A reader meeting a word a newer worker added reads `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its answer by itself.
+    Stop,
+    /// Cut at the output bound (`max_tokens`): the text is incomplete.
+    Length,
+    /// One of the job's `stop` sequences ended it (where the provider says so).
+    StopSequence,
+    /// The provider's safety system withheld or cut the answer.
+    ContentFilter,
+    /// Another reason, or one this version does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl FinishReason {
+    /// Every reason, in the schema's order.
+    pub const ALL: [FinishReason; 5] = [
+        Self::Stop,
+        Self::Length,
+        Self::StopSequence,
+        Self::ContentFilter,
+        Self::Other,
+    ];
+
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::StopSequence => "stop_sequence",
+            Self::ContentFilter => "content_filter",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Token usage summed over every provider attempt of the job. Like every result-side type, it
 /// ignores fields a newer worker adds (`docs/wire-contract.md`, "Compatibility").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Prompt tokens, including cached ones.
     pub input_tokens: u64,
-    /// Prompt tokens served from the provider's cache (a part of `input_tokens`).
+    /// Prompt tokens read from the provider's prompt cache (a part of `input_tokens`):
+    /// OpenAI `cached_tokens`, Anthropic `cache_read_input_tokens`, Gemini
+    /// `cachedContentTokenCount`.
     #[serde(default)]
     pub cached_input_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (a part of `input_tokens`):
+    /// Anthropic `cache_creation_input_tokens`; 0 where the provider reports none.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
     /// Their sum as the provider reported it.
@@ -54,6 +109,7 @@ impl Usage {
     pub fn add(&mut self, other: Usage) {
         self.input_tokens += other.input_tokens;
         self.cached_input_tokens += other.cached_input_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
         self.output_tokens += other.output_tokens;
         self.total_tokens += other.total_tokens;
     }
@@ -161,6 +217,10 @@ pub struct JobResult {
     /// Provider model that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Why the last answer the model gave ended (absent when no answer came back). A text
+    /// answer cut at `max_tokens` is `ok` with `length`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
     /// Tokens over all attempts.
     pub usage: Usage,
     /// Cost of every attempt in US dollars (absent without a price for the model).
@@ -168,6 +228,10 @@ pub struct JobResult {
     pub cost_usd: Option<f64>,
     /// Time in the worker, milliseconds.
     pub latency_ms: u64,
+    /// Time from the producer's publish (`x-quarry-published-ms`) to the worker's start,
+    /// milliseconds, by the two hosts' clocks (absent without that header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
     /// Provider calls made.
     pub attempts: u32,
     /// The job's metadata, unchanged.
@@ -192,9 +256,11 @@ impl JobResult {
             content_type: None,
             provider: None,
             model: None,
+            finish_reason: None,
             usage: Usage::default(),
             cost_usd: None,
             latency_ms: 0,
+            queue_ms: None,
             attempts: 0,
             metadata: None,
             error: Some(error),

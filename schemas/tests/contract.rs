@@ -12,8 +12,8 @@ use quarry_schemas::control::ControlReply;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{
-    ErrorCode, ErrorInfo, ImagePart, InputPart, JOB_V1_SCHEMA, Job, JobResult, RESULT_V1_SCHEMA,
-    Status, Usage, examples,
+    ErrorCode, ErrorInfo, FinishReason, ImagePart, InputPart, JOB_V1_SCHEMA, Job, JobResult,
+    RESULT_V1_SCHEMA, Status, Usage, examples,
 };
 use serde_json::{Value, json};
 
@@ -73,14 +73,17 @@ fn example_results() -> Vec<JobResult> {
         content_type: Some(ContentType::Json),
         provider: Some("fake".into()),
         model: Some("fake-large".into()),
+        finish_reason: Some(FinishReason::Stop),
         usage: Usage {
             input_tokens: 120,
             cached_input_tokens: 100,
+            cache_write_tokens: 20,
             output_tokens: 30,
             total_tokens: 150,
         },
         cost_usd: Some(0.00042),
         latency_ms: 812,
+        queue_ms: Some(35),
         attempts: 1,
         metadata: Some(json!({"row": 42})),
         error: None,
@@ -256,11 +259,20 @@ fn broken_results_are_rejected_by_the_schema() {
 fn an_older_reader_accepts_a_newer_result() {
     let results = example_results();
     let mut newer = serde_json::to_value(&results[0]).expect("serialise");
-    newer["finish_reason"] = json!("stop");
-    newer["queue_ms"] = json!(12);
-    newer["usage"]["cache_write_tokens"] = json!(3);
+    newer["served_by"] = json!("worker-7");
+    newer["usage"]["reasoning_tokens"] = json!(3);
+    newer["finish_reason"] = json!("pause_turn");
     let decoded: JobResult = serde_json::from_value(newer).expect("newer ok result");
-    assert_eq!(decoded, results[0], "the known fields are read as before");
+    assert_eq!(
+        decoded.finish_reason,
+        Some(FinishReason::Other),
+        "a finish reason this version does not know reads as other"
+    );
+    let expected = JobResult {
+        finish_reason: Some(FinishReason::Other),
+        ..results[0].clone()
+    };
+    assert_eq!(decoded, expected, "the known fields are read as before");
 
     let mut newer_error = serde_json::to_value(&results[1]).expect("serialise");
     newer_error["error"]["code"] = json!("QUOTA_PAUSED");
@@ -280,6 +292,25 @@ fn an_older_reader_accepts_a_newer_result() {
     });
     let reply: ControlReply = serde_json::from_value(reply).expect("newer control reply");
     assert_eq!(reply.progress.expect("progress")["ok"], 2);
+}
+
+#[test]
+fn finish_reasons_match_the_schema_enum() {
+    let schema: Value = serde_json::from_str(RESULT_V1_SCHEMA).expect("json");
+    let listed: Vec<&str> = schema["properties"]["finish_reason"]["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let words: Vec<&str> = FinishReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(listed, words);
+    for reason in FinishReason::ALL {
+        assert_eq!(
+            serde_json::to_value(reason).expect("serialise"),
+            json!(reason.as_str())
+        );
+    }
 }
 
 #[test]

@@ -90,8 +90,10 @@ pub struct Grant {
     pub alias: String,
     /// The credential profile whose keys serve it.
     pub profile: String,
-    /// The output bound sent to the provider.
+    /// The output bound the job asked for (within the ceiling).
     pub max_tokens: Option<u32>,
+    /// The plugin's ceiling, which also bounds the default a job without `max_tokens` gets.
+    pub ceiling: Option<u32>,
 }
 
 impl Policy {
@@ -214,12 +216,13 @@ impl Policy {
                     json!({"plugin": self.name, "limit": limit, "actual": asked}),
                 ));
             }
-            (asked, limit) => asked.or(limit),
+            (asked, _) => asked,
         };
         Ok(Grant {
             alias: alias.to_owned(),
             profile: profile.to_owned(),
             max_tokens,
+            ceiling: self.max_tokens,
         })
     }
 
@@ -363,8 +366,9 @@ mod tests {
         let policy = policies(plugin).identify(Some("receipts")).unwrap();
         let grant = policy.admit(&job(None, None)).unwrap();
         assert_eq!(
-            (grant.alias.as_str(), grant.max_tokens),
-            ("fast", Some(500))
+            (grant.alias.as_str(), grant.max_tokens, grant.ceiling),
+            ("fast", None, Some(500)),
+            "a job asking for no bound gets the default within the ceiling (in the pipeline)"
         );
         assert!(policy.admit(&job(Some("fast"), None)).is_ok());
         let refused = |job: &Job| {

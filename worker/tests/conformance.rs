@@ -12,7 +12,7 @@
 use quarry_fake_provider::faults::Fault;
 use quarry_fake_provider::{FakeConfig, FakeProvider, Recorded};
 use quarry_schemas::job::{ImageMime, ImagePart};
-use quarry_schemas::{ErrorCode, InputPart, Job, Status};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Job, Status};
 use quarry_worker::config::{Config, ProviderConfig, ProviderKind, ProviderSettings, Route};
 use quarry_worker::pipeline::Pipeline;
 use quarry_worker::providers::{self, Disposition, ProviderRequest};
@@ -69,7 +69,7 @@ fn request<'a>(
         input,
         json_schema: schema.map(|s| ("receipt", s)),
         schema_text: None,
-        max_tokens: Some(512),
+        max_tokens: 512,
         temperature: Some(0.0),
         stop: None,
         timeout: Duration::from_secs(10),
@@ -453,6 +453,39 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
     );
 }
 
+/// Why an answer ended, in the contract's words from each kind's own: a natural end, the
+/// output bound, a stop sequence (named as such by Anthropic only).
+async fn finish_reasons_are_normalised(kind: ProviderKind) {
+    let fake = fake().await;
+    let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
+    let key = SecretString::from(KEY.to_owned());
+    let input = text("Cafe Luna on the corner sold two coffees for 5.60 EUR this morning");
+    let call = |max_tokens: u32, stop: Option<&'static [String]>| {
+        let mut request = request(&input, None, &key);
+        request.max_tokens = max_tokens;
+        request.stop = stop;
+        request
+    };
+    let natural = provider.call(&call(512, None)).await.unwrap();
+    assert_eq!(natural.finish_reason, FinishReason::Stop, "{kind:?}");
+    let cut = provider.call(&call(3, None)).await.unwrap();
+    assert_eq!(cut.finish_reason, FinishReason::Length, "{kind:?}");
+    assert!(cut.text.chars().count() <= 12, "{kind:?}: {:?}", cut.text);
+    static STOP: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["coffees".to_owned()]);
+    let stopped = provider.call(&call(512, Some(&STOP[..]))).await.unwrap();
+    assert!(
+        !stopped.text.contains("coffees"),
+        "{kind:?}: {:?}",
+        stopped.text
+    );
+    let expected = match kind {
+        ProviderKind::Anthropic => FinishReason::StopSequence,
+        _ => FinishReason::Stop,
+    };
+    assert_eq!(stopped.finish_reason, expected, "{kind:?}");
+}
+
 macro_rules! conformance {
     ($($module:ident => $kind:expr),* $(,)?) => {$(
         mod $module {
@@ -476,6 +509,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn repair_succeeds_on_the_second_attempt() {
                 super::repair_succeeds_on_the_second_attempt($kind).await;
+            }
+
+            #[tokio::test]
+            async fn finish_reasons_are_normalised() {
+                super::finish_reasons_are_normalised($kind).await;
             }
         }
     )*};

@@ -33,6 +33,11 @@ pub struct Parsed {
     pub tool: Option<String>,
     /// No earlier model turn in the conversation.
     pub first_answer: bool,
+    /// The output bound asked for (`max_tokens`, `max_completion_tokens`, `maxOutputTokens`):
+    /// a longer answer is cut there, as a real model's is.
+    pub max_tokens: Option<u64>,
+    /// Stop sequences: the answer ends before the first one it contains.
+    pub stop: Vec<String>,
 }
 
 /// What the answer carries.
@@ -43,6 +48,8 @@ pub struct Answer {
     pub tool_input: Option<Value>,
     /// Cut short (`length`, `max_tokens`, `MAX_TOKENS`).
     pub truncated: bool,
+    /// Ended by this stop sequence (Anthropic names it; the others say `stop`).
+    pub stopped_by: Option<String>,
     /// Prompt and completion tokens.
     pub usage: (u64, u64),
 }
@@ -111,6 +118,8 @@ impl Format {
                     "refusal"
                 } else if answer.truncated {
                     "max_tokens"
+                } else if answer.stopped_by.is_some() {
+                    "stop_sequence"
                 } else if parsed.tool.is_some() {
                     "tool_use"
                 } else {
@@ -123,7 +132,7 @@ impl Format {
                     "model": parsed.model,
                     "content": content,
                     "stop_reason": stop_reason,
-                    "stop_sequence": null,
+                    "stop_sequence": answer.stopped_by,
                     "usage": {
                         "input_tokens": prompt,
                         "output_tokens": completion,
@@ -401,7 +410,25 @@ fn parse_openai(request: &Value) -> Result<Parsed, String> {
             ));
         }
     }
+    parsed.max_tokens = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+        .and_then(Value::as_u64);
+    parsed.stop = strings(request.get("stop"));
     Ok(parsed)
+}
+
+/// A string or an array of strings (`stop`, `stop_sequences`, `stopSequences`).
+fn strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn parse_anthropic(request: &Value) -> Result<Parsed, String> {
@@ -409,9 +436,9 @@ fn parse_anthropic(request: &Value) -> Result<Parsed, String> {
         .get("model")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("model: Field required"))?;
-    if request.get("max_tokens").and_then(Value::as_u64).is_none() {
+    let Some(max_tokens) = request.get("max_tokens").and_then(Value::as_u64) else {
         return Err(bad("max_tokens: Field required"));
-    }
+    };
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -420,6 +447,8 @@ fn parse_anthropic(request: &Value) -> Result<Parsed, String> {
     let mut parsed = Parsed {
         model: model.to_owned(),
         first_answer: true,
+        max_tokens: Some(max_tokens),
+        stop: strings(request.get("stop_sequences")),
         ..Parsed::default()
     };
     if let Some(system) = request.get("system").and_then(Value::as_str) {
@@ -496,6 +525,10 @@ fn parse_gemini(request: &Value, model: &str) -> Result<Parsed, String> {
     let mut parsed = Parsed {
         model: model.to_owned(),
         first_answer: true,
+        max_tokens: request
+            .pointer("/generationConfig/maxOutputTokens")
+            .and_then(Value::as_u64),
+        stop: strings(request.pointer("/generationConfig/stopSequences")),
         ..Parsed::default()
     };
     if let Some(parts) = request

@@ -579,6 +579,26 @@ fn compose(parsed: &Parsed, fault: Option<Fault>, rng: &mut generate::Rng) -> An
         }
         _ => (content, tool_input, false),
     };
+    // A stop sequence ends the answer before it; the output bound cuts it (about 4
+    // characters a token, like the counts below).
+    let (content, tool_input, stopped_by) = match parsed
+        .stop
+        .iter()
+        .filter_map(|s| content.find(s.as_str()).map(|at| (at, s)))
+        .min()
+    {
+        Some((at, stop)) => (content[..at].to_owned(), None, Some(stop.clone())),
+        None => (content, tool_input, None),
+    };
+    let bound = parsed.max_tokens.map_or(usize::MAX, |n| {
+        usize::try_from(n.saturating_mul(4)).unwrap_or(usize::MAX)
+    });
+    let (content, tool_input, truncated) = if content.chars().count() > bound {
+        let cut: String = content.chars().take(bound).collect();
+        (cut, None, true)
+    } else {
+        (content, tool_input, truncated)
+    };
     // Anthropic's tool input is parsed JSON: a broken answer travels as text instead.
     let tool_input = tool_input.or_else(|| {
         parsed
@@ -592,6 +612,7 @@ fn compose(parsed: &Parsed, fault: Option<Fault>, rng: &mut generate::Rng) -> An
         content,
         tool_input,
         truncated,
+        stopped_by,
         usage: (prompt, completion),
     }
 }

@@ -15,8 +15,6 @@ pub struct LimiterConfig {
     /// Structured credential refusals of one key in a row (the provider's own 401/403
     /// error type, not a proxy's page) before a worker takes it out of rotation.
     pub disable_key_after: u32,
-    /// Output tokens reserved for a job without `max_tokens`.
-    pub default_output_tokens: u64,
     /// Per-minute windows last this much longer than 60 s, so that a request reserved at a
     /// window's edge does not reach the provider inside its own window (network and
     /// scheduling delay).
@@ -35,7 +33,6 @@ impl Default for LimiterConfig {
             max_inline_wait_ms: 5_000,
             disable_key_secs: 3_600,
             disable_key_after: 3,
-            default_output_tokens: 1_024,
             window_margin_ms: 250,
             delay_steps_secs: vec![5, 30, 120, 600],
             max_deferrals: 30,

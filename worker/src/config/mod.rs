@@ -303,17 +303,18 @@ model = "gpt-4o"
             None,
             env(&[
                 ("QUARRY__PROVIDERS__FAKE__KIND", "anthropic"),
+                ("QUARRY__PROVIDERS__FAKE__ANTHROPIC_VERSION", "2024-01-01"),
                 ("QUARRY__PROVIDERS__FAKE__DEFAULT_MAX_TOKENS", "512"),
             ]),
         )
-        .expect("its own setting");
+        .expect("its own setting, and one of every kind");
         match &config.providers["fake"].settings {
             ProviderSettings::Anthropic(settings) => {
-                assert_eq!(settings.default_max_tokens, 512);
-                assert_eq!(settings.version, "2023-06-01");
+                assert_eq!(settings.version, "2024-01-01");
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(config.providers["fake"].default_max_tokens, Some(512));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct ProviderConfig {
     pub api_key_file: Option<PathBuf>,
     /// Default timeout of one attempt, milliseconds (a job's `timeout_ms` overrides it).
     pub timeout_ms: u64,
+    /// `max_tokens` for a job that sets none, on this provider (default:
+    /// `worker.default_max_tokens`).
+    pub default_max_tokens: Option<u32>,
     /// Extra HTTP headers sent with every request. Their values are secrets (gateways take
     /// credentials there): never logged, and scrubbed from provider text like keys.
     pub headers: BTreeMap<String, SecretString>,
@@ -86,7 +89,6 @@ struct ProviderFile {
     strict: Option<bool>,
     /// `anthropic`.
     anthropic_version: Option<String>,
-    /// `anthropic`.
     default_max_tokens: Option<u32>,
     headers: BTreeMap<String, SecretString>,
     keys: Vec<KeyConfig>,
@@ -133,11 +135,6 @@ impl TryFrom<ProviderFile> for ProviderConfig {
                 file.anthropic_version.is_some(),
                 ProviderKind::Anthropic,
             ),
-            (
-                "default_max_tokens",
-                file.default_max_tokens.is_some(),
-                ProviderKind::Anthropic,
-            ),
         ];
         if let Some((field, _, owner)) = foreign
             .iter()
@@ -158,9 +155,6 @@ impl TryFrom<ProviderFile> for ProviderConfig {
                 if let Some(version) = &file.anthropic_version {
                     anthropic.version.clone_from(version);
                 }
-                anthropic.default_max_tokens = file
-                    .default_max_tokens
-                    .unwrap_or(anthropic.default_max_tokens);
                 ProviderSettings::Anthropic(anthropic)
             }
             (ProviderSettings::Gemini, _) => ProviderSettings::Gemini,
@@ -177,6 +171,7 @@ impl TryFrom<ProviderFile> for ProviderConfig {
             api_key: file.api_key,
             api_key_file: file.api_key_file,
             timeout_ms: file.timeout_ms,
+            default_max_tokens: file.default_max_tokens,
             headers: file.headers,
             keys: file.keys,
             limits: file.limits,
@@ -322,6 +317,7 @@ impl Default for ProviderConfig {
             api_key: None,
             api_key_file: None,
             timeout_ms: 60_000,
+            default_max_tokens: None,
             headers: BTreeMap::new(),
             keys: Vec::new(),
             limits: Limits::default(),
@@ -388,6 +384,14 @@ impl ProviderConfig {
             return Err(ConfigError::invalid(
                 format!("providers.{name}.timeout_ms"),
                 "must be at least 1",
+            ));
+        }
+        if let Some(n) = self.default_max_tokens
+            && !(1..=quarry_schemas::job::limits::MAX_MAX_TOKENS).contains(&n)
+        {
+            return Err(ConfigError::invalid(
+                format!("providers.{name}.default_max_tokens"),
+                "must be between 1 and 1000000",
             ));
         }
         self.limits

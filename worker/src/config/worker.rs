@@ -40,6 +40,12 @@ pub struct WorkerConfig {
     /// Memory for compiled schemas, in bytes (estimated from their text): the cache evicts
     /// the least used past it.
     pub schema_cache_bytes: usize,
+    /// `max_tokens` sent to the provider, of every kind, for a job that sets none (a
+    /// provider's `default_max_tokens` and a plugin's `max_tokens` ceiling bound it further).
+    pub default_max_tokens: u32,
+    /// Total time of a job without `deadline_ms`, milliseconds from its start in the worker:
+    /// every attempt, repair and fallback fits in it, then the job ends `DEADLINE_EXCEEDED`.
+    pub job_budget_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -58,11 +64,18 @@ impl Default for WorkerConfig {
             max_schema_bytes: 64 * 1024,
             max_schema_nodes: 10_000,
             schema_cache_bytes: 64 * 1024 * 1024,
+            default_max_tokens: 1_024,
+            job_budget_ms: 30_000,
         }
     }
 }
 
 impl WorkerConfig {
+    /// A job's total time when it sets no deadline.
+    pub fn job_budget(&self) -> Duration {
+        Duration::from_millis(self.job_budget_ms)
+    }
+
     /// Grace period as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
@@ -133,6 +146,18 @@ impl WorkerConfig {
             return Err(ConfigError::invalid(
                 "worker.max_message_bytes",
                 "max_message_bytes, max_schema_bytes and max_schema_nodes must be at least 1",
+            ));
+        }
+        if !(1..=quarry_schemas::job::limits::MAX_MAX_TOKENS).contains(&self.default_max_tokens) {
+            return Err(ConfigError::invalid(
+                "worker.default_max_tokens",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.job_budget_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "worker.job_budget_ms",
+                "must be at least 1000",
             ));
         }
         Ok(())

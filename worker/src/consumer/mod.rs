@@ -356,6 +356,10 @@ impl Run<'_> {
             target_model,
             claim,
         } = execution;
+        result.queue_ms = queue_ms(
+            published_ms(&self.delivery.properties),
+            self.started.elapsed(),
+        );
         match decide::next(outcome, self.sender.deferrals, &shared.deferral.steps) {
             Next::Replay(stored) => {
                 if self.delivery.acker.usable() {
@@ -659,6 +663,16 @@ fn failed_without_a_call(job: Job, error: ErrorInfo) -> JobResult {
     result.batch_id = job.batch_id;
     result.metadata = job.metadata;
     result
+}
+
+/// Time from the producer's publish to the job's start (`ran`: how long ago it started), by
+/// the two hosts' clocks.
+fn queue_ms(published_ms: Option<u64>, ran: std::time::Duration) -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let started = now.saturating_sub(ran).as_millis();
+    Some(u64::try_from(started).ok()?.saturating_sub(published_ms?))
 }
 
 /// When the producer published the job (the SDK's `x-quarry-published-ms` header).

@@ -245,7 +245,7 @@ impl Admission {
                 reserved_tokens: 0,
             });
         };
-        let estimate = estimate_tokens(request, self.config.default_output_tokens);
+        let estimate = estimate_tokens(request);
         let lease = request.timeout + LEASE_MARGIN;
         // A little longer than the provider's minute: a request reserved at the window's edge
         // reaches the provider a few milliseconds later.
@@ -522,7 +522,7 @@ fn charges_for(
 
 /// Tokens an attempt may use: its prompt (≈ 4 characters a token, 85 an image) plus its
 /// output bound.
-pub(crate) fn estimate_tokens(request: &ProviderRequest<'_>, default_output: u64) -> u64 {
+pub(crate) fn estimate_tokens(request: &ProviderRequest<'_>) -> u64 {
     let mut chars = request.instructions.map_or(0, str::len);
     let mut images = 0u64;
     for part in request.input {
@@ -541,6 +541,6 @@ pub(crate) fn estimate_tokens(request: &ProviderRequest<'_>, default_output: u64
         .iter()
         .map(|r| r.answer.len() + r.problem.len())
         .sum::<usize>();
-    let output = request.max_tokens.map_or(default_output, u64::from);
+    let output = u64::from(request.max_tokens);
     (chars as u64).div_ceil(4) + 85 * images + output
 }

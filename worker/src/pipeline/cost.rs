@@ -73,6 +73,7 @@ mod tests {
         let usage = Usage {
             input_tokens: 1_000_000,
             cached_input_tokens: 400_000,
+            cache_write_tokens: 0,
             output_tokens: 500_000,
             total_tokens: 1_500_000,
         };

@@ -36,7 +36,9 @@ use crate::trace::TraceContext;
 use cost::{CostTally, PriceTable};
 use jsonschema::Validator;
 use quarry_schemas::result::{ContentType, ResultVersion};
-use quarry_schemas::{ErrorCode, ErrorInfo, InputPart, Job, JobResult, Status, Usage};
+use quarry_schemas::{
+    ErrorCode, ErrorInfo, FinishReason, InputPart, Job, JobResult, Status, Usage,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,6 +55,8 @@ const MAX_QUOTED_ANSWER: usize = 2000;
 struct ProviderEntry {
     provider: Box<dyn Provider>,
     timeout: Duration,
+    /// `max_tokens` for a job that sets none.
+    default_max_tokens: u32,
     /// The key pool by credential profile.
     keys: BTreeMap<String, Keys>,
 }
@@ -71,6 +75,8 @@ pub struct Pipeline {
     schemas: SchemaCache,
     retry: RetryPolicy,
     repair_attempts: u32,
+    /// A job's total time when it sets no deadline.
+    job_budget: Duration,
     images: ImageLimits,
     prices: PriceTable,
     admission: Admission,
@@ -150,6 +156,8 @@ struct Tally<'k> {
     usage: Usage,
     cost: CostTally,
     provider_time: Duration,
+    /// Why the last answer a provider gave ended.
+    finish_reason: Option<FinishReason>,
     /// The job ends without spending: the limiter did not answer, or asked for a wait too
     /// long to hold the delivery ([`Outcome::RetryLater`], [`Outcome::Defer`]).
     unspent: Option<Outcome>,
@@ -174,7 +182,7 @@ struct Leg<'t> {
     /// The keys of the granted profile.
     keys: &'t Keys,
     /// The output bound the policy granted.
-    max_tokens: Option<u32>,
+    max_tokens: u32,
     /// The job's trace: each attempt is a child span of it.
     trace: Option<&'t TraceContext>,
     /// Another target follows: an unavailable model is left at once instead of retried.
@@ -211,11 +219,17 @@ impl Pipeline {
             .into_iter()
             .map(|(name, (provider, timeout))| {
                 let keys = Keys::by_profile(&name, config.providers.get(&name));
+                let default_max_tokens = config
+                    .providers
+                    .get(&name)
+                    .and_then(|p| p.default_max_tokens)
+                    .unwrap_or(config.worker.default_max_tokens);
                 (
                     name,
                     ProviderEntry {
                         provider,
                         timeout,
+                        default_max_tokens,
                         keys,
                     },
                 )
@@ -238,6 +252,7 @@ impl Pipeline {
             max_schema_nodes: config.worker.max_schema_nodes,
             retry: RetryPolicy::from_config(&config.worker),
             repair_attempts: config.worker.repair_attempts,
+            job_budget: config.worker.job_budget(),
             images: ImageLimits {
                 max_images: config.worker.max_images,
                 max_bytes: config.worker.max_image_bytes,
@@ -302,7 +317,9 @@ impl Pipeline {
             claim,
             ..Tally::default()
         };
-        let outcome = self.run_stages(&job, policy, trace, &mut tally).await;
+        let outcome = self
+            .run_stages(&job, policy, started, trace, &mut tally)
+            .await;
         // A job that ended before any provider call is claimed now (its own round trip), so
         // that a copy delivered twice is answered once, from the store, and counted once.
         if outcome.is_err() {
@@ -324,9 +341,11 @@ impl Pipeline {
             content_type: None,
             provider: None,
             model: None,
+            finish_reason: tally.finish_reason,
             usage: tally.usage,
             cost_usd: tally.cost.total(),
             latency_ms,
+            queue_ms: None,
             attempts: tally.attempts,
             metadata: job.metadata,
             error: None,
@@ -383,6 +402,7 @@ impl Pipeline {
         &self,
         job: &Job,
         policy: &Policy,
+        started: Instant,
         trace: Option<&TraceContext>,
         tally: &mut Tally<'_>,
     ) -> Result<Answer, Failure> {
@@ -392,8 +412,13 @@ impl Pipeline {
         let grant = policy
             .admit(job)
             .inspect_err(|error| telemetry::policy_refusal(&policy.name, error))?;
-        // 2. deadline
+        // 2. deadline: the job's own, else the fleet's budget from its start
         let deadline = job.deadline_ms.map(deadline_from_epoch_ms);
+        let bounds = Bounds {
+            deadline,
+            until: deadline.unwrap_or(started + self.job_budget),
+            budget: self.job_budget,
+        };
         if remaining(deadline) == Some(Duration::ZERO) {
             return Err(ErrorInfo::new(
                 ErrorCode::DeadlineExceeded,
@@ -468,13 +493,18 @@ impl Pipeline {
                 target,
                 entry,
                 keys,
-                max_tokens: grant.max_tokens,
+                // The job's bound, else the provider's default within the plugin's ceiling.
+                max_tokens: grant.max_tokens.unwrap_or_else(|| {
+                    entry
+                        .default_max_tokens
+                        .min(grant.ceiling.unwrap_or(u32::MAX))
+                }),
                 trace,
                 has_fallback: i + 1 < legs.len(),
                 plugin: &policy.name,
             };
             match self
-                .on_target(job, &leg, compiled.as_deref(), deadline, tally)
+                .on_target(job, &leg, compiled.as_deref(), bounds, tally)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -552,7 +582,7 @@ impl Pipeline {
         job: &Job,
         leg: &Leg<'_>,
         schema: Option<&CompiledSchema>,
-        deadline: Option<Instant>,
+        bounds: Bounds,
         tally: &mut Tally<'_>,
     ) -> Result<Answer, Failure> {
         let (target, entry) = (leg.target, leg.entry);
@@ -581,7 +611,7 @@ impl Pipeline {
                 max_schema_nodes: self.max_schema_nodes,
             };
             let response = self
-                .call_with_retry(leg, request, deadline, tally)
+                .call_with_retry(leg, request, bounds, tally)
                 .await
                 .map_err(|e| failure(ErrorInfo::new(e.code, e.message)))?;
             let Some(validator) = schema.map(|c| &c.validator) else {
@@ -607,7 +637,7 @@ impl Pipeline {
                 Err(rejected) => rejected,
             };
             let repairs_done = u32::try_from(repairs.len()).unwrap_or(u32::MAX);
-            if repairs_done >= self.repair_attempts || remaining(deadline) == Some(Duration::ZERO) {
+            if repairs_done >= self.repair_attempts || bounds.left().is_zero() {
                 if repairs_done > 0 {
                     telemetry::repair(&target.provider, &target.model, "gave_up");
                 }
@@ -635,7 +665,7 @@ impl Pipeline {
         &self,
         leg: &Leg<'_>,
         mut request: ProviderRequest<'_>,
-        deadline: Option<Instant>,
+        bounds: Bounds,
         tally: &mut Tally<'_>,
     ) -> Result<ProviderResponse, ProviderError> {
         let (target, entry) = (leg.target, leg.entry);
@@ -644,14 +674,11 @@ impl Pipeline {
         // Keys whose credential was refused during this job: the next attempt uses another.
         let mut refused_keys: Vec<usize> = Vec::new();
         loop {
-            let left = remaining(deadline);
-            if left == Some(Duration::ZERO) {
-                return Err(ProviderError::permanent(
-                    ErrorCode::DeadlineExceeded,
-                    "the job's deadline passed",
-                ));
+            let left = bounds.left();
+            if left.is_zero() {
+                return Err(bounds.exceeded());
             }
-            request.timeout = left.map_or(per_attempt, |l| l.min(per_attempt));
+            request.timeout = left.min(per_attempt);
             // An earlier success (answer then rejected: a repair follows) settles now.
             tally.settle_now().await;
             let mut admitted = match self
@@ -664,7 +691,9 @@ impl Pipeline {
                     },
                     leg.plugin,
                     &request,
-                    deadline,
+                    // Only the job's own deadline stops it waiting in a delay queue; the
+                    // budget bounds the work of one run.
+                    bounds.deadline,
                     &mut tally.claim,
                 )
                 .await
@@ -729,6 +758,7 @@ impl Pipeline {
                         Some(response.usage),
                     );
                     tally.usage.add(response.usage);
+                    tally.finish_reason = Some(response.finish_reason);
                     tally.cost.add(self.prices.cost(
                         &target.provider,
                         &target.model,
@@ -757,6 +787,10 @@ impl Pipeline {
                 elapsed,
                 None,
             );
+            // A call cut short by the job's deadline or budget is not a provider timeout.
+            if error.code == ErrorCode::Timeout && bounds.left().is_zero() {
+                return Err(bounds.exceeded());
+            }
             if error.code == ErrorCode::ModelUnavailable && leg.has_fallback {
                 return Err(error);
             }
@@ -783,7 +817,7 @@ impl Pipeline {
             };
             if !self
                 .retry
-                .may_retry(attempts_here, wait, remaining(deadline))
+                .may_retry(attempts_here, wait, Some(bounds.left()))
             {
                 return Err(error);
             }
@@ -846,6 +880,38 @@ pub(crate) fn decoded_len(data: &str) -> usize {
         .take_while(|&b| b == b'=')
         .count();
     (data.len() / 4 * 3).saturating_sub(padding)
+}
+
+/// How long a job may work: until its own deadline, else for the fleet's budget from its
+/// start.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// The job's own deadline (`deadline_ms`).
+    deadline: Option<Instant>,
+    /// When its work must end: the deadline, or its start plus the budget.
+    until: Instant,
+    /// The fleet's budget (`worker.job_budget_ms`), for the error text.
+    budget: Duration,
+}
+
+impl Bounds {
+    /// Time left.
+    fn left(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+
+    /// The error of a job out of time.
+    fn exceeded(&self) -> ProviderError {
+        let message = match self.deadline {
+            Some(_) => "the job's deadline passed".to_owned(),
+            None => format!(
+                "the job's time budget of {} ms ran out (worker.job_budget_ms; set deadline_ms \
+                 for another)",
+                self.budget.as_millis()
+            ),
+        };
+        ProviderError::permanent(ErrorCode::DeadlineExceeded, message)
+    }
 }
 
 /// Converts an absolute epoch deadline into a monotonic instant.

@@ -4,8 +4,8 @@ use super::*;
 use crate::config::Config;
 use crate::providers::Repair;
 use futures::future::BoxFuture;
-use quarry_schemas::InputPart;
 use quarry_schemas::job::{ImageMime, ImagePart};
+use quarry_schemas::{FinishReason, InputPart};
 use std::sync::{Arc, Mutex};
 
 /// Answers each call with the next scripted outcome and records what it was asked.
@@ -22,7 +22,7 @@ struct ScriptedProvider {
 struct Seen {
     model: String,
     key: Option<String>,
-    max_tokens: Option<u32>,
+    max_tokens: u32,
 }
 
 impl Provider for ScriptedProvider {
@@ -51,7 +51,14 @@ impl Provider for ScriptedProvider {
             max_tokens: request.max_tokens,
         });
         let next = self.outcomes.lock().unwrap().remove(0);
-        Box::pin(async move { next })
+        let timeout = request.timeout;
+        Box::pin(async move {
+            // A provider that never answers: the attempt ends at its timeout.
+            if matches!(&next, Err(e) if e.message == HANG) {
+                tokio::time::sleep(timeout).await;
+            }
+            next
+        })
     }
 }
 
@@ -61,10 +68,23 @@ fn answer(text: &str) -> Result<ProviderResponse, ProviderError> {
         usage: Usage {
             input_tokens: 10,
             cached_input_tokens: 0,
+            cache_write_tokens: 0,
             output_tokens: 5,
             total_tokens: 15,
         },
         model: "scripted-model".to_owned(),
+        finish_reason: FinishReason::Stop,
+    })
+}
+
+const HANG: &str = "scripted hang";
+
+/// An attempt that ends only at its timeout (`TIMEOUT`, retryable), as a hung provider's.
+fn hang() -> Result<ProviderResponse, ProviderError> {
+    Err(ProviderError {
+        code: ErrorCode::Timeout,
+        disposition: Disposition::Retry { after: None },
+        message: HANG.to_owned(),
     })
 }
 
@@ -760,14 +780,14 @@ async fn the_max_tokens_ceiling_bounds_every_call() {
     let mut modest = job(None);
     modest.max_tokens = Some(20);
     pipeline.execute(modest, &policy, Instant::now()).await;
-    let bounds: Vec<Option<u32>> = probe
+    let bounds: Vec<u32> = probe
         .seen
         .lock()
         .unwrap()
         .iter()
         .map(|s| s.max_tokens)
         .collect();
-    assert_eq!(bounds, [Some(300), Some(20)]);
+    assert_eq!(bounds, [300, 20], "the ceiling bounds the default too");
     let mut overriding = job(None);
     overriding.model = Some("fast".into());
     let result = pipeline
@@ -781,4 +801,111 @@ async fn the_max_tokens_ceiling_bounds_every_call() {
             Some("model_override".into())
         )
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_without_a_deadline_ends_when_the_fleets_budget_runs_out() {
+    let mut config = test_config();
+    config.worker.max_attempts = 100;
+    config.worker.job_budget_ms = 30_000;
+    // Attempts time out at 5 s each; retries would go on for 100 of them.
+    let (pipeline, probe) = scripted_with(config, (0..100).map(|_| hang()).collect());
+    let began = Instant::now();
+    let result = pipeline.execute(job(None), &anyone(), began).await.result;
+    let error = result.error.expect("error");
+    assert_eq!(error.code, ErrorCode::DeadlineExceeded, "{error:?}");
+    assert!(error.message.contains("worker.job_budget_ms"), "{error:?}");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(30) && took < Duration::from_millis(30_100),
+        "every attempt, retry and backoff fits the budget: {took:?}"
+    );
+    assert_eq!(
+        *probe.calls.lock().unwrap(),
+        6,
+        "six attempts of 5 s (and two-millisecond backoffs) fill 30 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_passes_during_a_call_ends_deadline_exceeded_not_timeout() {
+    let (pipeline, calls) = scripted(vec![hang(), answer("too late")]);
+    let mut job = job(None);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    job.deadline_ms = Some(now_ms + 3_000);
+    let began = Instant::now();
+    let result = pipeline.execute(job, &anyone(), began).await.result;
+    let error = result.error.expect("error");
+    assert_eq!(error.code, ErrorCode::DeadlineExceeded, "{error:?}");
+    assert!(!error.retryable);
+    assert_eq!(*calls.lock().unwrap(), 1);
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "the 5 s attempt was cut at the 3 s deadline: {:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_call_carries_max_tokens_the_jobs_or_a_default() {
+    let mut config = test_config();
+    config.worker.default_max_tokens = 1_024;
+    let (pipeline, probe) = scripted_with(config.clone(), vec![answer("a"), answer("b")]);
+    pipeline.execute(job(None), &anyone(), Instant::now()).await;
+    let mut asking = job(None);
+    asking.max_tokens = Some(2_000);
+    pipeline.execute(asking, &anyone(), Instant::now()).await;
+    let sent: Vec<u32> = probe
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.max_tokens)
+        .collect();
+    assert_eq!(
+        sent,
+        [1_024, 2_000],
+        "the fleet's default, then the job's own"
+    );
+
+    config
+        .providers
+        .entry("fake".into())
+        .or_default()
+        .default_max_tokens = Some(64);
+    let (pipeline, probe) = scripted_with(config, vec![answer("c")]);
+    pipeline.execute(job(None), &anyone(), Instant::now()).await;
+    assert_eq!(
+        probe.seen.lock().unwrap()[0].max_tokens,
+        64,
+        "the provider's default"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_text_answer_cut_at_max_tokens_is_ok_and_says_length() {
+    let cut = answer("The merchant is Caf").map(|r| ProviderResponse {
+        finish_reason: FinishReason::Length,
+        ..r
+    });
+    let (pipeline, _) = scripted(vec![cut]);
+    let result = pipeline
+        .execute(job(None), &anyone(), Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok);
+    assert_eq!(result.finish_reason, Some(FinishReason::Length));
+
+    let (pipeline, _) = scripted(vec![failure(
+        ErrorCode::InvalidRequest,
+        Disposition::Permanent,
+    )]);
+    let result = pipeline
+        .execute(job(None), &anyone(), Instant::now())
+        .await
+        .result;
+    assert_eq!(result.finish_reason, None, "no answer, no finish reason");
 }

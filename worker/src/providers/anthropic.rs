@@ -15,7 +15,7 @@ use super::{
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -33,15 +33,12 @@ const WRAPPED: &str = "value";
 pub struct Settings {
     /// `anthropic_version`: the `anthropic-version` header.
     pub version: String,
-    /// `default_max_tokens`: `max_tokens` when the job sets none (the API requires one).
-    pub default_max_tokens: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             version: "2023-06-01".to_owned(),
-            default_max_tokens: 4096,
         }
     }
 }
@@ -50,7 +47,6 @@ impl Default for Settings {
 pub struct Anthropic {
     http: HttpClient,
     url: reqwest::Url,
-    default_max_tokens: u32,
 }
 
 impl Anthropic {
@@ -64,7 +60,6 @@ impl Anthropic {
         Ok(Self {
             http: HttpClient::new(name, config, Auth::Header("x-api-key"), &version)?,
             url: endpoint(name, &format!("{}/messages", config.base_url()))?,
-            default_max_tokens: settings.default_max_tokens,
         })
     }
 
@@ -102,7 +97,7 @@ impl Anthropic {
         };
         MessagesRequest {
             model: request.model,
-            max_tokens: request.max_tokens.unwrap_or(self.default_max_tokens),
+            max_tokens: request.max_tokens,
             system: request.instructions,
             messages,
             tools,
@@ -187,6 +182,7 @@ impl Anthropic {
             text,
             usage: answer.usage.map(Usage::from).unwrap_or_default(),
             model: answer.model.unwrap_or_else(|| request.model.to_owned()),
+            finish_reason: finish_reason(answer.stop_reason.as_deref()),
         })
     }
 
@@ -354,9 +350,21 @@ impl From<WireUsage> for Usage {
         Usage {
             input_tokens: input,
             cached_input_tokens: u.cache_read_input_tokens,
+            cache_write_tokens: u.cache_creation_input_tokens,
             output_tokens: u.output_tokens,
             total_tokens: input + u.output_tokens,
         }
+    }
+}
+
+/// `stop_reason` in the contract's words (a forced tool's `tool_use` is the answer ending).
+pub(crate) fn finish_reason(stop_reason: Option<&str>) -> FinishReason {
+    match stop_reason {
+        Some("end_turn" | "tool_use") => FinishReason::Stop,
+        Some("max_tokens") => FinishReason::Length,
+        Some("stop_sequence") => FinishReason::StopSequence,
+        Some("refusal") => FinishReason::ContentFilter,
+        _ => FinishReason::Other,
     }
 }
 
@@ -370,4 +378,43 @@ struct WireError {
     #[serde(rename = "type")]
     kind: Option<String>,
     message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_reads_and_writes_are_reported_inside_the_input() {
+        let usage: WireUsage = serde_json::from_value(json!({
+            "input_tokens": 20, "output_tokens": 7,
+            "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 300
+        }))
+        .unwrap();
+        assert_eq!(
+            Usage::from(usage),
+            Usage {
+                input_tokens: 1320,
+                cached_input_tokens: 1000,
+                cache_write_tokens: 300,
+                output_tokens: 7,
+                total_tokens: 1327,
+            }
+        );
+    }
+
+    #[test]
+    fn stop_reasons_in_the_contracts_words() {
+        for (word, reason) in [
+            ("end_turn", FinishReason::Stop),
+            ("tool_use", FinishReason::Stop),
+            ("max_tokens", FinishReason::Length),
+            ("stop_sequence", FinishReason::StopSequence),
+            ("refusal", FinishReason::ContentFilter),
+            ("pause_turn", FinishReason::Other),
+        ] {
+            assert_eq!(finish_reason(Some(word)), reason, "{word}");
+        }
+        assert_eq!(finish_reason(None), FinishReason::Other);
+    }
 }

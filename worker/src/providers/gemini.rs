@@ -15,7 +15,7 @@ use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderRespon
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -96,7 +96,7 @@ impl Gemini {
             generation_config: GenerationConfig {
                 response_mime_type: json_mode.then_some("application/json"),
                 response_schema: schema,
-                max_output_tokens: request.max_tokens,
+                max_output_tokens: Some(request.max_tokens),
                 temperature: request.temperature,
                 stop_sequences: request.stop,
             },
@@ -159,6 +159,7 @@ impl Gemini {
             .unwrap_or_default();
         Ok(ProviderResponse {
             text,
+            finish_reason: finish_reason(candidate.finish_reason.as_deref()),
             usage: answer.usage_metadata.map(Usage::from).unwrap_or_default(),
             model: answer
                 .model_version
@@ -541,12 +542,23 @@ struct UsageMetadata {
     total_token_count: Option<u64>,
 }
 
+/// `finishReason` in the contract's words (Gemini reports a matched stop sequence as `STOP`).
+pub(crate) fn finish_reason(word: Option<&str>) -> FinishReason {
+    match word {
+        Some("STOP") => FinishReason::Stop,
+        Some("MAX_TOKENS") => FinishReason::Length,
+        Some(blocked) if BLOCKED.contains(&blocked) => FinishReason::ContentFilter,
+        _ => FinishReason::Other,
+    }
+}
+
 impl From<UsageMetadata> for Usage {
     fn from(u: UsageMetadata) -> Self {
         let output = u.candidates_token_count + u.thoughts_token_count;
         Usage {
             input_tokens: u.prompt_token_count,
             cached_input_tokens: u.cached_content_token_count,
+            cache_write_tokens: 0,
             output_tokens: output,
             total_tokens: u.total_token_count.unwrap_or(u.prompt_token_count + output),
         }

@@ -25,7 +25,7 @@ pub mod status;
 use crate::config::{ProviderConfig, ProviderSettings};
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
 use secrecy::SecretString;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -49,8 +49,9 @@ pub struct ProviderRequest<'a> {
     /// per distinct schema): a provider that sends the schema unchanged copies this instead
     /// of serialising the tree. `None`: the tree is serialised.
     pub schema_text: Option<&'a RawValue>,
-    /// Output token bound.
-    pub max_tokens: Option<u32>,
+    /// Output token bound: the job's, else its provider's or the fleet's default (always
+    /// sent, whatever the kind).
+    pub max_tokens: u32,
     /// Sampling temperature.
     pub temperature: Option<f64>,
     /// Stop sequences.
@@ -135,6 +136,8 @@ pub struct ProviderResponse {
     pub usage: Usage,
     /// The model that answered, as the provider names it.
     pub model: String,
+    /// Why the answer ended, in the contract's words.
+    pub finish_reason: FinishReason,
 }
 
 /// What the retry loop should do after a failed attempt.

@@ -15,7 +15,7 @@ use super::{
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -129,8 +129,8 @@ impl OpenAiCompatible {
             (None, _) => None,
         };
         let (max_tokens, max_completion_tokens) = match self.flavor {
-            Flavor::Compatible { .. } => (request.max_tokens, None),
-            Flavor::OpenAi { .. } => (None, request.max_tokens),
+            Flavor::Compatible { .. } => (Some(request.max_tokens), None),
+            Flavor::OpenAi { .. } => (None, Some(request.max_tokens)),
         };
         ChatRequest {
             model: request.model,
@@ -185,6 +185,7 @@ impl OpenAiCompatible {
             text: choice.message.content.unwrap_or_default(),
             usage: answer.usage.map(Usage::from).unwrap_or_default(),
             model: answer.model.unwrap_or_else(|| request.model.to_owned()),
+            finish_reason: finish_reason(choice.finish_reason.as_deref()),
         })
     }
 
@@ -401,11 +402,22 @@ struct PromptDetails {
     cached_tokens: u64,
 }
 
+/// `finish_reason` in the contract's words (OpenAI reports a matched stop sequence as `stop`).
+pub(crate) fn finish_reason(word: Option<&str>) -> FinishReason {
+    match word {
+        Some("stop" | "tool_calls" | "function_call") => FinishReason::Stop,
+        Some("length") => FinishReason::Length,
+        Some("content_filter") => FinishReason::ContentFilter,
+        _ => FinishReason::Other,
+    }
+}
+
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Self {
         Usage {
             input_tokens: u.prompt_tokens,
             cached_input_tokens: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+            cache_write_tokens: 0,
             output_tokens: u.completion_tokens,
             total_tokens: u
                 .total_tokens
@@ -460,7 +472,7 @@ mod tests {
             input,
             json_schema: schema,
             schema_text: None,
-            max_tokens: Some(100),
+            max_tokens: 100,
             temperature: None,
             stop: None,
             timeout: Duration::from_secs(1),

@@ -601,3 +601,65 @@ async fn a_restarted_producer_collects_the_rest_of_its_batch() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_its_caller_gave_up_on_is_not_worked_on_after() {
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let worker = fleet.spawn_task_worker(fleet.worker_config()).await;
+    let client = fleet.client().await;
+    // A second queue on the client's reply routing key sees the result the client, having
+    // given up, no longer waits for.
+    let channel = fleet.channel().await;
+    let watch = quarry_integration::unique("qt-watch");
+    channel
+        .queue_declare(
+            watch.as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            watch.as_str().into(),
+            fleet.topology().results_exchange().as_str().into(),
+            client.reply_queue().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    // The provider never answers; the worker would retry for the fleet's 30 s budget.
+    let job = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: "[[fake:timeout*9]] receipt, total 6".into(),
+        }],
+    );
+    let options = CallOptions {
+        timeout: Duration::from_secs(2),
+        ..CallOptions::default()
+    };
+    let error = client.extract(job, options).await.expect_err("gave up");
+    assert!(
+        matches!(error, quarry_producer::Error::Timeout { .. }),
+        "{error:?}"
+    );
+    let seen = fleet.take(&watch, 1, 10).await;
+    let result: JobResult = serde_json::from_slice(&seen[0].data).unwrap();
+    let code = result.error.as_ref().map(|e| e.code);
+    assert_eq!(code, Some(ErrorCode::DeadlineExceeded), "{result:?}");
+    assert_eq!(
+        result.attempts, 1,
+        "the one attempt was cut at the call's timeout, and none followed"
+    );
+    assert!(
+        result.latency_ms < 3_000,
+        "the worker stopped with the caller: {} ms",
+        result.latency_ms
+    );
+    assert!(result.queue_ms.is_some(), "the SDK stamps the publish time");
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[watch]).await;
+}
