@@ -214,9 +214,9 @@ impl Job {
             check_len("/model", m, 1, limits::MAX_MODEL_LEN)?;
         }
         if let Some(p) = &self.profile
-            && !is_name(p, limits::MAX_PROFILE_LEN)
+            && !is_profile_name(p)
         {
-            return Err(invalid("/profile", "must match ^[A-Za-z0-9_-]{1,64}$"));
+            return Err(invalid("/profile", "must match ^[A-Za-z0-9_:-]{1,64}$"));
         }
         if let Some(p) = &self.purpose {
             check_len("/purpose", p, 0, limits::MAX_PURPOSE_LEN)?;
@@ -240,9 +240,9 @@ impl Job {
             return Err(invalid("/json_schema", "must be a JSON object"));
         }
         if let Some(name) = &self.schema_name
-            && !is_name(name, 64)
+            && !is_schema_name(name)
         {
-            return Err(invalid("/schema_name", "must match ^[A-Za-z0-9_-]{1,64}$"));
+            return Err(invalid("/schema_name", "must match ^[A-Za-z0-9_.-]{1,64}$"));
         }
         if let Some(n) = self.max_tokens
             && !(1..=limits::MAX_MAX_TOKENS).contains(&n)
@@ -299,11 +299,23 @@ fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), Job
     Ok(())
 }
 
-/// 1 to `max` ASCII letters, digits, `_` and `-`.
-fn is_name(s: &str, max: usize) -> bool {
+/// 1 to `max` ASCII letters, digits, `_`, `-` and the bytes of `also`.
+fn is_name(s: &str, max: usize, also: &[u8]) -> bool {
     (1..=max).contains(&s.len())
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || also.contains(&b))
+}
+
+/// A credential profile name, `^[A-Za-z0-9_:-]{1,64}$` (`openai-codex:work`). It has no `@`,
+/// so the profile of `model@profile` is what follows the last `@`.
+pub fn is_profile_name(s: &str) -> bool {
+    is_name(s, limits::MAX_PROFILE_LEN, b":")
+}
+
+/// A schema name, `^[A-Za-z0-9_.-]{1,64}$` (`receipt.evidence`). Providers that restrict
+/// names further get it with `.` as `_`.
+pub fn is_schema_name(s: &str) -> bool {
+    is_name(s, 64, b".")
 }
 
 /// Standard alphabet, padded, non-empty. A scan, not a decode: images pass through undecoded.

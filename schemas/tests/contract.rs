@@ -48,9 +48,10 @@ fn example_jobs() -> Vec<Job> {
     full.instructions = Some("Extract the expense record.".into());
     full.json_schema =
         Some(quarry_schemas::JsonSchema::from_json(examples::RECEIPT).expect("receipt schema"));
-    full.schema_name = Some("receipt".into());
-    full.model = Some("default".into());
-    full.profile = Some("team-a".into());
+    // Names the platform uses: `.` in schema names, `:` in profiles.
+    full.schema_name = Some("receipt.evidence".into());
+    full.model = Some("default@openai-codex:work".into());
+    full.profile = Some("openai-codex:work".into());
     full.max_tokens = Some(512);
     full.temperature = Some(0.0);
     full.stop = Some(vec!["\n\n".into()]);
@@ -147,6 +148,14 @@ fn broken_jobs_are_rejected_by_both_sides() {
             Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("id")))),
         ),
         ("empty id", Box::new(|v| v["id"] = json!(""))),
+        (
+            "profile with @",
+            Box::new(|v| v["profile"] = json!("team@a")),
+        ),
+        (
+            "schema name with a space",
+            Box::new(|v| v["schema_name"] = json!("receipt evidence")),
+        ),
         (
             "missing input",
             Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("input")))),

@@ -117,6 +117,7 @@ impl Policy {
     pub fn admit(&self, job: &Job) -> Result<Grant, ErrorInfo> {
         let (alias, suffix) = match job.model.as_deref() {
             None => (None, None),
+            // Neither an alias nor a profile has an `@`.
             Some(model) => match model.split_once('@') {
                 None => (Some(model), None),
                 Some((alias, profile)) => {
@@ -124,7 +125,7 @@ impl Policy {
                         return Err(ErrorInfo::new(
                             ErrorCode::InvalidRequest,
                             format!(
-                                "/model: `{model}` is not `alias` or `alias@profile` (profile: ^[A-Za-z0-9_-]{{1,64}}$)"
+                                "/model: `{model}` is not `alias` or `alias@profile` (profile: ^[A-Za-z0-9_:-]{{1,64}}$)"
                             ),
                         ));
                     }
@@ -312,12 +313,17 @@ mod tests {
     #[test]
     fn the_profile_has_one_gate_whichever_way_it_is_asked_for() {
         let plugin = PluginConfig {
-            profiles: vec!["team-a".into()],
+            profiles: vec!["team-a".into(), "openai-codex:work".into()],
             ..PluginConfig::default()
         };
         let policy = policies(plugin).identify(Some("receipts")).unwrap();
         let granted = |model, profile| policy.admit(&job(model, profile)).map(|g| g.profile);
         assert_eq!(granted(None, None), Ok("default".to_owned()));
+        assert_eq!(
+            granted(Some("fast@openai-codex:work"), None),
+            Ok("openai-codex:work".to_owned()),
+            "a profile with `:` after the last `@`"
+        );
         assert_eq!(granted(None, Some("team-a")), Ok("team-a".to_owned()));
         assert_eq!(granted(Some("fast@team-a"), None), Ok("team-a".to_owned()));
         assert_eq!(

@@ -402,7 +402,9 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
             text(&format!("Cafe Luna 5.60 EUR [[fake:{fault}]]")),
         );
         job.json_schema = Some(receipt_schema().into());
-        job.schema_name = Some("receipt".into());
+        // A name the platform uses; OpenAI and Anthropic (like the fake) refuse `.` in
+        // theirs, so it is sent as `receipt_evidence`.
+        job.schema_name = Some("receipt.evidence".into());
         let result = pipeline
             .execute(
                 job,

@@ -391,14 +391,21 @@ fn parse_openai(request: &Value) -> Result<Parsed, String> {
                 .ok_or_else(|| {
                     bad("Missing required parameter: 'response_format.json_schema.schema'.")
                 })?;
-            if request
+            match request
                 .pointer("/response_format/json_schema/name")
                 .and_then(Value::as_str)
-                .is_none()
             {
-                return Err(bad(
-                    "Missing required parameter: 'response_format.json_schema.name'.",
-                ));
+                None => {
+                    return Err(bad(
+                        "Missing required parameter: 'response_format.json_schema.name'.",
+                    ));
+                }
+                Some(name) if !api_name(name) => {
+                    return Err(bad(
+                        "Invalid 'response_format.json_schema.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                    ));
+                }
+                Some(_) => {}
             }
             parsed.schema = Some(schema.clone());
         }
@@ -416,6 +423,14 @@ fn parse_openai(request: &Value) -> Result<Parsed, String> {
         .and_then(Value::as_u64);
     parsed.stop = strings(request.get("stop"));
     Ok(parsed)
+}
+
+/// A schema or tool name as OpenAI and Anthropic take it: `^[a-zA-Z0-9_-]{1,64}$`.
+fn api_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A string or an array of strings (`stop`, `stop_sequences`, `stopSequences`).
@@ -503,6 +518,11 @@ fn parse_anthropic(request: &Value) -> Result<Parsed, String> {
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == forced)
                 .ok_or_else(|| bad("tool_choice names a tool that is not in tools"))?;
+            if !forced.is_some_and(api_name) {
+                return Err(bad(
+                    "tools.0.custom.name: String should match pattern '^[a-zA-Z0-9_-]{1,64}$'",
+                ));
+            }
             let schema = tool
                 .get("input_schema")
                 .ok_or_else(|| bad("tools.0.input_schema: Field required"))?;

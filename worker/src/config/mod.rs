@@ -181,8 +181,11 @@ impl Config {
         Ok(())
     }
 }
-/// A credential profile name: 1 to 64 ASCII letters, digits, `_` and `-`.
-pub fn is_profile_name(name: &str) -> bool {
+pub use quarry_schemas::job::is_profile_name;
+
+/// A plugin name (its AMQP user, reply-queue prefix and Redis key part): 1 to 64 ASCII
+/// letters, digits, `_` and `-`.
+pub fn is_plugin_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

@@ -1,6 +1,9 @@
 //! `[plugins.NAME]`: who may publish jobs, their policies and quotas.
 
-use super::{Config, ConfigError, DEFAULT_PROFILE, DEVELOPMENT_PLUGIN, Limits, is_profile_name};
+use super::{
+    Config, ConfigError, DEFAULT_PROFILE, DEVELOPMENT_PLUGIN, Limits, is_plugin_name,
+    is_profile_name,
+};
 use serde::Deserialize;
 
 /// `[plugins.NAME]`: one plugin (an AMQP user), its policy and its quotas. A job from a user
@@ -57,7 +60,7 @@ impl PluginConfig {
     pub fn check(&self, name: &str, config: &Config) -> Result<(), ConfigError> {
         let key = |field: &str| format!("plugins.{name}.{field}");
         // Names become broker user names, reply-queue prefixes and Redis key parts.
-        if !is_profile_name(name) {
+        if !is_plugin_name(name) {
             return Err(ConfigError::invalid(
                 format!("plugins.{name}"),
                 "a plugin name is its AMQP user and must match ^[A-Za-z0-9_-]{1,64}$",
@@ -91,7 +94,7 @@ impl PluginConfig {
             if !is_profile_name(profile) {
                 return Err(ConfigError::invalid(
                     key("profiles"),
-                    format!("`{profile}` does not match ^[A-Za-z0-9_-]{{1,64}}$"),
+                    format!("`{profile}` does not match ^[A-Za-z0-9_:-]{{1,64}}$"),
                 ));
             }
         }

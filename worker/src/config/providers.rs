@@ -421,7 +421,7 @@ impl ProviderConfig {
             if !is_profile_name(&key.profile) {
                 return Err(ConfigError::invalid(
                     format!("providers.{name}.keys[{i}].profile"),
-                    "must match ^[A-Za-z0-9_-]{1,64}$",
+                    "must match ^[A-Za-z0-9_:-]{1,64}$",
                 ));
             }
             if let Some(secret) = &key.secret

@@ -590,16 +590,20 @@ impl Pipeline {
             error,
             target: Some(target.clone()),
         };
+        // Providers name schemas and tools with letters, digits, `_` and `-` only; the
+        // contract also takes `.` (`receipt.evidence`).
+        let wire_name = job
+            .schema_name
+            .as_deref()
+            .unwrap_or(DEFAULT_SCHEMA_NAME)
+            .replace('.', "_");
         let mut repairs: Vec<Repair> = Vec::new();
         loop {
             let request = ProviderRequest {
                 model: &target.model,
                 instructions: job.instructions.as_deref(),
                 input: &job.input,
-                json_schema: schema.map(|c| {
-                    let name = job.schema_name.as_deref().unwrap_or(DEFAULT_SCHEMA_NAME);
-                    (name, &c.tree)
-                }),
+                json_schema: schema.map(|c| (wire_name.as_str(), &c.tree)),
                 schema_text: schema.map(|c| c.text.as_raw()),
                 max_tokens: leg.max_tokens,
                 temperature: job.temperature,
