@@ -41,10 +41,16 @@ pub struct Job {
     /// Name of the schema for providers that want one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_name: Option<String>,
-    /// Model alias from the worker configuration, optionally with a credential profile
-    /// after `@` (`fast@premium`).
+    /// What to run the job on: a model alias from the worker configuration (`fast`), or a
+    /// `provider/model` target (`openai/gpt-4.1-mini`) the plugin's policy grants, either
+    /// optionally with a credential profile after `@` (`fast@premium`). With `provider` set,
+    /// the provider's own model id, taken as it is (no `@` suffix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// A configured provider (`[providers.NAME]`) to call `model` on directly, for model ids
+    /// that `provider/model` cannot carry (an `@` in them). Needs `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// Credential profile: which of the provider's keys serve the job. The plugin's policy
     /// must allow it. Must agree with a profile given as a `model@profile` suffix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +148,8 @@ pub mod limits {
     pub const MAX_STOP: usize = 4;
     /// Largest `max_tokens`.
     pub const MAX_MAX_TOKENS: u32 = 1_000_000;
+    /// Longest `provider`.
+    pub const MAX_PROVIDER_LEN: usize = 64;
     /// Smallest `timeout_ms`: a provider bills an attempt it started whether or not the
     /// caller waits, so attempts cut shorter than any model can answer only spend.
     pub const MIN_TIMEOUT_MS: u64 = 1_000;
@@ -188,6 +196,7 @@ impl Job {
             json_schema: None,
             schema_name: None,
             model: None,
+            provider: None,
             profile: None,
             max_tokens: None,
             temperature: None,
@@ -212,6 +221,12 @@ impl Job {
         }
         if let Some(m) = &self.model {
             check_len("/model", m, 1, limits::MAX_MODEL_LEN)?;
+        }
+        if let Some(p) = &self.provider {
+            check_len("/provider", p, 1, limits::MAX_PROVIDER_LEN)?;
+            if self.model.is_none() {
+                return Err(invalid("/model", "is required with `provider`"));
+            }
         }
         if let Some(p) = &self.profile
             && !is_profile_name(p)

@@ -37,6 +37,7 @@ impl Policies {
                         .unwrap_or_else(|| config.routing.default_alias.clone()),
                     model_override: plugin.model_override,
                     allowed_models: plugin.allowed_models.clone(),
+                    any_target: false,
                     default_profile: plugin.default_profile.clone(),
                     profiles,
                     max_input_bytes: plugin.max_input_bytes,
@@ -76,6 +77,9 @@ pub struct Policy {
     default_alias: String,
     model_override: bool,
     allowed_models: Option<Vec<String>>,
+    /// Any configured provider's model may be named as a target (the development setup);
+    /// otherwise only those `allowed_models` lists exactly.
+    any_target: bool,
     default_profile: String,
     profiles: BTreeSet<String>,
     max_input_bytes: Option<usize>,
@@ -83,11 +87,35 @@ pub struct Policy {
     max_tokens: Option<u32>,
 }
 
+/// What a job runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// A model alias of the routing table.
+    Alias(String),
+    /// One provider's model, named by the job (`provider/model`, or `provider` and `model`).
+    Target {
+        /// A provider's configured name.
+        provider: String,
+        /// Its model id.
+        model: String,
+    },
+}
+
+impl Choice {
+    /// How the job named it, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Alias(alias) => alias.clone(),
+            Self::Target { provider, model } => format!("{provider}/{model}"),
+        }
+    }
+}
+
 /// What the policy granted a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// The model alias to route.
-    pub alias: String,
+    /// What the job runs on.
+    pub choice: Choice,
     /// The credential profile whose keys serve it.
     pub profile: String,
     /// The output bound the job asked for (within the ceiling).
@@ -104,6 +132,7 @@ impl Policy {
             default_alias: default_alias.to_owned(),
             model_override: true,
             allowed_models: None,
+            any_target: true,
             default_profile: crate::config::DEFAULT_PROFILE.to_owned(),
             profiles: BTreeSet::from([crate::config::DEFAULT_PROFILE.to_owned()]),
             max_input_bytes: None,
@@ -115,8 +144,10 @@ impl Policy {
     /// Checks what a job asks for against the policy: alias and profile (however asked),
     /// input size, image count, output bound.
     pub fn admit(&self, job: &Job) -> Result<Grant, ErrorInfo> {
-        let (alias, suffix) = match job.model.as_deref() {
+        let (named, suffix) = match job.model.as_deref() {
             None => (None, None),
+            // The provider's own model id, as it is.
+            Some(model) if job.provider.is_some() => (Some(model), None),
             // Neither an alias nor a profile has an `@`.
             Some(model) => match model.split_once('@') {
                 None => (Some(model), None),
@@ -125,7 +156,7 @@ impl Policy {
                         return Err(ErrorInfo::new(
                             ErrorCode::InvalidRequest,
                             format!(
-                                "/model: `{model}` is not `alias` or `alias@profile` (profile: ^[A-Za-z0-9_:-]{{1,64}}$)"
+                                "/model: `{model}` is not `alias`, `provider/model`, or either with `@profile` (profile: ^[A-Za-z0-9_:-]{{1,64}}$)"
                             ),
                         ));
                     }
@@ -158,17 +189,7 @@ impl Policy {
                 json!({"plugin": self.name, "profile": profile}),
             ));
         }
-        let alias = alias.unwrap_or(&self.default_alias);
-        if alias != self.default_alias && !self.model_override {
-            return Err(refusal(
-                "model_override",
-                format!(
-                    "plugin `{}` may not choose a model; leave `model` unset (its model is `{}`)",
-                    self.name, self.default_alias
-                ),
-                json!({"plugin": self.name, "model": alias}),
-            ));
-        }
+        let choice = self.choice(job.provider.as_deref(), named)?;
         let mut images = 0usize;
         // The schema is sent to the provider (and counted in its tokens) like the input.
         let mut bytes = job.instructions.as_deref().map_or(0, str::len)
@@ -220,11 +241,70 @@ impl Policy {
             (asked, _) => asked,
         };
         Ok(Grant {
-            alias: alias.to_owned(),
+            choice,
             profile: profile.to_owned(),
             max_tokens,
             ceiling: self.max_tokens,
         })
+    }
+
+    /// What the job runs on, if the plugin may choose it: its default alias, another alias
+    /// with `model_override`, a target with `model_override` and an exact `allowed_models`
+    /// entry (a `provider/*` pattern filters an alias's targets, it does not grant naming
+    /// any model: a plugin cannot make up model ids, nor metric labels).
+    fn choice(&self, provider: Option<&str>, named: Option<&str>) -> Result<Choice, ErrorInfo> {
+        let choice = match (provider, named) {
+            (Some(provider), Some(model)) => Choice::Target {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+            },
+            (None, Some(text)) if text.contains('/') => match text.split_once('/') {
+                Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
+                    Choice::Target {
+                        provider: provider.to_owned(),
+                        model: model.to_owned(),
+                    }
+                }
+                _ => {
+                    return Err(ErrorInfo::new(
+                        ErrorCode::InvalidRequest,
+                        format!("/model: `{text}` is not `provider/model`"),
+                    ));
+                }
+            },
+            (_, Some(alias)) => Choice::Alias(alias.to_owned()),
+            (_, None) => Choice::Alias(self.default_alias.clone()),
+        };
+        let chosen = choice != Choice::Alias(self.default_alias.clone());
+        if chosen && !self.model_override {
+            return Err(refusal(
+                "model_override",
+                format!(
+                    "plugin `{}` may not choose a model; leave `model` unset (its model is `{}`)",
+                    self.name, self.default_alias
+                ),
+                json!({"plugin": self.name, "model": choice.name()}),
+            ));
+        }
+        if let Choice::Target { provider, model } = &choice {
+            let listed = self.allowed_models.iter().flatten().any(|pattern| {
+                pattern
+                    .split_once('/')
+                    .is_some_and(|(p, m)| p == provider && m == model)
+            });
+            if !(self.any_target || listed) {
+                return Err(refusal(
+                    "allowed_models",
+                    format!(
+                        "plugin `{}` may not name the target `{provider}/{model}`: the operator \
+                         lists the targets a plugin may name in its allowed_models",
+                        self.name
+                    ),
+                    json!({"plugin": self.name, "model": choice.name()}),
+                ));
+            }
+        }
+        Ok(choice)
     }
 
     /// Whether this plugin's jobs may be dispatched to `target`.
@@ -314,6 +394,7 @@ mod tests {
     fn the_profile_has_one_gate_whichever_way_it_is_asked_for() {
         let plugin = PluginConfig {
             profiles: vec!["team-a".into(), "openai-codex:work".into()],
+            model_override: true,
             ..PluginConfig::default()
         };
         let policy = policies(plugin).identify(Some("receipts")).unwrap();
@@ -372,8 +453,8 @@ mod tests {
         let policy = policies(plugin).identify(Some("receipts")).unwrap();
         let grant = policy.admit(&job(None, None)).unwrap();
         assert_eq!(
-            (grant.alias.as_str(), grant.max_tokens, grant.ceiling),
-            ("fast", None, Some(500)),
+            (grant.choice, grant.max_tokens, grant.ceiling),
+            (Choice::Alias("fast".into()), None, Some(500)),
             "a job asking for no bound gets the default within the ceiling (in the pipeline)"
         );
         assert!(policy.admit(&job(Some("fast"), None)).is_ok());

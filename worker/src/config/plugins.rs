@@ -19,11 +19,14 @@ pub struct PluginConfig {
     pub limits: Limits,
     /// Alias used when a job names none (default: `routing.default_alias`).
     pub default_model: Option<String>,
-    /// Whether a job may name a model alias other than `default_model`.
+    /// Whether a job may choose what it runs on: an alias other than `default_model`, or a
+    /// target `allowed_models` lists. Off unless granted.
     pub model_override: bool,
     /// `provider/model` targets this plugin's jobs may be dispatched to, checked on each
     /// target actually called (after alias resolution and fallback); `provider/*` allows a
-    /// provider's every model. Unset: every configured target.
+    /// provider's every model an alias routes to. With `model_override`, the exact
+    /// `provider/model` entries are also the targets a job may name. Unset: every configured
+    /// target through an alias, and none by name.
     pub allowed_models: Option<Vec<String>>,
     /// Credential profile used when a job asks for none.
     pub default_profile: String,
@@ -44,7 +47,7 @@ impl Default for PluginConfig {
         Self {
             limits: Limits::default(),
             default_model: None,
-            model_override: true,
+            model_override: false,
             allowed_models: None,
             default_profile: DEFAULT_PROFILE.to_owned(),
             profiles: Vec::new(),

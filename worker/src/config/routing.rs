@@ -90,10 +90,11 @@ impl RoutingConfig {
             ));
         }
         for (alias, route) in &self.aliases {
-            if alias.is_empty() || alias.contains('@') {
+            if alias.is_empty() || alias.contains('@') || alias.contains('/') {
                 return Err(ConfigError::invalid(
                     format!("routing.aliases.{alias}"),
-                    "an alias name is not empty and has no `@` (it separates a profile)",
+                    "an alias name is not empty and has no `@` (it separates a profile) or `/` \
+                     (it names a provider/model target)",
                 ));
             }
             for (i, target) in route.targets().iter().enumerate() {

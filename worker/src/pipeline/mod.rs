@@ -24,7 +24,7 @@ mod cost;
 use crate::config::{Config, Route, Target};
 use crate::limits::admission::{Admission, Keys, Pool, Refused};
 use crate::limits::{Limiter, Settlement};
-use crate::policy::{Policies, Policy};
+use crate::policy::{Choice, Policies, Policy};
 use crate::providers::{
     self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
@@ -450,14 +450,29 @@ impl Pipeline {
             )?),
             None => None,
         };
-        // 4. route
-        let alias = grant.alias.as_str();
-        let targets = self.aliases.get(alias).ok_or_else(|| {
-            ErrorInfo::new(
-                ErrorCode::ModelUnresolved,
-                format!("model alias `{alias}` is not configured"),
-            )
-        })?;
+        // 4. route: an alias's targets, or the one target the job named
+        let named;
+        let targets: &[Target] = match &grant.choice {
+            Choice::Alias(alias) => self.aliases.get(alias).ok_or_else(|| {
+                ErrorInfo::new(
+                    ErrorCode::ModelUnresolved,
+                    format!("model alias `{alias}` is not configured"),
+                )
+            })?,
+            Choice::Target { provider, model } => {
+                if !self.providers.contains_key(provider) {
+                    return Err(ErrorInfo::new(
+                        ErrorCode::ModelUnresolved,
+                        format!("`{provider}` is not a configured provider"),
+                    )
+                    .into());
+                }
+                named = [self.target(provider, model)];
+                &named
+            }
+        };
+        let alias = grant.choice.name();
+        let alias = alias.as_str();
         // 5. images
         let targets = self.image_capable(job, alias, targets)?;
         // 6. the targets this plugin may reach with its profile's keys, in order, each with
@@ -521,6 +536,22 @@ impl Pipeline {
 
     /// The alias's targets that can take the job's images; `INVALID_REQUEST` when the images
     /// break the limits or no target takes them.
+    /// A target a job names: whether it takes images is what an alias routing to it says
+    /// (it does, unless one says it does not).
+    fn target(&self, provider: &str, model: &str) -> Target {
+        let images = self
+            .aliases
+            .values()
+            .flatten()
+            .filter(|t| t.provider == provider && t.model == model)
+            .all(|t| t.images);
+        Target {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            images,
+        }
+    }
+
     fn image_capable<'t>(
         &self,
         job: &Job,

@@ -705,6 +705,7 @@ async fn allowed_models_are_checked_on_the_target_dispatched_fallbacks_included(
     // Only the fallback is allowed: the job goes straight to it.
     let (pipeline, probe, policy) = policed(
         PluginConfig {
+            model_override: true,
             allowed_models: Some(vec!["fake/fake-mini".into()]),
             ..PluginConfig::default()
         },
@@ -724,6 +725,7 @@ async fn allowed_models_are_checked_on_the_target_dispatched_fallbacks_included(
     // called and the job ends with the primary's error.
     let (pipeline, probe, policy) = policed(
         PluginConfig {
+            model_override: true,
             allowed_models: Some(vec!["fake/fake-large".into()]),
             ..PluginConfig::default()
         },
@@ -746,6 +748,7 @@ async fn allowed_models_are_checked_on_the_target_dispatched_fallbacks_included(
     // Neither: NOT_AUTHORIZED without a call.
     let (pipeline, probe, policy) = policed(
         PluginConfig {
+            model_override: true,
             allowed_models: Some(vec!["fake/other".into()]),
             ..PluginConfig::default()
         },
@@ -908,4 +911,112 @@ async fn a_text_answer_cut_at_max_tokens_is_ok_and_says_length() {
         .await
         .result;
     assert_eq!(result.finish_reason, None, "no answer, no finish reason");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_names_a_target_only_as_its_plugin_was_granted() {
+    use crate::config::PluginConfig;
+    let named = |model: &str, provider: Option<&str>| {
+        let mut j = job(None);
+        j.model = Some(model.into());
+        j.provider = provider.map(str::to_owned);
+        j
+    };
+    // Granted exactly: `provider/model`, and a model id with `@` through `provider`.
+    let (pipeline, probe, policy) = policed(
+        PluginConfig {
+            model_override: true,
+            allowed_models: Some(vec![
+                "fake/fake-mini".into(),
+                "fake/claude@2024".into(),
+                "fake/*".into(),
+            ]),
+            ..PluginConfig::default()
+        },
+        vec![answer("a"), answer("b")],
+    );
+    let result = pipeline
+        .execute(named("fake/fake-mini", None), &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok, "{:?}", result.error);
+    assert_eq!(result.provider.as_deref(), Some("fake"));
+    let result = pipeline
+        .execute(named("claude@2024", Some("fake")), &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(result.status, Status::Ok, "{:?}", result.error);
+    let sent: Vec<String> = probe
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.model.clone())
+        .collect();
+    assert_eq!(sent, ["fake-mini", "claude@2024"]);
+    // A wildcard filters an alias's targets; it does not let a job make up a model id.
+    let result = pipeline
+        .execute(named("fake/made-up", None), &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(
+        rule(&result),
+        (
+            Some(ErrorCode::NotAuthorized),
+            Some("allowed_models".into())
+        )
+    );
+    // A provider the fleet does not have.
+    let (pipeline, _, policy) = policed(
+        PluginConfig {
+            model_override: true,
+            allowed_models: Some(vec!["nowhere/m".into()]),
+            ..PluginConfig::default()
+        },
+        vec![],
+    );
+    let result = pipeline
+        .execute(named("nowhere/m", None), &policy, Instant::now())
+        .await
+        .result;
+    assert_eq!(rule(&result), (Some(ErrorCode::ModelUnresolved), None));
+
+    // Off unless granted: by default a plugin names nothing; with model_override alone it
+    // may choose aliases, not targets.
+    for (plugin, rule_name) in [
+        (PluginConfig::default(), "model_override"),
+        (
+            PluginConfig {
+                model_override: true,
+                ..PluginConfig::default()
+            },
+            "allowed_models",
+        ),
+    ] {
+        let (pipeline, probe, policy) = policed(plugin, vec![]);
+        for job in [
+            named("fake/fake-mini", None),
+            named("fake-mini", Some("fake")),
+        ] {
+            let result = pipeline.execute(job, &policy, Instant::now()).await.result;
+            assert_eq!(
+                rule(&result),
+                (Some(ErrorCode::NotAuthorized), Some(rule_name.into()))
+            );
+        }
+        assert_eq!(*probe.calls.lock().unwrap(), 0);
+    }
+    // Malformed targets are the job's error.
+    let (pipeline, _, policy) = policed(PluginConfig::default(), vec![]);
+    for model in ["/fake-mini", "fake/"] {
+        let result = pipeline
+            .execute(named(model, None), &policy, Instant::now())
+            .await
+            .result;
+        assert_eq!(
+            rule(&result),
+            (Some(ErrorCode::InvalidRequest), None),
+            "{model}"
+        );
+    }
 }

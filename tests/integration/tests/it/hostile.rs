@@ -186,7 +186,14 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         },
     );
     config.plugins = BTreeMap::from([
-        (attacker.clone(), PluginConfig::default()),
+        // The attacker may choose its models (every alias below is one of its attacks).
+        (
+            attacker.clone(),
+            PluginConfig {
+                model_override: true,
+                ..PluginConfig::default()
+            },
+        ),
         (victim.clone(), PluginConfig::default()),
     ]);
     let worker = fleet.spawn_task_worker(config).await;

@@ -80,7 +80,13 @@ async fn plugins_are_who_the_broker_says_and_get_only_what_their_policy_grants()
                 ..PluginConfig::default()
             },
         ),
-        (beta.clone(), PluginConfig::default()),
+        (
+            beta.clone(),
+            PluginConfig {
+                model_override: true,
+                ..PluginConfig::default()
+            },
+        ),
     ]);
     let worker = fleet.spawn_task_worker(config).await;
 

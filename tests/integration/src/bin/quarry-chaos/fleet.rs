@@ -57,6 +57,7 @@ base_url = "{fake}"
 timeout_ms = 5000
 [plugins.guest]
 requests_per_minute = 10000000
+model_override = true
 allowed_models = ["fake/fake-large"]
 max_tokens = 4096
 "#,
