@@ -46,6 +46,28 @@ impl Default for ClientOptions {
     }
 }
 
+/// A batch's progress ([`Client::batch_status`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchStatus {
+    /// Results stored so far by outcome (`ok` or an error code), and `tokens`. A job run
+    /// twice in a worker's crash window counts twice.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// What the stored results cost, US dollars; `None` when none had a price.
+    pub cost_usd: Option<f64>,
+}
+
+impl BatchStatus {
+    /// Whether the fleet has no record of the batch's results.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// One counter (`ok`, an error code, `tokens`).
+    pub fn get(&self, counter: &str) -> Option<u64> {
+        self.counts.get(counter).copied()
+    }
+}
+
 /// Options of one [`Client::extract`] call.
 #[derive(Debug, Clone, Copy)]
 pub struct CallOptions {
@@ -374,16 +396,19 @@ impl Client {
     }
 
     /// The progress of a batch of this plugin, from the fleet's records: results stored so
-    /// far by outcome (`ok` or an error code), and `tokens`. Empty for an unknown batch.
+    /// far by outcome and what they cost. Empty for an unknown batch.
     pub async fn batch_status(
         &self,
         batch_id: &str,
         timeout: Duration,
-    ) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+    ) -> Result<BatchStatus, Error> {
         let reply = self
             .control(ControlRequest::batch_status(batch_id), timeout)
             .await?;
-        Ok(reply.progress.unwrap_or_default())
+        Ok(BatchStatus {
+            counts: reply.progress.unwrap_or_default(),
+            cost_usd: reply.cost_usd,
+        })
     }
 
     /// Publishes a control request and waits for a worker's reply.

@@ -34,7 +34,9 @@ mod publish;
 mod trace;
 
 pub use batch::{BatchItem, BatchOptions, BatchStream};
-pub use client::{CallOptions, Client, ClientOptions, DEFAULT_WORKER_USER, bind_reply_queue};
+pub use client::{
+    BatchStatus, CallOptions, Client, ClientOptions, DEFAULT_WORKER_USER, bind_reply_queue,
+};
 pub use dead_letters::{DeadLetter, DeadLetters, Redriven};
 pub use error::Error;
 pub use quarry_schemas::wire::Lane;

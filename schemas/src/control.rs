@@ -91,4 +91,8 @@ pub struct ControlReply {
     /// `tokens`. Empty for a batch the fleet has no record of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<std::collections::BTreeMap<String, u64>>,
+    /// `batch_status`: what the stored results cost, US dollars (to the nanodollar), from
+    /// the workers' price table; absent when none of them had a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }

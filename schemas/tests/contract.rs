@@ -297,7 +297,7 @@ fn an_older_reader_accepts_a_newer_result() {
 
     let reply = json!({
         "version": "control.v1", "action": "batch_status", "batch_id": "b",
-        "status": "ok", "progress": {"ok": 2}, "cost_usd": 0.5
+        "status": "ok", "progress": {"ok": 2}, "cost_usd": 0.5, "paused": true
     });
     let reply: ControlReply = serde_json::from_value(reply).expect("newer control reply");
     assert_eq!(reply.progress.expect("progress")["ok"], 2);
@@ -385,6 +385,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             status: Status::Ok,
             error: None,
             progress: None,
+            cost_usd: None,
         },
         ControlReply {
             version: ControlVersion::V1,
@@ -393,6 +394,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             status: Status::Ok,
             error: None,
             progress: Some([("ok".to_owned(), 12), ("tokens".to_owned(), 3400)].into()),
+            cost_usd: Some(0.0123),
         },
         ControlReply {
             version: ControlVersion::V1,
@@ -401,6 +403,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             status: Status::Error,
             error: Some(ErrorInfo::new(ErrorCode::NotAuthorized, "unknown plugin")),
             progress: None,
+            cost_usd: None,
         },
     ];
     for reply in replies {

@@ -112,7 +112,12 @@ pub struct Progress<'a> {
     pub outcome: &'a str,
     /// Tokens the job used.
     pub tokens: u64,
+    /// What it cost, when its model has a price.
+    pub cost_usd: Option<f64>,
 }
+
+/// The progress field summing costs, in nanodollars (integers add up exactly).
+pub const COST_FIELD: &str = "cost_nusd";
 
 /// Results and claims on a shared multiplexed connection.
 #[derive(Clone)]
@@ -421,12 +426,17 @@ impl ResultStore {
             pipe.hincr(key, progress.outcome, 1)
                 .ignore()
                 .hincr(key, "tokens", progress.tokens)
-                .ignore()
-                .expire(
-                    key,
-                    i64::try_from(self.cancel_ttl.as_secs()).unwrap_or(i64::MAX),
-                )
                 .ignore();
+            if let Some(cost) = progress.cost_usd {
+                // Rounded to the nanodollar; f64 → u64 saturates.
+                pipe.hincr(key, COST_FIELD, (cost * 1e9).round() as u64)
+                    .ignore();
+            }
+            pipe.expire(
+                key,
+                i64::try_from(self.cancel_ttl.as_secs()).unwrap_or(i64::MAX),
+            )
+            .ignore();
         }
     }
 
@@ -437,7 +447,12 @@ impl ResultStore {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        self.count(&mut pipe, keys, &Progress { outcome, tokens: 0 });
+        let progress = Progress {
+            outcome,
+            tokens: 0,
+            cost_usd: None,
+        };
+        self.count(&mut pipe, keys, &progress);
         let mut conn = self.redis.clone();
         let _round_trip =
             crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::BatchProgress);

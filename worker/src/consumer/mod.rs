@@ -424,6 +424,7 @@ impl Run<'_> {
                 let progress = crate::result_store::Progress {
                     outcome,
                     tokens: result.usage.total_tokens,
+                    cost_usd: result.cost_usd,
                 };
                 let stored = shared
                     .store
@@ -519,7 +520,7 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
             return Ok(Handled::Done);
         }
     };
-    let mut progress = None;
+    let mut progress: Option<std::collections::BTreeMap<String, u64>> = None;
     let applied = match shared.pipeline.identify(Some(&sender.plugin)) {
         Err(error) => {
             telemetry::policy_refusal("", &error);
@@ -560,6 +561,10 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
             Status::Error
         },
         error: applied.err(),
+        cost_usd: progress
+            .as_mut()
+            .and_then(|p| p.remove(crate::result_store::COST_FIELD))
+            .map(|nusd| nusd as f64 / 1e9),
         progress,
     };
     // A ControlReply is plain data: serialising it cannot fail.

@@ -4,8 +4,9 @@ use crate::prelude::*;
 
 pub(crate) async fn status(cli: &Cli, batch_id: &str) -> anyhow::Result<()> {
     let client = connect(cli).await?;
-    let counts = client.batch_status(batch_id, CONTROL_TIMEOUT).await?;
+    let status = client.batch_status(batch_id, CONTROL_TIMEOUT).await?;
     let _ = client.close().await;
+    let counts = &status.counts;
     if counts.is_empty() {
         println!("batch {batch_id}: no results stored (unknown batch, or none finished yet)");
         return Ok(());
@@ -26,6 +27,9 @@ pub(crate) async fn status(cli: &Cli, batch_id: &str) -> anyhow::Result<()> {
         println!("  errors:  {failed} ({})", by_code.join(", "));
     }
     println!("  tokens:  {tokens}");
+    if let Some(cost) = status.cost_usd {
+        println!("  cost:    ${cost:.6}");
+    }
     Ok(())
 }
 

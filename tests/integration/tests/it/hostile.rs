@@ -474,7 +474,7 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         .batch_status(batch_id, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(left.get("ok").copied(), Some(BATCH as u64), "{left:?}");
+    assert_eq!(left.get("ok"), Some(BATCH as u64), "{left:?}");
     stream
         .finish()
         .await

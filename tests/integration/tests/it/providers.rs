@@ -133,6 +133,22 @@ async fn the_same_batch_through_every_provider_kind_is_schema_valid() {
             .map(|j| (j.custom_id.clone().unwrap(), j.schema_name.clone().unwrap()))
             .collect();
         let results = run(&client, batch).await;
+        // The batch's status sums what its results cost.
+        let batch_id = results.values().next().and_then(|r| r.batch_id.clone());
+        let status = client
+            .batch_status(
+                &batch_id.expect("a batch"),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.get("ok"), Some(60), "{status:?}");
+        let spent: f64 = results.values().filter_map(|r| r.cost_usd).sum();
+        let reported = status.cost_usd.expect("priced results");
+        assert!(
+            (reported - spent).abs() < 1e-7,
+            "{alias}: batch cost {reported} vs {spent} summed from its results"
+        );
         let mut repaired = 0;
         for (custom_id, result) in &results {
             assert_eq!(
