@@ -41,7 +41,8 @@ pub use dead_letters::{DeadLetter, DeadLetters, Redriven};
 pub use error::Error;
 pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{
-    ErrorCode, ErrorInfo, ImagePart, InputPart, Job, JobResult, JsonSchema, Status, Usage,
+    ErrorCode, ErrorInfo, FinishReason, ImagePart, InputPart, Job, JobResult, JsonSchema, Metadata,
+    Status, Usage,
 };
 pub use trace::TraceContext;
 

@@ -1,7 +1,6 @@
 //! The job message (`job.v1`): what a plugin asks for.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::fmt;
 
 pub use crate::json_schema::JsonSchema;
@@ -73,9 +72,9 @@ pub struct Job {
     /// What the extraction is for; used in logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
-    /// Opaque value echoed back on the result.
+    /// Opaque value echoed back on the result, byte for byte ([`Metadata`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    pub metadata: Option<crate::Metadata>,
 }
 
 /// One piece of input content.
@@ -283,7 +282,7 @@ impl Job {
             return Err(invalid("/timeout_ms", "must be between 1000 and 3600000"));
         }
         if let Some(metadata) = &self.metadata {
-            let bytes = serde_json::to_string(metadata).map_or(usize::MAX, |text| text.len());
+            let bytes = metadata.as_str().len();
             if bytes > limits::MAX_METADATA_BYTES {
                 return Err(invalid(
                     "/metadata",

@@ -14,11 +14,13 @@ pub mod control;
 pub mod error_code;
 pub mod job;
 mod json_schema;
+mod metadata;
 pub mod result;
 pub mod wire;
 
 pub use error_code::ErrorCode;
 pub use job::{ImagePart, InputPart, Job, JsonSchema};
+pub use metadata::Metadata;
 pub use result::{ErrorInfo, FinishReason, JobResult, Status, Usage};
 
 /// JSON Schema of the job message, version 1.

@@ -234,9 +234,9 @@ pub struct JobResult {
     pub queue_ms: Option<u64>,
     /// Provider calls made.
     pub attempts: u32,
-    /// The job's metadata, unchanged.
+    /// The job's metadata, byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    pub metadata: Option<crate::Metadata>,
     /// Why it failed (`status == error` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,

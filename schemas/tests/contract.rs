@@ -58,7 +58,7 @@ fn example_jobs() -> Vec<Job> {
     full.timeout_ms = Some(30_000);
     full.deadline_ms = Some(1_900_000_000_000);
     full.purpose = Some("expense-report".into());
-    full.metadata = Some(json!({"row": 42, "tags": ["a", "b"]}));
+    full.metadata = Some(json!({"row": 42, "tags": ["a", "b"]}).into());
     vec![text, full]
 }
 
@@ -86,7 +86,7 @@ fn example_results() -> Vec<JobResult> {
         latency_ms: 812,
         queue_ms: Some(35),
         attempts: 1,
-        metadata: Some(json!({"row": 42})),
+        metadata: Some(json!({"row": 42}).into()),
         error: None,
     };
     let mut failed = JobResult::failed(

@@ -71,7 +71,15 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             providers,
             prices: Vec::new(),
-            plugins: BTreeMap::from([(DEVELOPMENT_PLUGIN.to_owned(), PluginConfig::default())]),
+            // The development setup's plugin chooses its aliases; like any plugin, it names
+            // `provider/model` targets only as `allowed_models` lists them.
+            plugins: BTreeMap::from([(
+                DEVELOPMENT_PLUGIN.to_owned(),
+                PluginConfig {
+                    model_override: true,
+                    ..PluginConfig::default()
+                },
+            )]),
             limits: LimiterConfig::default(),
         }
     }

@@ -81,7 +81,7 @@ pub(crate) struct InputLine {
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) deadline_ms: Option<u64>,
     pub(crate) purpose: Option<String>,
-    pub(crate) metadata: Option<Value>,
+    pub(crate) metadata: Option<quarry_schemas::Metadata>,
 }
 
 /// Input that cannot be used, with where.

@@ -82,7 +82,9 @@ async fn one_job_end_to_end_and_typed_failures() {
         mime: ImageMime::Png,
         data: "iVBORw0KGgoAAAANSUhEUg==".into(),
     }));
-    job.metadata = Some(json!({"row": 1, "source": "test"}));
+    // Exactly as written: a number past f64, an exponent, keys out of order.
+    let metadata = r#"{"row": 1180591620717411303424, "scale": 1E2, "source": "test", "a": 0}"#;
+    job.metadata = Some(quarry_producer::Metadata::from_json(metadata).unwrap());
     let job_id = job.id.clone();
     let result = client
         .extract(job, CallOptions::default())
@@ -94,7 +96,12 @@ async fn one_job_end_to_end_and_typed_failures() {
     assert_eq!(result.provider.as_deref(), Some("fake"));
     assert_eq!(result.model.as_deref(), Some("fake-large"));
     assert_eq!(result.attempts, 1);
-    assert_eq!(result.metadata, Some(json!({"row": 1, "source": "test"})));
+    assert_eq!(
+        result.metadata.as_ref().map(|m| m.as_str()),
+        Some(metadata),
+        "metadata comes back byte for byte"
+    );
+    assert!(result.finish_reason.is_some(), "{result:?}");
     assert!(
         result.usage.input_tokens > 85,
         "text plus one image: {:?}",

@@ -381,6 +381,9 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         let mut bomb = job("Receipt: total 4.00");
         bomb.model = Some(alias.into());
         bomb.json_schema = Some(recursive.clone().into());
+        // The fake fills the recursive schema generously: more than the default 1024
+        // output tokens, which would cut it.
+        bomb.max_tokens = Some(100_000);
         let answer = within(
             60,
             "the recursive schema's result",
@@ -399,7 +402,7 @@ async fn a_hostile_plugin_reaches_nothing_of_another() {
         }
     }
     let mut fat = job("Receipt: total 5.00");
-    fat.metadata = Some(json!({"blob": "m".repeat(20 * 1024)}));
+    fat.metadata = Some(json!({"blob": "m".repeat(20 * 1024)}).into());
     let body = serde_json::to_vec(&fat).unwrap();
     publish(
         &jobs_channel,

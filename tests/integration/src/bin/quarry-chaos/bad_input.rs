@@ -172,7 +172,7 @@ impl BadInputs {
                 Expect::Dead("reply_to_refused"),
             ));
             let mut metadata = valid(n * 10 + 40_000);
-            metadata.metadata = Some(json!({"blob": "m".repeat(20_000)}));
+            metadata.metadata = Some(json!({"blob": "m".repeat(20_000)}).into());
             cases.push((
                 "huge-metadata",
                 serde_json::to_vec(&metadata).unwrap(),
