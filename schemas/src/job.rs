@@ -37,6 +37,10 @@ pub struct Job {
     /// text ([`JsonSchema`]): build it with `json!({...}).into()`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<JsonSchema>,
+    /// JSON mode without a schema: `true` asks for any JSON object, parsed and returned
+    /// (the repair loop included). Implied by `json_schema`; `false` with one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_mode: Option<bool>,
     /// Name of the schema for providers that want one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_name: Option<String>,
@@ -193,6 +197,7 @@ impl Job {
             instructions: None,
             input,
             json_schema: None,
+            json_mode: None,
             schema_name: None,
             model: None,
             provider: None,
@@ -253,6 +258,12 @@ impl Job {
         {
             return Err(invalid("/json_schema", "must be a JSON object"));
         }
+        if self.json_mode == Some(false) && self.json_schema.is_some() {
+            return Err(invalid(
+                "/json_mode",
+                "is false, but json_schema asks for JSON output",
+            ));
+        }
         if let Some(name) = &self.schema_name
             && !is_schema_name(name)
         {
@@ -296,9 +307,9 @@ impl Job {
         Ok(())
     }
 
-    /// Whether the job asks for JSON output.
+    /// Whether the job asks for JSON output: a schema, or `json_mode`.
     pub fn json_mode(&self) -> bool {
-        self.json_schema.is_some()
+        self.json_schema.is_some() || self.json_mode == Some(true)
     }
 }
 

@@ -75,6 +75,7 @@ fn request<'a>(
         timeout: Duration::from_secs(10),
         api_key: Some(key),
         repairs: &[],
+        any_object: false,
         trace: Some((
             quarry_worker::trace::TraceContext::parse(TRACEPARENT)
                 .unwrap()
@@ -488,6 +489,79 @@ async fn finish_reasons_are_normalised(kind: ProviderKind) {
     assert_eq!(stopped.finish_reason, expected, "{kind:?}");
 }
 
+/// `json_mode` without a schema: each kind's own JSON mode, any object back, repaired when
+/// the first answer is not JSON.
+async fn json_mode_without_a_schema_returns_an_object(kind: ProviderKind) {
+    let fake = fake().await;
+    let mut config = Config::default();
+    config.providers.clear();
+    config
+        .providers
+        .insert("p".into(), provider_config(kind, &fake));
+    config.routing.aliases.clear();
+    config.routing.aliases.insert(
+        "default".into(),
+        Route {
+            provider: "p".into(),
+            model: "fake-large".into(),
+            images: true,
+            fallbacks: vec![],
+        },
+    );
+    config.worker.repair_attempts = 1;
+    let pipeline = Pipeline::new(&config).unwrap();
+    for (text, attempts) in [
+        ("Cafe Luna 5.60 EUR", 1),
+        ("Cafe Luna 5.60 EUR [[fake:invalid_json]]", 2),
+    ] {
+        let mut job = Job::new(format!("j-{attempts}"), self::text(text));
+        job.json_mode = Some(true);
+        let result = pipeline
+            .execute(
+                job,
+                &quarry_worker::policy::Policy::unrestricted("test", "default"),
+                Instant::now(),
+            )
+            .await
+            .result;
+        assert_eq!(result.status, Status::Ok, "{kind:?}: {:?}", result.error);
+        assert!(
+            result.parsed.as_ref().is_some_and(Value::is_object),
+            "{kind:?}: {result:?}"
+        );
+        assert_eq!(
+            result.content_type,
+            Some(quarry_schemas::result::ContentType::Json)
+        );
+        // A forced tool's input is an object whatever the model writes: Anthropic needs no
+        // repair.
+        let attempts = match kind {
+            ProviderKind::Anthropic => 1,
+            _ => attempts,
+        };
+        assert_eq!(result.attempts, attempts, "{kind:?} {text}");
+        let sent = &last_request(&fake).body;
+        match kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                assert_eq!(sent["response_format"]["type"], "json_object", "{sent}");
+                let system = sent["messages"][0]["content"].as_str().unwrap_or_default();
+                assert!(
+                    system.contains("JSON"),
+                    "OpenAI's JSON mode wants it said: {system}"
+                );
+            }
+            ProviderKind::Anthropic => {
+                assert_eq!(sent["tools"][0]["input_schema"], json!({"type": "object"}));
+            }
+            ProviderKind::Gemini => {
+                let generation = &sent["generationConfig"];
+                assert_eq!(generation["responseMimeType"], "application/json");
+                assert!(generation.get("responseSchema").is_none(), "{generation}");
+            }
+        }
+    }
+}
+
 macro_rules! conformance {
     ($($module:ident => $kind:expr),* $(,)?) => {$(
         mod $module {
@@ -511,6 +585,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn repair_succeeds_on_the_second_attempt() {
                 super::repair_succeeds_on_the_second_attempt($kind).await;
+            }
+
+            #[tokio::test]
+            async fn json_mode_without_a_schema_returns_an_object() {
+                super::json_mode_without_a_schema_returns_an_object($kind).await;
             }
 
             #[tokio::test]

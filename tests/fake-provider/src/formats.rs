@@ -589,6 +589,13 @@ fn parse_gemini(request: &Value, model: &str) -> Result<Parsed, String> {
         }
     }
     let config = request.get("generationConfig");
+    let json_mime = config
+        .and_then(|c| c.get("responseMimeType"))
+        .and_then(Value::as_str)
+        == Some("application/json");
+    if json_mime && config.and_then(|c| c.get("responseSchema")).is_none() {
+        parsed.json_object = true;
+    }
     if let Some(schema) = config.and_then(|c| c.get("responseSchema")) {
         if config
             .and_then(|c| c.get("responseMimeType"))

@@ -48,6 +48,10 @@ use tokio::time::Instant;
 const SCHEMA_CACHE_CAPACITY: usize = 1024;
 /// Schema name used when the job gives none.
 const DEFAULT_SCHEMA_NAME: &str = "extraction";
+
+/// The schema of `json_mode` without one: any JSON object.
+static ANY_OBJECT: std::sync::LazyLock<quarry_schemas::JsonSchema> =
+    std::sync::LazyLock::new(|| quarry_schemas::JsonSchema::from(json!({"type": "object"})));
 /// Longest rejected answer quoted in `error.details`.
 const MAX_QUOTED_ANSWER: usize = 2000;
 
@@ -448,6 +452,13 @@ impl Pipeline {
                     )
                 },
             )?),
+            // JSON mode without a schema: any object (compiled once, then cached).
+            None if job.json_mode() => Some(
+                self.schemas
+                    .get_off_thread(&ANY_OBJECT)
+                    .await
+                    .map_err(|InvalidSchema(e)| ErrorInfo::new(ErrorCode::Internal, e))?,
+            ),
             None => None,
         };
         // 4. route: an alias's targets, or the one target the job named
@@ -642,6 +653,7 @@ impl Pipeline {
                 timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
                 api_key: None,
                 repairs: &repairs,
+                any_object: job.json_schema.is_none() && job.json_mode(),
                 trace: None,
                 max_schema_nodes: self.max_schema_nodes,
             };

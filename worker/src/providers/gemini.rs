@@ -87,7 +87,7 @@ impl Gemini {
                 }],
             });
         }
-        let json_mode = schema.is_some();
+        let json_mode = request.json_schema.is_some();
         GenerateRequest {
             system_instruction: request.instructions.map(|text| SystemInstruction {
                 parts: [TextPart { text }],
@@ -107,8 +107,11 @@ impl Gemini {
         &self,
         request: &ProviderRequest<'_>,
     ) -> Result<ProviderResponse, ProviderError> {
+        // Any object: JSON output without a `responseSchema` (Gemini wants an OBJECT schema
+        // to name its properties).
         let schema = request
             .json_schema
+            .filter(|_| !request.any_object)
             .map(|(_, s)| gemini_schema(s, request.max_schema_nodes))
             .transpose()?;
         let body = serde_json::to_vec(&self.body(request, schema))

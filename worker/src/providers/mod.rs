@@ -63,6 +63,9 @@ pub struct ProviderRequest<'a> {
     /// Earlier answers of this job that were rejected, oldest first: each becomes an
     /// assistant turn followed by a user turn asking for a corrected answer.
     pub repairs: &'a [Repair],
+    /// JSON mode without a schema of the job's own (`json_mode`): `json_schema` is the
+    /// any-object schema, and a provider with a native JSON object mode uses that instead.
+    pub any_object: bool,
     /// W3C trace context of this attempt: `traceparent` (a child span of the job's) and
     /// `tracestate`, sent as HTTP headers.
     pub trace: Option<(crate::trace::TraceParent, Option<&'a str>)>,

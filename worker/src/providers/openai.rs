@@ -89,7 +89,8 @@ impl OpenAi {
             return self.inner.complete(request, None).await;
         };
         let wrapped = !is_object_schema(schema);
-        if !wrapped && !self.strict {
+        // Any object: JSON object mode, nothing to rewrite.
+        if request.any_object || (!wrapped && !self.strict) {
             return self
                 .inner
                 .complete(request, SentSchema::unchanged(request))

@@ -102,7 +102,13 @@ impl OpenAiCompatible {
             Flavor::Compatible { native_json_schema } => (native_json_schema, false),
             Flavor::OpenAi { strict } => (true, strict),
         };
-        let schema_hint = if native { None } else { schema };
+        // JSON object mode (any object) names no schema; the system message says JSON, as
+        // OpenAI requires of that mode.
+        let schema_hint = if native && !request.any_object {
+            None
+        } else {
+            schema
+        };
         let mut messages = Vec::with_capacity(2 + 2 * request.repairs.len());
         if request.instructions.is_some() || schema_hint.is_some() {
             messages.push(Message::System(SystemContent {
@@ -118,6 +124,7 @@ impl OpenAiCompatible {
             messages.push(Message::User(UserContent::Text(repair.instruction())));
         }
         let response_format = match (request.json_schema, schema) {
+            (Some(_), _) if request.any_object => Some(ResponseFormat::JsonObject),
             (Some((name, _)), Some(schema)) if native => Some(ResponseFormat::JsonSchema {
                 json_schema: JsonSchemaFormat {
                     name,
@@ -478,6 +485,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             api_key: None,
             repairs,
+            any_object: false,
             trace: None,
             max_schema_nodes: 10_000,
         }
