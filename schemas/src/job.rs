@@ -73,9 +73,15 @@ pub struct Job {
     /// Absolute deadline, Unix epoch milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
-    /// What the extraction is for; used in logs.
+    /// What the extraction is for: in the job's span and log lines and echoed on its result
+    /// (never a metric label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The agent the plugin runs the job for, when the plugin's policy lets it say
+    /// (`agent_id_override`): in the job's span and log lines and echoed on its result
+    /// (never a metric label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     /// Opaque value echoed back on the result, byte for byte ([`Metadata`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<crate::Metadata>,
@@ -151,6 +157,8 @@ pub mod limits {
     pub const MAX_STOP: usize = 4;
     /// Largest `max_tokens`.
     pub const MAX_MAX_TOKENS: u32 = 1_000_000;
+    /// Longest `agent_id`.
+    pub const MAX_AGENT_ID_LEN: usize = 128;
     /// Longest `provider`.
     pub const MAX_PROVIDER_LEN: usize = 64;
     /// Smallest `timeout_ms`: a provider bills an attempt it started whether or not the
@@ -208,6 +216,7 @@ impl Job {
             timeout_ms: None,
             deadline_ms: None,
             purpose: None,
+            agent_id: None,
             metadata: None,
         }
     }
@@ -239,6 +248,9 @@ impl Job {
         }
         if let Some(p) = &self.purpose {
             check_len("/purpose", p, 0, limits::MAX_PURPOSE_LEN)?;
+        }
+        if let Some(a) = &self.agent_id {
+            check_len("/agent_id", a, 1, limits::MAX_AGENT_ID_LEN)?;
         }
         if self.input.is_empty() {
             return Err(invalid("/input", "must contain at least one part"));

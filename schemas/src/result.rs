@@ -234,6 +234,12 @@ pub struct JobResult {
     pub queue_ms: Option<u64>,
     /// Provider calls made.
     pub attempts: u32,
+    /// The job's `purpose`, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The job's `agent_id`, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     /// The job's metadata, byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<crate::Metadata>,
@@ -262,6 +268,8 @@ impl JobResult {
             latency_ms: 0,
             queue_ms: None,
             attempts: 0,
+            purpose: None,
+            agent_id: None,
             metadata: None,
             error: Some(error),
         }

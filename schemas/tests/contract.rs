@@ -58,6 +58,8 @@ fn example_jobs() -> Vec<Job> {
     full.timeout_ms = Some(30_000);
     full.deadline_ms = Some(1_900_000_000_000);
     full.purpose = Some("expense-report".into());
+    full.agent_id = Some("agent-7".into());
+    full.json_mode = Some(true);
     full.metadata = Some(json!({"row": 42, "tags": ["a", "b"]}).into());
     vec![text, full]
 }
@@ -86,6 +88,8 @@ fn example_results() -> Vec<JobResult> {
         latency_ms: 812,
         queue_ms: Some(35),
         attempts: 1,
+        purpose: Some("expense-report".into()),
+        agent_id: Some("agent-7".into()),
         metadata: Some(json!({"row": 42}).into()),
         error: None,
     };

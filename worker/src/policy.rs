@@ -43,6 +43,7 @@ impl Policies {
                     max_input_bytes: plugin.max_input_bytes,
                     max_images: plugin.max_images,
                     max_tokens: plugin.max_tokens,
+                    agent_id_override: plugin.agent_id_override,
                 };
                 (name.clone(), Arc::new(policy))
             })
@@ -85,6 +86,7 @@ pub struct Policy {
     max_input_bytes: Option<usize>,
     max_images: Option<usize>,
     max_tokens: Option<u32>,
+    agent_id_override: bool,
 }
 
 /// What a job runs on.
@@ -138,6 +140,7 @@ impl Policy {
             max_input_bytes: None,
             max_images: None,
             max_tokens: None,
+            agent_id_override: true,
         }
     }
 
@@ -190,6 +193,18 @@ impl Policy {
             ));
         }
         let choice = self.choice(job.provider.as_deref(), named)?;
+        if let Some(agent) = &job.agent_id
+            && !self.agent_id_override
+        {
+            return Err(refusal(
+                "agent_id",
+                format!(
+                    "plugin `{}` may not name the agent a job runs for (agent_id_override)",
+                    self.name
+                ),
+                json!({"plugin": self.name, "agent_id": agent}),
+            ));
+        }
         let mut images = 0usize;
         // The schema is sent to the provider (and counted in its tokens) like the input.
         let mut bytes = job.instructions.as_deref().map_or(0, str::len)
@@ -388,6 +403,28 @@ mod tests {
                 "{user:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_job_names_its_agent_only_when_granted() {
+        let mut asking = job(None, None);
+        asking.agent_id = Some("agent-7".into());
+        let refused = policies(PluginConfig::default())
+            .identify(Some("receipts"))
+            .unwrap()
+            .admit(&asking)
+            .unwrap_err();
+        assert_eq!(
+            code_and_rule(&refused),
+            (ErrorCode::NotAuthorized, Some("agent_id"))
+        );
+        let granted = policies(PluginConfig {
+            agent_id_override: true,
+            ..PluginConfig::default()
+        })
+        .identify(Some("receipts"))
+        .unwrap();
+        assert!(granted.admit(&asking).is_ok());
     }
 
     #[test]

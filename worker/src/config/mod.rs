@@ -71,12 +71,14 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             providers,
             prices: Vec::new(),
-            // The development setup's plugin chooses its aliases; like any plugin, it names
-            // `provider/model` targets only as `allowed_models` lists them.
+            // The development setup's plugin chooses its aliases and names its agents; like
+            // any plugin, it names `provider/model` targets only as `allowed_models` lists
+            // them.
             plugins: BTreeMap::from([(
                 DEVELOPMENT_PLUGIN.to_owned(),
                 PluginConfig {
                     model_override: true,
+                    agent_id_override: true,
                     ..PluginConfig::default()
                 },
             )]),

@@ -40,6 +40,8 @@ pub struct PluginConfig {
     /// Ceiling of `max_tokens`: a job asking for more is refused, a job asking for none gets
     /// this bound.
     pub max_tokens: Option<u32>,
+    /// Whether a job may name the agent it runs for (`agent_id`). Off unless granted.
+    pub agent_id_override: bool,
 }
 
 impl Default for PluginConfig {
@@ -54,6 +56,7 @@ impl Default for PluginConfig {
             max_input_bytes: None,
             max_images: None,
             max_tokens: None,
+            agent_id_override: false,
         }
     }
 }

@@ -294,7 +294,7 @@ async fn process(
         } => {
             let trace = crate::trace::TraceContext::from_headers(properties.headers())
                 .unwrap_or_else(crate::trace::TraceContext::new_root);
-            let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin = %sender.plugin, lane = lane.as_str(), trace_id = %trace.trace_id);
+            let span = tracing::info_span!("job", job_id = %job.id, batch_id = job.batch_id.as_deref(), plugin = %sender.plugin, purpose = job.purpose.as_deref(), agent_id = job.agent_id.as_deref(), lane = lane.as_str(), trace_id = %trace.trace_id);
             let run = Run {
                 shared,
                 lane,
@@ -652,20 +652,26 @@ async fn dead_letter(
     shared.publisher.dead_letter(&letter).await
 }
 
-/// A failed result for the job `ran` answered: same job, batch, custom id and metadata.
+/// A failed result for the job `ran` answered: same job, batch, custom id, audit fields and
+/// metadata.
 fn failed_as(ran: &JobResult, error: ErrorInfo) -> JobResult {
     let mut result = JobResult::failed(&ran.job_id, error);
     result.custom_id.clone_from(&ran.custom_id);
     result.batch_id.clone_from(&ran.batch_id);
+    result.purpose.clone_from(&ran.purpose);
+    result.agent_id.clone_from(&ran.agent_id);
     result.metadata.clone_from(&ran.metadata);
     result
 }
 
-/// The result of a job that ends before the pipeline: its ids and metadata echoed.
+/// The result of a job that ends before the pipeline: its ids, audit fields and metadata
+/// echoed.
 fn failed_without_a_call(job: Job, error: ErrorInfo) -> JobResult {
     let mut result = JobResult::failed(&job.id, error);
     result.custom_id = job.custom_id;
     result.batch_id = job.batch_id;
+    result.purpose = job.purpose;
+    result.agent_id = job.agent_id;
     result.metadata = job.metadata;
     result
 }

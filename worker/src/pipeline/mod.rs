@@ -351,6 +351,8 @@ impl Pipeline {
             latency_ms,
             queue_ms: None,
             attempts: tally.attempts,
+            purpose: job.purpose,
+            agent_id: job.agent_id,
             metadata: job.metadata,
             error: None,
         };

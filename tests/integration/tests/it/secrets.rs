@@ -80,6 +80,11 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
     for n in 0..10 {
         jobs.push(job(&format!("Receipt {n}: coffee 3.50")));
     }
+    // Audit fields reach the job's log lines and its result, never a metric.
+    let mut audited = job("Receipt: audited coffee 3.50");
+    audited.purpose = Some("purpose-canary-expenses".into());
+    audited.agent_id = Some("agent-canary-42".into());
+    jobs.push(audited);
     jobs.push(job("[[fake:rate_limit]] receipt, total 4"));
     jobs.push(job("[[fake:server_error*5]] receipt, total 5"));
     let mut slow = job("[[fake:timeout]] receipt, total 6");
@@ -244,7 +249,18 @@ async fn canary_keys_appear_in_no_log_metric_result_or_dead_letter() {
     }
     let (_, metrics) = http_get(worker.http, "/metrics").await;
     found.extend(leaks("/metrics", &metrics));
+    let audited = results
+        .iter()
+        .find(|r| r.purpose.as_deref() == Some("purpose-canary-expenses"))
+        .expect("the audited job's result");
+    assert_eq!(audited.agent_id.as_deref(), Some("agent-canary-42"));
+    for canary in ["purpose-canary-expenses", "agent-canary-42"] {
+        assert!(!metrics.contains(canary), "{canary} is no metric label");
+    }
     let log = worker.log.lock().unwrap().join("\n");
+    for canary in ["purpose-canary-expenses", "agent-canary-42"] {
+        assert!(log.contains(canary), "{canary} is in the job's log lines");
+    }
     assert!(
         log.lines().count() > 50,
         "the debug log is being searched ({} lines)",
