@@ -61,6 +61,10 @@ pub struct Job {
     /// Upper bound on output tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// How much the model reasons before it answers, mapped to each provider's own control
+    /// (`docs/providers.md`). Absent: the model's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<Reasoning>,
     /// Sampling temperature, 0 to 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
@@ -85,6 +89,32 @@ pub struct Job {
     /// Opaque value echoed back on the result, byte for byte ([`Metadata`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<crate::Metadata>,
+}
+
+/// A reasoning effort, in the contract's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reasoning {
+    /// As little as the model allows.
+    Off,
+    /// A little.
+    Low,
+    /// More.
+    Medium,
+    /// The most.
+    High,
+}
+
+impl Reasoning {
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
 }
 
 /// One piece of input content.
@@ -211,6 +241,7 @@ impl Job {
             provider: None,
             profile: None,
             max_tokens: None,
+            reasoning: None,
             temperature: None,
             stop: None,
             timeout_ms: None,

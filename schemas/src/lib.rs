@@ -19,7 +19,7 @@ pub mod result;
 pub mod wire;
 
 pub use error_code::ErrorCode;
-pub use job::{ImagePart, InputPart, Job, JsonSchema};
+pub use job::{ImagePart, InputPart, Job, JsonSchema, Reasoning};
 pub use metadata::Metadata;
 pub use result::{ErrorInfo, FinishReason, JobResult, Status, Usage};
 

@@ -71,6 +71,7 @@ fn request<'a>(
         schema_text: None,
         max_tokens: 512,
         temperature: Some(0.0),
+        reasoning: None,
         stop: None,
         timeout: Duration::from_secs(10),
         api_key: Some(key),
@@ -562,6 +563,74 @@ async fn json_mode_without_a_schema_returns_an_object(kind: ProviderKind) {
     }
 }
 
+/// `reasoning` through each kind's own control, as the fake (like the real API) checks it.
+async fn reasoning_maps_to_each_providers_control(kind: ProviderKind) {
+    use quarry_schemas::Reasoning;
+    let fake = fake().await;
+    let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
+    let key = SecretString::from(KEY.to_owned());
+    let input = text("Cafe Luna 5.60 EUR");
+    let schema = receipt_schema();
+    for (reasoning, json_mode) in [
+        (Reasoning::Off, false),
+        (Reasoning::High, false),
+        (Reasoning::Medium, true),
+    ] {
+        let mut request = request(&input, json_mode.then_some(&schema), &key);
+        request.reasoning = Some(reasoning);
+        request.max_tokens = 20_000;
+        // Anthropic takes no temperature beside thinking.
+        request.temperature = None;
+        let answer = provider.call(&request).await;
+        assert!(answer.is_ok(), "{kind:?} {reasoning:?}: {answer:?}");
+        if json_mode {
+            let parsed: Value = serde_json::from_str(&answer.unwrap().text).unwrap();
+            assert!(parsed.is_object(), "{kind:?}: {parsed}");
+        }
+        let sent = &last_request(&fake).body;
+        let control = match kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                sent["reasoning_effort"].clone()
+            }
+            ProviderKind::Anthropic => sent["thinking"].clone(),
+            ProviderKind::Gemini => sent["generationConfig"]["thinkingConfig"].clone(),
+        };
+        let expected = match (kind, reasoning) {
+            (ProviderKind::Anthropic, Reasoning::Off) => json!({"type": "disabled"}),
+            (ProviderKind::Anthropic, Reasoning::High) => {
+                json!({"type": "enabled", "budget_tokens": 16_384})
+            }
+            (ProviderKind::Anthropic, _) => json!({"type": "enabled", "budget_tokens": 4_096}),
+            (ProviderKind::Gemini, Reasoning::Off) => json!({"thinkingBudget": 0}),
+            (ProviderKind::Gemini, Reasoning::High) => json!({"thinkingBudget": 24_576}),
+            (ProviderKind::Gemini, _) => json!({"thinkingBudget": 8_192}),
+            (_, Reasoning::Off) => json!("minimal"),
+            (_, Reasoning::High) => json!("high"),
+            (_, _) => json!("medium"),
+        };
+        assert_eq!(control, expected, "{kind:?} {reasoning:?}");
+        if kind == ProviderKind::Anthropic && json_mode {
+            assert_eq!(
+                sent["tool_choice"],
+                json!({"type": "auto"}),
+                "thinking cannot go with a forced tool"
+            );
+        }
+    }
+    // Anthropic's thinking budget is at least 1024 tokens within max_tokens: refused before
+    // a call the API would refuse.
+    if kind == ProviderKind::Anthropic {
+        let seen = fake.stats.requests().len();
+        let mut request = request(&input, None, &key);
+        request.reasoning = Some(Reasoning::Low);
+        request.temperature = None;
+        request.max_tokens = 1_000;
+        let error = provider.call(&request).await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{error:?}");
+        assert_eq!(fake.stats.requests().len(), seen, "no call was made");
+    }
+}
+
 macro_rules! conformance {
     ($($module:ident => $kind:expr),* $(,)?) => {$(
         mod $module {
@@ -590,6 +659,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn json_mode_without_a_schema_returns_an_object() {
                 super::json_mode_without_a_schema_returns_an_object($kind).await;
+            }
+
+            #[tokio::test]
+            async fn reasoning_maps_to_each_providers_control() {
+                super::reasoning_maps_to_each_providers_control($kind).await;
             }
 
             #[tokio::test]

@@ -38,6 +38,8 @@ pub struct Parsed {
     pub max_tokens: Option<u64>,
     /// Stop sequences: the answer ends before the first one it contains.
     pub stop: Vec<String>,
+    /// Anthropic extended thinking is on: the answer starts with a thinking block.
+    pub thinking: bool,
 }
 
 /// What the answer carries.
@@ -107,13 +109,24 @@ impl Format {
                 }
             }),
             Format::Anthropic => {
-                let content = match (&parsed.tool, &answer.tool_input, refusal) {
+                let mut content = match (&parsed.tool, &answer.tool_input, refusal) {
                     (_, _, true) => json!([]),
                     (Some(tool), Some(input), false) => json!([{
                         "type": "tool_use", "id": format!("toolu_fake_{id:016x}"), "name": tool, "input": input
                     }]),
                     _ => json!([{"type": "text", "text": answer.content}]),
                 };
+                if parsed.thinking
+                    && let Some(blocks) = content.as_array_mut()
+                {
+                    blocks.insert(
+                        0,
+                        json!({
+                            "type": "thinking", "thinking": "Let me look at the input.",
+                            "signature": format!("sig-fake-{id:016x}")
+                        }),
+                    );
+                }
                 let stop_reason = if refusal {
                     "refusal"
                 } else if answer.truncated {
@@ -422,6 +435,15 @@ fn parse_openai(request: &Value) -> Result<Parsed, String> {
         .or_else(|| request.get("max_tokens"))
         .and_then(Value::as_u64);
     parsed.stop = strings(request.get("stop"));
+    match request.get("reasoning_effort") {
+        None => {}
+        Some(Value::String(e)) if ["minimal", "low", "medium", "high"].contains(&e.as_str()) => {}
+        Some(other) => {
+            return Err(format!(
+                "Invalid value for 'reasoning_effort': {other}. Supported values are: 'minimal', 'low', 'medium', and 'high'."
+            ));
+        }
+    }
     Ok(parsed)
 }
 
@@ -511,9 +533,55 @@ fn parse_anthropic(request: &Value) -> Result<Parsed, String> {
             _ => return Err(bad("messages: content required")),
         }
     }
+    let choice = request.pointer("/tool_choice/type").and_then(Value::as_str);
+    match request.pointer("/thinking/type").and_then(Value::as_str) {
+        None | Some("disabled") => {}
+        Some("enabled") => {
+            let budget = request
+                .pointer("/thinking/budget_tokens")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("thinking.enabled.budget_tokens: Field required"))?;
+            if budget < 1024 {
+                return Err(bad(
+                    "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+                ));
+            }
+            if budget >= max_tokens {
+                return Err(bad(
+                    "`max_tokens` must be greater than `thinking.budget_tokens`",
+                ));
+            }
+            if matches!(choice, Some("tool" | "any")) {
+                return Err(bad(
+                    "Thinking may not be enabled when tool_choice forces tool use.",
+                ));
+            }
+            if request
+                .get("temperature")
+                .and_then(Value::as_f64)
+                .is_some_and(|t| t != 1.0)
+            {
+                return Err(bad(
+                    "`temperature` may only be set to 1 when thinking is enabled.",
+                ));
+            }
+            parsed.thinking = true;
+        }
+        Some(_) => {
+            return Err(bad(
+                "thinking.type: Input tag does not match 'enabled', 'disabled'",
+            ));
+        }
+    }
     if let Some(tools) = request.get("tools").and_then(Value::as_array) {
-        let forced = request.pointer("/tool_choice/name").and_then(Value::as_str);
-        if request.pointer("/tool_choice/type").and_then(Value::as_str) == Some("tool") {
+        // Forced, or offered with the model left to choose (it takes the one tool asked of
+        // it).
+        let forced = match choice {
+            Some("tool") => request.pointer("/tool_choice/name").and_then(Value::as_str),
+            Some("auto") if tools.len() == 1 => tools[0].get("name").and_then(Value::as_str),
+            _ => None,
+        };
+        if forced.is_some() {
             let tool = tools
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == forced)
@@ -589,6 +657,16 @@ fn parse_gemini(request: &Value, model: &str) -> Result<Parsed, String> {
         }
     }
     let config = request.get("generationConfig");
+    if let Some(budget) = config.and_then(|c| c.pointer("/thinkingConfig/thinkingBudget")) {
+        if !budget
+            .as_i64()
+            .is_some_and(|b| b == -1 || (0..=24_576).contains(&b))
+        {
+            return Err(bad(
+                "* GenerateContentRequest.generation_config.thinking_config.thinking_budget: must be -1 or between 0 and 24576",
+            ));
+        }
+    }
     let json_mime = config
         .and_then(|c| c.get("responseMimeType"))
         .and_then(Value::as_str)
@@ -662,5 +740,54 @@ fn contains_key(schema: &Value, keyword: &str) -> bool {
         }),
         Value::Array(items) => items.iter().any(|v| contains_key(v, keyword)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasoning controls are checked as the real APIs check them.
+    #[test]
+    fn reasoning_controls_out_of_range_are_refused() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let openai = |effort: Value| {
+            parse_openai(&json!({"model": "m", "messages": user, "reasoning_effort": effort}))
+        };
+        assert!(openai(json!("high")).is_ok());
+        assert!(openai(json!("extreme")).is_err());
+        let anthropic = |extra: Value| {
+            let mut body = json!({"model": "m", "max_tokens": 2000, "messages": user});
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            parse_anthropic(&body)
+        };
+        let thinking = |budget: u64| json!({"type": "enabled", "budget_tokens": budget});
+        assert!(anthropic(json!({"thinking": thinking(1024)})).is_ok_and(|p| p.thinking));
+        assert!(anthropic(json!({"thinking": {"type": "disabled"}})).is_ok_and(|p| !p.thinking));
+        for refused in [
+            json!({"thinking": thinking(500)}),
+            json!({"thinking": thinking(4096)}),
+            json!({"thinking": thinking(1024), "temperature": 0.2}),
+            json!({
+                "thinking": thinking(1024),
+                "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "tool", "name": "t"}
+            }),
+        ] {
+            assert!(anthropic(refused.clone()).is_err(), "{refused}");
+        }
+        let gemini = |budget: i64| {
+            parse_gemini(
+                &json!({
+                    "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                    "generationConfig": {"thinkingConfig": {"thinkingBudget": budget}}
+                }),
+                "m",
+            )
+        };
+        assert!(gemini(0).is_ok() && gemini(-1).is_ok() && gemini(24_576).is_ok());
+        assert!(gemini(24_577).is_err() && gemini(-2).is_err());
     }
 }

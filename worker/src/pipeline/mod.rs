@@ -651,6 +651,7 @@ impl Pipeline {
                 schema_text: schema.map(|c| c.text.as_raw()),
                 max_tokens: leg.max_tokens,
                 temperature: job.temperature,
+                reasoning: job.reasoning,
                 stop: job.stop.as_deref(),
                 timeout: job.timeout_ms.map_or(entry.timeout, Duration::from_millis),
                 api_key: None,

@@ -15,7 +15,7 @@ use super::{
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Reasoning, Usage};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -68,6 +68,7 @@ impl Anthropic {
         &self,
         request: &'a ProviderRequest<'a>,
         tool_schema: Option<SentSchema<'a>>,
+        thinking: Option<Value>,
     ) -> MessagesRequest<'a> {
         let mut messages = Vec::with_capacity(1 + 2 * request.repairs.len());
         messages.push(Message {
@@ -91,7 +92,11 @@ impl Anthropic {
                     description: "Record the extracted data. Its input is the answer.",
                     input_schema,
                 }]),
-                Some(json!({"type": "tool", "name": name})),
+                // Thinking cannot go with a forced tool: the model is asked to use it.
+                Some(match thinking_on(thinking.as_ref()) {
+                    true => json!({"type": "auto"}),
+                    false => json!({"type": "tool", "name": name}),
+                }),
             ),
             _ => (None, None),
         };
@@ -104,6 +109,7 @@ impl Anthropic {
             tool_choice,
             temperature: request.temperature,
             stop_sequences: request.stop,
+            thinking,
         }
     }
 
@@ -123,7 +129,11 @@ impl Anthropic {
             }
             _ => SentSchema::unchanged(request),
         };
-        let body = serde_json::to_vec(&self.body(request, tool_schema))
+        let thinking = request
+            .reasoning
+            .map(|r| thinking(r, request.max_tokens, request.temperature))
+            .transpose()?;
+        let body = serde_json::to_vec(&self.body(request, tool_schema, thinking))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
         let raw = self
             .http
@@ -255,6 +265,46 @@ struct MessagesRequest<'a> {
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_sequences: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
+}
+
+/// `thinking` of a reasoning effort: disabled, or enabled with a budget (1024, 4096 or 16384
+/// tokens, kept below `max_tokens` as the API requires). Refused where the API would refuse
+/// it: a budget under its minimum of 1024, or a temperature beside thinking.
+pub(crate) fn thinking(
+    reasoning: Reasoning,
+    max_tokens: u32,
+    temperature: Option<f64>,
+) -> Result<Value, ProviderError> {
+    let wanted: u32 = match reasoning {
+        Reasoning::Off => return Ok(json!({"type": "disabled"})),
+        Reasoning::Low => 1_024,
+        Reasoning::Medium => 4_096,
+        Reasoning::High => 16_384,
+    };
+    let budget = wanted.min(max_tokens.saturating_sub(1));
+    if budget < 1_024 {
+        return Err(ProviderError::permanent(
+            ErrorCode::InvalidRequest,
+            format!(
+                "reasoning `{}` on Anthropic needs max_tokens above 1024 (its thinking budget \
+                 is at least 1024 tokens, within max_tokens); this job has {max_tokens}",
+                reasoning.as_str()
+            ),
+        ));
+    }
+    if temperature.is_some() {
+        return Err(ProviderError::permanent(
+            ErrorCode::InvalidRequest,
+            "Anthropic takes no temperature beside reasoning: leave temperature unset",
+        ));
+    }
+    Ok(json!({"type": "enabled", "budget_tokens": budget}))
+}
+
+fn thinking_on(thinking: Option<&Value>) -> bool {
+    thinking.is_some_and(|t| t["type"] == "enabled")
 }
 
 #[derive(Serialize)]

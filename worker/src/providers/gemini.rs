@@ -15,7 +15,7 @@ use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderRespon
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Reasoning, Usage};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -98,6 +98,9 @@ impl Gemini {
                 response_schema: schema,
                 max_output_tokens: Some(request.max_tokens),
                 temperature: request.temperature,
+                thinking_config: request.reasoning.map(|r| ThinkingConfig {
+                    thinking_budget: thinking_budget(r),
+                }),
                 stop_sequences: request.stop,
             },
         }
@@ -495,6 +498,25 @@ struct GenerationConfig<'a> {
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_sequences: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<ThinkingConfig>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig {
+    thinking_budget: u32,
+}
+
+/// `thinkingBudget` of a reasoning effort, in tokens (0 turns thinking off where the model
+/// allows it).
+pub(crate) fn thinking_budget(reasoning: Reasoning) -> u32 {
+    match reasoning {
+        Reasoning::Off => 0,
+        Reasoning::Low => 1_024,
+        Reasoning::Medium => 8_192,
+        Reasoning::High => 24_576,
+    }
 }
 
 #[derive(Deserialize)]

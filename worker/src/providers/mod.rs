@@ -54,6 +54,8 @@ pub struct ProviderRequest<'a> {
     pub max_tokens: u32,
     /// Sampling temperature.
     pub temperature: Option<f64>,
+    /// Reasoning effort, for the provider's own control.
+    pub reasoning: Option<quarry_schemas::Reasoning>,
     /// Stop sequences.
     pub stop: Option<&'a [String]>,
     /// Timeout of this attempt.

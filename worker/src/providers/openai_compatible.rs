@@ -15,7 +15,7 @@ use super::{
 use crate::config::ProviderConfig;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
-use quarry_schemas::{ErrorCode, FinishReason, InputPart, Usage};
+use quarry_schemas::{ErrorCode, FinishReason, InputPart, Reasoning, Usage};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -145,6 +145,7 @@ impl OpenAiCompatible {
             max_tokens,
             max_completion_tokens,
             temperature: request.temperature,
+            reasoning_effort: request.reasoning.map(reasoning_effort),
             stop: request.stop,
             response_format,
         }
@@ -255,6 +256,8 @@ pub(crate) struct ChatRequest<'a> {
     max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -409,6 +412,16 @@ struct PromptDetails {
     cached_tokens: u64,
 }
 
+/// `reasoning_effort` of a reasoning effort (the least a model allows is `minimal`).
+pub(crate) fn reasoning_effort(reasoning: Reasoning) -> &'static str {
+    match reasoning {
+        Reasoning::Off => "minimal",
+        Reasoning::Low => "low",
+        Reasoning::Medium => "medium",
+        Reasoning::High => "high",
+    }
+}
+
 /// `finish_reason` in the contract's words (OpenAI reports a matched stop sequence as `stop`).
 pub(crate) fn finish_reason(word: Option<&str>) -> FinishReason {
     match word {
@@ -481,6 +494,7 @@ mod tests {
             schema_text: None,
             max_tokens: 100,
             temperature: None,
+            reasoning: None,
             stop: None,
             timeout: Duration::from_secs(1),
             api_key: None,
