@@ -657,15 +657,14 @@ fn parse_gemini(request: &Value, model: &str) -> Result<Parsed, String> {
         }
     }
     let config = request.get("generationConfig");
-    if let Some(budget) = config.and_then(|c| c.pointer("/thinkingConfig/thinkingBudget")) {
-        if !budget
+    if let Some(budget) = config.and_then(|c| c.pointer("/thinkingConfig/thinkingBudget"))
+        && !budget
             .as_i64()
             .is_some_and(|b| b == -1 || (0..=24_576).contains(&b))
-        {
-            return Err(bad(
-                "* GenerateContentRequest.generation_config.thinking_config.thinking_budget: must be -1 or between 0 and 24576",
-            ));
-        }
+    {
+        return Err(bad(
+            "* GenerateContentRequest.generation_config.thinking_config.thinking_budget: must be -1 or between 0 and 24576",
+        ));
     }
     let json_mime = config
         .and_then(|c| c.get("responseMimeType"))
