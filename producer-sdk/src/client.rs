@@ -10,7 +10,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use quarry_schemas::control::{ControlReply, ControlRequest};
+use quarry_schemas::control::{ControlReply, ControlRequest, Description};
 use quarry_schemas::wire::{CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_CONTROL, Topology};
 use quarry_schemas::{Job, JobResult, Status};
 use std::collections::{HashMap, HashSet};
@@ -408,6 +408,16 @@ impl Client {
         Ok(BatchStatus {
             counts: reply.progress.unwrap_or_default(),
             cost_usd: reply.cost_usd,
+        })
+    }
+
+    /// This plugin's own view of the fleet: the aliases and targets it may run on (with image
+    /// support), its defaults, profiles and quotas with what is left of them, and the
+    /// contract and capabilities of the fleet's workers.
+    pub async fn describe(&self, timeout: Duration) -> Result<Description, Error> {
+        let reply = self.control(ControlRequest::describe(), timeout).await?;
+        reply.description.ok_or_else(|| Error::Protocol {
+            detail: "a describe reply without its description".to_owned(),
         })
     }
 

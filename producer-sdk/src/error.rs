@@ -97,6 +97,13 @@ pub enum Error {
         /// The worker user.
         worker_user: String,
     },
+    /// A worker's reply broke the contract (e.g. a `describe` reply without its
+    /// description): a worker older or newer than this SDK's contract.
+    #[error("a worker's reply broke the contract: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
     /// The broker did not take a re-driven job back; it stays dead-lettered.
     #[error("the broker did not take job {job_id} back ({detail}); it stays dead-lettered")]
     RedriveRefused {
@@ -123,7 +130,8 @@ impl Error {
             | Error::Closed
             | Error::CloseTimeout
             | Error::DeadQueueMissing { .. }
-            | Error::RedriveRefused { .. } => true,
+            | Error::RedriveRefused { .. }
+            | Error::Protocol { .. } => true,
             Error::Url(_)
             | Error::InvalidJob { .. }
             | Error::Refused(_)

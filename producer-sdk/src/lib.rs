@@ -39,6 +39,7 @@ pub use client::{
 };
 pub use dead_letters::{DeadLetter, DeadLetters, Redriven};
 pub use error::Error;
+pub use quarry_schemas::control::Description;
 pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{
     ErrorCode, ErrorInfo, FinishReason, ImagePart, InputPart, Job, JobResult, JsonSchema, Metadata,

@@ -22,6 +22,9 @@ pub enum ControlAction {
     CancelBatch,
     /// The batch's progress counters: results stored so far by outcome, and tokens.
     BatchStatus,
+    /// The caller's own view of the fleet ([`Description`]): what it may run on, its
+    /// defaults, profiles and quotas, and the contract the fleet speaks. Takes no batch.
+    Describe,
 }
 
 /// A control request. Mirrors `json/control.v1.schema.json`.
@@ -32,8 +35,10 @@ pub struct ControlRequest {
     pub version: ControlVersion,
     /// The request.
     pub action: ControlAction,
-    /// The batch it applies to (one of the publishing plugin's own).
-    pub batch_id: String,
+    /// The batch it applies to (one of the publishing plugin's own): required by the batch
+    /// actions, refused by `describe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
 }
 
 impl ControlRequest {
@@ -47,10 +52,36 @@ impl ControlRequest {
         Self::new(ControlAction::BatchStatus, batch_id)
     }
 
-    /// What the types cannot say: `batch_id` is 1 to
-    /// [`MAX_BATCH_ID_LEN`](crate::job::limits::MAX_BATCH_ID_LEN) characters.
+    /// Asks for the caller's view of the fleet.
+    pub fn describe() -> Self {
+        Self {
+            version: ControlVersion::V1,
+            action: ControlAction::Describe,
+            batch_id: None,
+        }
+    }
+
+    /// What the types cannot say: a batch action's `batch_id` is 1 to
+    /// [`MAX_BATCH_ID_LEN`](crate::job::limits::MAX_BATCH_ID_LEN) characters; `describe`
+    /// takes none.
     pub fn check(&self) -> Result<(), crate::job::JobInvalid> {
-        let n = self.batch_id.chars().count();
+        let batch_id = match (self.action, &self.batch_id) {
+            (ControlAction::Describe, None) => return Ok(()),
+            (ControlAction::Describe, Some(_)) => {
+                return Err(crate::job::JobInvalid {
+                    field: "/batch_id".into(),
+                    reason: "describe takes no batch".into(),
+                });
+            }
+            (ControlAction::CancelBatch | ControlAction::BatchStatus, None) => {
+                return Err(crate::job::JobInvalid {
+                    field: "/batch_id".into(),
+                    reason: "is required".into(),
+                });
+            }
+            (ControlAction::CancelBatch | ControlAction::BatchStatus, Some(id)) => id,
+        };
+        let n = batch_id.chars().count();
         if !(1..=crate::job::limits::MAX_BATCH_ID_LEN).contains(&n) {
             return Err(crate::job::JobInvalid {
                 field: "/batch_id".into(),
@@ -67,7 +98,7 @@ impl ControlRequest {
         Self {
             version: ControlVersion::V1,
             action,
-            batch_id: batch_id.into(),
+            batch_id: Some(batch_id.into()),
         }
     }
 }
@@ -80,8 +111,9 @@ pub struct ControlReply {
     pub version: ControlVersion,
     /// The request answered.
     pub action: ControlAction,
-    /// Its batch.
-    pub batch_id: String,
+    /// Its batch (batch actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
     /// `ok`: applied fleet-wide; `error`: see `error`.
     pub status: Status,
     /// Why the request was not applied.
@@ -95,4 +127,74 @@ pub struct ControlReply {
     /// the workers' price table; absent when none of them had a price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// `describe`: the caller's view of the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Description>,
+}
+
+/// What a `describe` reply carries: the caller's own view of the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// The message versions this fleet reads and writes (`job.v1`, `result.v1`, `control.v1`).
+    pub contract: Vec<String>,
+    /// What this fleet's workers do beyond the first `job.v1` (`json_mode`, `targets`,
+    /// `agent_id`, `reasoning`, `finish_reason`, `exact_metadata`, `describe`, ...).
+    pub capabilities: Vec<String>,
+    /// The caller, as the fleet knows it.
+    pub plugin: String,
+    /// The alias a job without `model` runs on.
+    pub default_model: String,
+    /// Whether a job may choose another alias, or a target.
+    pub model_override: bool,
+    /// The aliases it may run on (its default, or every one with `model_override`), each with
+    /// the targets it may be dispatched to, in order.
+    pub aliases: Vec<AliasView>,
+    /// The `provider/model` targets a job may name (with `model_override`).
+    pub targets: Vec<TargetView>,
+    /// The credential profile a job without one gets.
+    pub default_profile: String,
+    /// Every profile it may ask for.
+    pub profiles: Vec<String>,
+    /// Whether a job may name its agent (`agent_id`).
+    pub agent_id_override: bool,
+    /// The plugin's `max_tokens` ceiling, if any.
+    pub max_tokens_ceiling: Option<u32>,
+    /// `max_tokens` a job without one gets (before a provider's own default).
+    pub default_max_tokens: u32,
+    /// A job's time budget without `deadline_ms`, milliseconds.
+    pub job_budget_ms: u64,
+    /// Its quotas, each with what is left now.
+    pub quotas: Vec<QuotaView>,
+}
+
+/// An alias and the targets it may be dispatched to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasView {
+    /// The alias.
+    pub name: String,
+    /// Its targets the caller may reach, primary first, then fallbacks.
+    pub targets: Vec<TargetView>,
+}
+
+/// One provider's model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetView {
+    /// A configured provider.
+    pub provider: String,
+    /// Its model id.
+    pub model: String,
+    /// Whether it takes image input.
+    pub images: bool,
+}
+
+/// One quota of the caller and what is left of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaView {
+    /// `requests_per_minute`, `tokens_per_minute` or `daily_tokens`.
+    pub name: String,
+    /// The limit.
+    pub limit: u64,
+    /// What is left in the current window or day (absent when Redis did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
 }

@@ -372,44 +372,96 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
         serde_json::from_value::<ControlRequest>(value.clone()).unwrap(),
         request
     );
+    let describe = ControlRequest::describe();
+    let value = serde_json::to_value(&describe).unwrap();
+    assert_eq!(
+        value,
+        json!({"version": "control.v1", "action": "describe"})
+    );
+    assert!(request_schema.is_valid(&value), "{value}");
+    assert!(describe.check().is_ok());
     for broken in [
         json!({"version": "control.v1", "action": "cancel_everything", "batch_id": "b"}),
         json!({"version": "control.v1", "action": "cancel_batch"}),
         json!({"version": "control.v1", "action": "cancel_batch", "batch_id": "b", "x": 1}),
+        json!({"version": "control.v1", "action": "describe", "batch_id": "b"}),
     ] {
         assert!(!request_schema.is_valid(&broken), "{broken}");
-        assert!(serde_json::from_value::<ControlRequest>(broken).is_err());
+        let refused = serde_json::from_value::<ControlRequest>(broken.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.check().map_err(|e| e.to_string()));
+        assert!(refused.is_err(), "{broken}");
     }
     let reply_schema = validator(CONTROL_REPLY_V1_SCHEMA);
     let replies = [
         ControlReply {
             version: ControlVersion::V1,
             action: ControlAction::CancelBatch,
-            batch_id: "batch-7".into(),
+            batch_id: Some("batch-7".into()),
             status: Status::Ok,
             error: None,
             progress: None,
             cost_usd: None,
+            description: None,
         },
         ControlReply {
             version: ControlVersion::V1,
             action: ControlAction::BatchStatus,
-            batch_id: "batch-7".into(),
+            batch_id: Some("batch-7".into()),
             status: Status::Ok,
             error: None,
             progress: Some([("ok".to_owned(), 12), ("tokens".to_owned(), 3400)].into()),
             cost_usd: Some(0.0123),
+            description: None,
         },
         ControlReply {
             version: ControlVersion::V1,
             action: ControlAction::CancelBatch,
-            batch_id: "batch-7".into(),
+            batch_id: Some("batch-7".into()),
             status: Status::Error,
             error: Some(ErrorInfo::new(ErrorCode::NotAuthorized, "unknown plugin")),
             progress: None,
             cost_usd: None,
+            description: None,
         },
     ];
+    let described = ControlReply {
+        version: ControlVersion::V1,
+        action: ControlAction::Describe,
+        batch_id: None,
+        status: Status::Ok,
+        error: None,
+        progress: None,
+        cost_usd: None,
+        description: Some(quarry_schemas::control::Description {
+            contract: vec!["job.v1".into(), "result.v1".into(), "control.v1".into()],
+            capabilities: vec!["json_mode".into()],
+            plugin: "receipts".into(),
+            default_model: "fast".into(),
+            model_override: true,
+            aliases: vec![quarry_schemas::control::AliasView {
+                name: "fast".into(),
+                targets: vec![quarry_schemas::control::TargetView {
+                    provider: "openai".into(),
+                    model: "gpt-4.1-mini".into(),
+                    images: true,
+                }],
+            }],
+            targets: vec![],
+            default_profile: "default".into(),
+            profiles: vec!["default".into()],
+            agent_id_override: false,
+            max_tokens_ceiling: Some(2048),
+            default_max_tokens: 1024,
+            job_budget_ms: 30_000,
+            quotas: vec![quarry_schemas::control::QuotaView {
+                name: "daily_tokens".into(),
+                limit: 5_000_000,
+                remaining: Some(4_999_000),
+            }],
+        }),
+    };
+    let replies: Vec<ControlReply> = replies.into_iter().chain([described]).collect();
     for reply in replies {
         let value = serde_json::to_value(&reply).unwrap();
         assert!(reply_schema.is_valid(&value), "{value}");

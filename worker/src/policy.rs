@@ -322,6 +322,48 @@ impl Policy {
         Ok(choice)
     }
 
+    /// The alias a job without `model` runs on.
+    pub fn default_alias(&self) -> &str {
+        &self.default_alias
+    }
+
+    /// Whether a job may choose what it runs on.
+    pub fn model_override(&self) -> bool {
+        self.model_override
+    }
+
+    /// Whether a job may name its agent.
+    pub fn agent_id_override(&self) -> bool {
+        self.agent_id_override
+    }
+
+    /// The profile a job without one gets, and every profile it may ask for.
+    pub fn profiles(&self) -> (&str, impl Iterator<Item = &str>) {
+        (
+            self.default_profile.as_str(),
+            self.profiles.iter().map(String::as_str),
+        )
+    }
+
+    /// The plugin's `max_tokens` ceiling.
+    pub fn max_tokens_ceiling(&self) -> Option<u32> {
+        self.max_tokens
+    }
+
+    /// The `provider/model` targets a job may name: none without `model_override`, else the
+    /// exact entries of `allowed_models`.
+    pub fn nameable_targets(&self) -> Vec<(&str, &str)> {
+        if !self.model_override {
+            return Vec::new();
+        }
+        self.allowed_models
+            .iter()
+            .flatten()
+            .filter_map(|pattern| pattern.split_once('/'))
+            .filter(|(_, model)| *model != "*")
+            .collect()
+    }
+
     /// Whether this plugin's jobs may be dispatched to `target`.
     pub fn allows(&self, target: &Target) -> bool {
         let Some(allowed) = &self.allowed_models else {

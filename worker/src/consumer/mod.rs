@@ -521,6 +521,9 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
         }
     };
     let mut progress: Option<std::collections::BTreeMap<String, u64>> = None;
+    let mut description = None;
+    // `check` made sure a batch action has its batch.
+    let batch_id = request.batch_id.as_deref().unwrap_or_default();
     let applied = match shared.pipeline.identify(Some(&sender.plugin)) {
         Err(error) => {
             telemetry::policy_refusal("", &error);
@@ -530,14 +533,18 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
             let outcome = match request.action {
                 ControlAction::CancelBatch => shared
                     .store
-                    .cancel_batch(&policy.name, &request.batch_id)
+                    .cancel_batch(&policy.name, batch_id)
                     .await
-                    .map(|()| telemetry::batch_cancelled(&policy.name, &request.batch_id)),
+                    .map(|()| telemetry::batch_cancelled(&policy.name, batch_id)),
                 ControlAction::BatchStatus => shared
                     .store
-                    .batch_progress(&policy.name, &request.batch_id)
+                    .batch_progress(&policy.name, batch_id)
                     .await
                     .map(|counts| progress = Some(counts)),
+                ControlAction::Describe => {
+                    description = Some(shared.pipeline.describe(&policy).await);
+                    Ok(())
+                }
             };
             if let Err(error) = outcome {
                 // Not applied and not answered: the request goes back to its queue.
@@ -566,6 +573,7 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
             .and_then(|p| p.remove(crate::result_store::COST_FIELD))
             .map(|nusd| nusd as f64 / 1e9),
         progress,
+        description,
     };
     // A ControlReply is plain data: serialising it cannot fail.
     let body = serde_json::to_vec(&reply).unwrap_or_default();

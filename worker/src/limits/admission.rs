@@ -375,6 +375,68 @@ impl Admission {
         Some(Settlement::new(limiter.clone(), reservation, actual_tokens))
     }
 
+    /// A plugin's quotas and what is left of each now (`remaining` absent when Redis does
+    /// not answer).
+    pub(crate) async fn quotas(&self, plugin: &str) -> Vec<quarry_schemas::control::QuotaView> {
+        use quarry_schemas::control::QuotaView;
+        let Some(quota) = self.quotas.get(plugin) else {
+            return Vec::new();
+        };
+        let window = MINUTE + Duration::from_millis(self.config.window_margin_ms);
+        let used_in_windows = match &self.limiter {
+            Some(limiter) => {
+                let windows = vec![
+                    (quota.names.rpm.to_string(), window),
+                    (quota.names.tpm.to_string(), window),
+                ];
+                // The plugin as a candidate of its own: no key is cooling or disabled.
+                let candidate = format!("plugin-view/{plugin}");
+                match limiter.status(&[(candidate, windows)]).await {
+                    Ok(states) => states.into_iter().next().map(|s| s.used),
+                    Err(error) => {
+                        telemetry::redis_error("limiter_status", &error);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let day_used = match (&self.limiter, quota.limits.daily_tokens) {
+            (Some(limiter), Some(_)) => match limiter.day_used(&quota.names.day).await {
+                Ok(used) => Some(used),
+                Err(error) => {
+                    telemetry::redis_error("limiter_status", &error);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let window_used = |i: usize| used_in_windows.as_ref().and_then(|u| u.get(i).copied());
+        [
+            (
+                "requests_per_minute",
+                quota.limits.requests_per_minute,
+                window_used(0),
+            ),
+            (
+                "tokens_per_minute",
+                quota.limits.tokens_per_minute,
+                window_used(1),
+            ),
+            ("daily_tokens", quota.limits.daily_tokens, day_used),
+        ]
+        .into_iter()
+        .filter_map(|(name, limit, used)| {
+            let limit = limit?;
+            Some(QuotaView {
+                name: name.to_owned(),
+                limit,
+                remaining: used.map(|u| limit.saturating_sub(u)),
+            })
+        })
+        .collect()
+    }
+
     /// Publishes each key's state (available, cooling, disabled) and what is left of its
     /// per-minute limits as gauges.
     pub(crate) async fn report(&self, provider: &str, keys: &Keys) {

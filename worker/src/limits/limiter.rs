@@ -367,6 +367,18 @@ impl Limiter {
             .collect())
     }
 
+    /// Tokens counted today in the day bucket `name` (0 when none yet).
+    pub async fn day_used(&self, name: &str) -> redis::RedisResult<u64> {
+        let mut conn = self.redis.clone();
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterKeyState);
+        let used: Option<i64> = redis::cmd("GET")
+            .arg(self.key(name, "day"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(used.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
     /// Cools a candidate down (after a 429) for `period`.
     pub async fn cool_down(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();

@@ -35,6 +35,7 @@ use crate::telemetry;
 use crate::trace::TraceContext;
 use cost::{CostTally, PriceTable};
 use jsonschema::Validator;
+use quarry_schemas::control::{AliasView, Description, TargetView};
 use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{
     ErrorCode, ErrorInfo, FinishReason, InputPart, Job, JobResult, Status, Usage,
@@ -48,6 +49,19 @@ use tokio::time::Instant;
 const SCHEMA_CACHE_CAPACITY: usize = 1024;
 /// Schema name used when the job gives none.
 const DEFAULT_SCHEMA_NAME: &str = "extraction";
+
+/// What this version's workers do beyond the first `job.v1`, as `describe` lists it.
+const CAPABILITIES: [&str; 9] = [
+    "json_mode",
+    "targets",
+    "agent_id",
+    "reasoning",
+    "finish_reason",
+    "exact_metadata",
+    "job_budget",
+    "batch_cost",
+    "describe",
+];
 
 /// The schema of `json_mode` without one: any JSON object.
 static ANY_OBJECT: std::sync::LazyLock<quarry_schemas::JsonSchema> =
@@ -81,6 +95,8 @@ pub struct Pipeline {
     repair_attempts: u32,
     /// A job's total time when it sets no deadline.
     job_budget: Duration,
+    /// `worker.default_max_tokens`, for `describe`.
+    default_max_tokens: u32,
     images: ImageLimits,
     prices: PriceTable,
     admission: Admission,
@@ -257,6 +273,7 @@ impl Pipeline {
             retry: RetryPolicy::from_config(&config.worker),
             repair_attempts: config.worker.repair_attempts,
             job_budget: config.worker.job_budget(),
+            default_max_tokens: config.worker.default_max_tokens,
             images: ImageLimits {
                 max_images: config.worker.max_images,
                 max_bytes: config.worker.max_image_bytes,
@@ -549,6 +566,55 @@ impl Pipeline {
 
     /// The alias's targets that can take the job's images; `INVALID_REQUEST` when the images
     /// break the limits or no target takes them.
+    /// The caller's own view of the fleet (a `describe` control request): what it may run
+    /// on, its defaults, profiles and quotas with what is left of them.
+    pub async fn describe(&self, policy: &Policy) -> Description {
+        let view = |t: &Target| TargetView {
+            provider: t.provider.clone(),
+            model: t.model.clone(),
+            images: t.images,
+        };
+        let aliases = self
+            .aliases
+            .iter()
+            .filter(|(name, _)| policy.model_override() || *name == policy.default_alias())
+            .map(|(name, targets)| AliasView {
+                name: name.clone(),
+                targets: targets
+                    .iter()
+                    .filter(|t| policy.allows(t))
+                    .map(view)
+                    .collect(),
+            })
+            .filter(|alias| !alias.targets.is_empty())
+            .collect();
+        let targets = policy
+            .nameable_targets()
+            .into_iter()
+            .filter(|(provider, _)| self.providers.contains_key(*provider))
+            .map(|(provider, model)| view(&self.target(provider, model)))
+            .collect();
+        let (default_profile, profiles) = policy.profiles();
+        Description {
+            contract: ["job.v1", "result.v1", "control.v1"]
+                .map(str::to_owned)
+                .to_vec(),
+            capabilities: CAPABILITIES.map(str::to_owned).to_vec(),
+            plugin: policy.name.clone(),
+            default_model: policy.default_alias().to_owned(),
+            model_override: policy.model_override(),
+            aliases,
+            targets,
+            default_profile: default_profile.to_owned(),
+            profiles: profiles.map(str::to_owned).collect(),
+            agent_id_override: policy.agent_id_override(),
+            max_tokens_ceiling: policy.max_tokens_ceiling(),
+            default_max_tokens: self.default_max_tokens,
+            job_budget_ms: u64::try_from(self.job_budget.as_millis()).unwrap_or(u64::MAX),
+            quotas: self.admission.quotas(&policy.name).await,
+        }
+    }
+
     /// A target a job names: whether it takes images is what an alias routing to it says
     /// (it does, unless one says it does not).
     fn target(&self, provider: &str, model: &str) -> Target {

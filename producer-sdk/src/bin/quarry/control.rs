@@ -42,3 +42,55 @@ pub(crate) async fn cancel(cli: &Cli, batch_id: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub(crate) async fn models(cli: &Cli) -> anyhow::Result<()> {
+    let client = connect(cli).await?;
+    let view = client.describe(CONTROL_TIMEOUT).await?;
+    let _ = client.close().await;
+    let images = |yes: bool| if yes { " (images)" } else { "" };
+    println!(
+        "plugin {} (contract {})",
+        view.plugin,
+        view.contract.join(", ")
+    );
+    for alias in &view.aliases {
+        let marker = if alias.name == view.default_model {
+            " (default)"
+        } else {
+            ""
+        };
+        let targets: Vec<String> = alias
+            .targets
+            .iter()
+            .map(|t| format!("{}/{}{}", t.provider, t.model, images(t.images)))
+            .collect();
+        println!("  alias {}{marker}: {}", alias.name, targets.join(" -> "));
+    }
+    for target in &view.targets {
+        println!(
+            "  target {}/{}{}",
+            target.provider,
+            target.model,
+            images(target.images)
+        );
+    }
+    println!(
+        "  profiles: {} (default {})",
+        view.profiles.join(", "),
+        view.default_profile
+    );
+    let ceiling = view
+        .max_tokens_ceiling
+        .map_or(String::new(), |c| format!(", at most {c}"));
+    println!(
+        "  max_tokens: {} by default{ceiling}; time budget {} ms without a deadline",
+        view.default_max_tokens, view.job_budget_ms
+    );
+    for quota in &view.quotas {
+        let left = quota
+            .remaining
+            .map_or("unknown".to_owned(), |r| r.to_string());
+        println!("  quota {}: {} ({left} left)", quota.name, quota.limit);
+    }
+    Ok(())
+}

@@ -84,6 +84,9 @@ pub(crate) enum Command {
     /// with the workers' broker user).
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// What this plugin may use: aliases and targets (with image support), defaults,
+    /// profiles, quotas and what is left of them.
+    Models,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +122,7 @@ pub(crate) async fn main() -> ExitCode {
         Command::Submit(args) => ("submit", submit(&cli, args).await),
         Command::Status { batch_id } => ("status", status(&cli, batch_id).await),
         Command::Cancel { batch_id } => ("cancel", cancel(&cli, batch_id).await),
+        Command::Models => ("models", models(&cli).await),
         Command::DeadLetters(command) => ("dead-letters", dead_letters(&cli, command).await),
     };
     match outcome {

@@ -290,6 +290,15 @@ async fn an_interrupted_submit_resumes_without_paying_twice_and_reports_status()
     assert!(text.contains("200 results stored"), "{text}");
     assert!(text.contains("ok:      180"), "{text}");
 
+    // What the plugin may use, from the fleet.
+    let models = quarry(&fleet.namespace, &["models"]).await;
+    let text = String::from_utf8_lossy(&models.stdout);
+    assert!(models.status.success(), "{text}");
+    assert!(
+        text.contains("alias default (default): fake/fake-large (images)"),
+        "{text}"
+    );
+
     // A second resume has nothing to do.
     let again = quarry(
         &fleet.namespace,

@@ -670,3 +670,79 @@ async fn a_call_its_caller_gave_up_on_is_not_worked_on_after() {
     worker.stop().await.unwrap();
     fleet.teardown(&[watch]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_learns_what_it_may_use_and_what_is_left_of_its_quotas() {
+    use quarry_worker::config::{Limits, PluginConfig};
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let mut config = fleet.worker_config();
+    config.plugins.insert(
+        "guest".into(),
+        PluginConfig {
+            model_override: true,
+            allowed_models: Some(vec!["fake/fake-large".into(), "fake/fake-xl".into()]),
+            max_tokens: Some(2048),
+            limits: Limits {
+                requests_per_minute: Some(100),
+                daily_tokens: Some(1_000_000),
+                ..Limits::default()
+            },
+            ..PluginConfig::default()
+        },
+    );
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = fleet.client().await;
+    let timeout = Duration::from_secs(30);
+    let before = client.describe(timeout).await.unwrap();
+    assert_eq!(before.plugin, "guest");
+    assert_eq!(before.default_model, "default");
+    assert!(before.model_override && !before.agent_id_override);
+    // `fast` routes to fake-mini, which allowed_models leaves out: not offered.
+    let aliases: Vec<(&str, Vec<&str>)> = before
+        .aliases
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.targets.iter().map(|t| t.model.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(aliases, [("default", vec!["fake-large"])]);
+    let named: Vec<&str> = before.targets.iter().map(|t| t.model.as_str()).collect();
+    assert_eq!(named, ["fake-large", "fake-xl"]);
+    assert_eq!(
+        (
+            before.max_tokens_ceiling,
+            before.default_max_tokens,
+            before.job_budget_ms
+        ),
+        (Some(2048), 1024, 30_000)
+    );
+    assert!(before.contract.contains(&"job.v1".to_owned()));
+    assert!(before.capabilities.contains(&"describe".to_owned()));
+    let remaining = |d: &quarry_schemas::control::Description, name: &str| {
+        d.quotas
+            .iter()
+            .find(|q| q.name == name)
+            .and_then(|q| q.remaining)
+    };
+    assert_eq!(remaining(&before, "requests_per_minute"), Some(100));
+    assert_eq!(remaining(&before, "daily_tokens"), Some(1_000_000));
+
+    let result = client
+        .extract(receipt_job(1), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    let after = client.describe(timeout).await.unwrap();
+    assert_eq!(remaining(&after, "requests_per_minute"), Some(99));
+    assert_eq!(
+        remaining(&after, "daily_tokens"),
+        Some(1_000_000 - result.usage.total_tokens),
+        "the day's tokens, reconciled with the real usage"
+    );
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
