@@ -377,14 +377,13 @@ async fn timeout_is_honoured(kind: ProviderKind) {
     );
 }
 
-/// The whole pipeline on this provider: output faults are repaired on the second attempt.
-async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
-    let fake = fake().await;
+/// A worker configuration with one provider of `kind` on `fake`, its `default` alias.
+fn one_provider(kind: ProviderKind, fake: &FakeProvider) -> Config {
     let mut config = Config::default();
     config.providers.clear();
     config
         .providers
-        .insert("p".into(), provider_config(kind, &fake));
+        .insert("p".into(), provider_config(kind, fake));
     config.routing.aliases.clear();
     config.routing.aliases.insert(
         "default".into(),
@@ -395,6 +394,13 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
             fallbacks: vec![],
         },
     );
+    config
+}
+
+/// The whole pipeline on this provider: output faults are repaired on the second attempt.
+async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
+    let fake = fake().await;
+    let mut config = one_provider(kind, &fake);
     config.worker.repair_attempts = 2;
     let pipeline = Pipeline::new(&config).unwrap();
     let validator = jsonschema::validator_for(&receipt_schema()).unwrap();
@@ -494,21 +500,7 @@ async fn finish_reasons_are_normalised(kind: ProviderKind) {
 /// the first answer is not JSON.
 async fn json_mode_without_a_schema_returns_an_object(kind: ProviderKind) {
     let fake = fake().await;
-    let mut config = Config::default();
-    config.providers.clear();
-    config
-        .providers
-        .insert("p".into(), provider_config(kind, &fake));
-    config.routing.aliases.clear();
-    config.routing.aliases.insert(
-        "default".into(),
-        Route {
-            provider: "p".into(),
-            model: "fake-large".into(),
-            images: true,
-            fallbacks: vec![],
-        },
-    );
+    let mut config = one_provider(kind, &fake);
     config.worker.repair_attempts = 1;
     let pipeline = Pipeline::new(&config).unwrap();
     for (text, attempts) in [
