@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::Fleet;
-use quarry_producer::{ErrorCode, InputPart, Job, JobResult, Status, new_job_id};
+use quarry_producer::{ErrorCode, FinishReason, InputPart, Job, JobResult, Status, new_job_id};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -183,6 +183,11 @@ async fn real_extractions_through_the_fleet_against_a_local_model() {
             result.usage.output_tokens > 0,
             "usage comes from the server"
         );
+        assert_eq!(
+            result.finish_reason,
+            Some(FinishReason::Stop),
+            "job {id}: the model ended its answer by itself"
+        );
     }
     eprintln!(
         "{} real extractions ok in {:.1} s; first: {}",
@@ -237,6 +242,11 @@ async fn real_extractions_through_the_fleet_against_a_local_model() {
             assert!(
                 error.details.is_some(),
                 "OUTPUT_INVALID says why: {error:?}"
+            );
+            assert_eq!(
+                result.finish_reason,
+                Some(FinishReason::Length),
+                "the last answer was cut at max_tokens"
             );
         }
     }
