@@ -411,6 +411,24 @@ impl Client {
         })
     }
 
+    /// Cancels one job of this plugin (`batch_id`: the batch it was published in, if any).
+    /// Not started, it ends `CANCELLED` without a provider call; in flight, its provider call
+    /// is dropped (noticed within a third of the workers' claim lifetime) and it ends
+    /// `CANCELLED`; finished, it keeps its result. The job's result still arrives.
+    pub async fn cancel(
+        &self,
+        job_id: &str,
+        batch_id: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.control(
+            ControlRequest::cancel_job(job_id, batch_id.map(str::to_owned)),
+            timeout,
+        )
+        .await
+        .map(drop)
+    }
+
     /// This plugin's own view of the fleet: the aliases and targets it may run on (with image
     /// support), its defaults, profiles and quotas with what is left of them, and the
     /// contract and capabilities of the fleet's workers.

@@ -25,6 +25,10 @@ pub enum ControlAction {
     /// The caller's own view of the fleet ([`Description`]): what it may run on, its
     /// defaults, profiles and quotas, and the contract the fleet speaks. Takes no batch.
     Describe,
+    /// One job (`job_id`, in `batch_id` when it has one): not started, it ends `CANCELLED`
+    /// without a call; in flight, its provider call is dropped and it ends `CANCELLED`;
+    /// finished, it keeps its result.
+    CancelJob,
 }
 
 /// A control request. Mirrors `json/control.v1.schema.json`.
@@ -39,6 +43,9 @@ pub struct ControlRequest {
     /// actions, refused by `describe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    /// The job `cancel_job` applies to (one of the publishing plugin's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 impl ControlRequest {
@@ -58,6 +65,17 @@ impl ControlRequest {
             version: ControlVersion::V1,
             action: ControlAction::Describe,
             batch_id: None,
+            job_id: None,
+        }
+    }
+
+    /// Cancels one job, of `batch_id` when it was published in one.
+    pub fn cancel_job(job_id: impl Into<String>, batch_id: Option<String>) -> Self {
+        Self {
+            version: ControlVersion::V1,
+            action: ControlAction::CancelJob,
+            batch_id,
+            job_id: Some(job_id.into()),
         }
     }
 
@@ -65,8 +83,23 @@ impl ControlRequest {
     /// [`MAX_BATCH_ID_LEN`](crate::job::limits::MAX_BATCH_ID_LEN) characters; `describe`
     /// takes none.
     pub fn check(&self) -> Result<(), crate::job::JobInvalid> {
+        let refused = |field: &str, reason: &str| crate::job::JobInvalid {
+            field: field.into(),
+            reason: reason.into(),
+        };
+        match (self.action, &self.job_id) {
+            (ControlAction::CancelJob, None) => return Err(refused("/job_id", "is required")),
+            (ControlAction::CancelJob, Some(id)) => {
+                let n = id.chars().count();
+                if !(1..=crate::job::limits::MAX_ID_LEN).contains(&n) {
+                    return Err(refused("/job_id", "must be 1 to 128 characters"));
+                }
+            }
+            (_, Some(_)) => return Err(refused("/job_id", "only cancel_job takes a job")),
+            (_, None) => {}
+        }
         let batch_id = match (self.action, &self.batch_id) {
-            (ControlAction::Describe, None) => return Ok(()),
+            (ControlAction::Describe, None) | (ControlAction::CancelJob, None) => return Ok(()),
             (ControlAction::Describe, Some(_)) => {
                 return Err(crate::job::JobInvalid {
                     field: "/batch_id".into(),
@@ -79,7 +112,10 @@ impl ControlRequest {
                     reason: "is required".into(),
                 });
             }
-            (ControlAction::CancelBatch | ControlAction::BatchStatus, Some(id)) => id,
+            (
+                ControlAction::CancelBatch | ControlAction::BatchStatus | ControlAction::CancelJob,
+                Some(id),
+            ) => id,
         };
         let n = batch_id.chars().count();
         if !(1..=crate::job::limits::MAX_BATCH_ID_LEN).contains(&n) {
@@ -99,6 +135,7 @@ impl ControlRequest {
             version: ControlVersion::V1,
             action,
             batch_id: Some(batch_id.into()),
+            job_id: None,
         }
     }
 }
@@ -114,6 +151,9 @@ pub struct ControlReply {
     /// Its batch (batch actions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    /// Its job (`cancel_job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     /// `ok`: applied fleet-wide; `error`: see `error`.
     pub status: Status,
     /// Why the request was not applied.

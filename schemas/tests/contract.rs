@@ -380,11 +380,21 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
     );
     assert!(request_schema.is_valid(&value), "{value}");
     assert!(describe.check().is_ok());
+    for one in [
+        ControlRequest::cancel_job("j-1", None),
+        ControlRequest::cancel_job("j-1", Some("batch-7".into())),
+    ] {
+        let value = serde_json::to_value(&one).unwrap();
+        assert!(request_schema.is_valid(&value), "{value}");
+        assert!(one.check().is_ok());
+    }
     for broken in [
         json!({"version": "control.v1", "action": "cancel_everything", "batch_id": "b"}),
         json!({"version": "control.v1", "action": "cancel_batch"}),
         json!({"version": "control.v1", "action": "cancel_batch", "batch_id": "b", "x": 1}),
         json!({"version": "control.v1", "action": "describe", "batch_id": "b"}),
+        json!({"version": "control.v1", "action": "cancel_job"}),
+        json!({"version": "control.v1", "action": "cancel_batch", "batch_id": "b", "job_id": "j"}),
     ] {
         assert!(!request_schema.is_valid(&broken), "{broken}");
         let refused = serde_json::from_value::<ControlRequest>(broken.clone())
@@ -403,6 +413,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             progress: None,
             cost_usd: None,
             description: None,
+            job_id: None,
         },
         ControlReply {
             version: ControlVersion::V1,
@@ -413,6 +424,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             progress: Some([("ok".to_owned(), 12), ("tokens".to_owned(), 3400)].into()),
             cost_usd: Some(0.0123),
             description: None,
+            job_id: None,
         },
         ControlReply {
             version: ControlVersion::V1,
@@ -423,6 +435,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             progress: None,
             cost_usd: None,
             description: None,
+            job_id: None,
         },
     ];
     let described = ControlReply {
@@ -433,6 +446,7 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
         error: None,
         progress: None,
         cost_usd: None,
+        job_id: None,
         description: Some(quarry_schemas::control::Description {
             contract: vec!["job.v1".into(), "result.v1".into(), "control.v1".into()],
             capabilities: vec!["json_mode".into()],

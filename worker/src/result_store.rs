@@ -21,10 +21,11 @@ use crate::functions::{Function, LIBRARY};
 use crate::limits::Settlement;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// What the idempotency record said about a delivery.
 pub enum Claim {
@@ -85,6 +86,17 @@ impl ClaimState<'_> {
         matches!(self, Self::Stopped(_))
     }
 
+    /// Fires when the job is cancelled while this delivery holds it (noticed by the claims'
+    /// extension, every third of their lifetime).
+    pub fn cancellation(&self) -> Option<CancellationToken> {
+        match self {
+            Self::Held(Some(guard)) | Self::Stopped(Claim::Claimed(guard)) => {
+                Some(guard.token.clone())
+            }
+            _ => None,
+        }
+    }
+
     fn from_claim(claim: redis::RedisResult<Claim>) -> Self {
         match claim {
             Ok(Claim::Claimed(guard)) => Self::Held(Some(guard)),
@@ -102,6 +114,8 @@ pub struct JobKeys {
     result: String,
     claim: String,
     cancelled: String,
+    /// The job's own cancellation mark (a `cancel_job` control request).
+    job_cancelled: String,
     /// The batch's progress counters (`quarry status`), for a job of a batch.
     progress: Option<String>,
 }
@@ -134,7 +148,14 @@ struct Claims {
     owner: String,
     next: AtomicU64,
     lifetime: Duration,
-    held: Mutex<HashSet<String>>,
+    /// Claim key → the job's cancellation mark and the token that stops its work.
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// A claim being extended, and how its job is stopped when it is cancelled in flight.
+struct Held {
+    cancel_mark: String,
+    token: CancellationToken,
 }
 
 /// A held claim. Dropping it (the job ended, or its task was dropped) stops its extension, so
@@ -142,6 +163,7 @@ struct Claims {
 pub struct ClaimGuard {
     claims: Arc<Claims>,
     key: String,
+    token: CancellationToken,
 }
 
 impl std::fmt::Debug for ClaimGuard {
@@ -195,7 +217,7 @@ impl ResultStore {
                 owner: format!("{}-{started}", std::process::id()),
                 next: AtomicU64::new(0),
                 lifetime: claim_lifetime.max(Duration::from_secs(1)),
-                held: Mutex::new(HashSet::new()),
+                held: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -214,6 +236,7 @@ impl ResultStore {
             result: format!("{group}:result:{job_id}"),
             claim: format!("{group}:claim:{job_id}"),
             cancelled: format!("{group}:cancelled"),
+            job_cancelled: format!("{group}:cancelled:{job_id}"),
             progress: batch_id.map(|_| format!("{group}:progress")),
         }
     }
@@ -268,7 +291,12 @@ impl ResultStore {
     pub fn claim_command(&self, keys: &JobKeys) -> redis::Cmd {
         let mut cmd = LIBRARY.call(
             Function::Claim,
-            &[&keys.result, &keys.claim, &keys.cancelled],
+            &[
+                &keys.result,
+                &keys.claim,
+                &keys.cancelled,
+                &keys.job_cancelled,
+            ],
         );
         cmd.arg(self.next_owner()).arg(self.lifetime_ms());
         cmd
@@ -290,7 +318,7 @@ impl ResultStore {
                     redis::FromRedisValue::from_redis_value(value).map_err(|e| {
                         redis::RedisError::from((
                             redis::ErrorKind::Parse,
-                            "unexpected reply from claim.v2",
+                            "unexpected reply from claim.v3",
                             e.to_string(),
                         ))
                     })?;
@@ -317,14 +345,22 @@ impl ResultStore {
             (Some(b"stored"), Some(result)) => Ok(Claim::Stored(result)),
             (Some(b"cancelled"), None) => Ok(Claim::Cancelled),
             (Some(b"claimed"), None) => {
+                let token = CancellationToken::new();
                 self.claims
                     .held
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(keys.claim.clone());
+                    .insert(
+                        keys.claim.clone(),
+                        Held {
+                            cancel_mark: keys.job_cancelled.clone(),
+                            token: token.clone(),
+                        },
+                    );
                 Ok(Claim::Claimed(ClaimGuard {
                     claims: self.claims.clone(),
                     key: keys.claim.clone(),
+                    token,
                 }))
             }
             (Some(b"held"), Some(ms)) => {
@@ -338,7 +374,7 @@ impl ResultStore {
             }
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
-                "unexpected reply from claim.v2",
+                "unexpected reply from claim.v3",
             ))),
         }
     }
@@ -351,28 +387,52 @@ impl ResultStore {
         conn.del::<_, ()>(&guard.key).await
     }
 
-    /// Extends every claim this worker holds. Called every third of the claim lifetime.
+    /// Extends every claim this worker holds, and stops the work of those whose job was
+    /// cancelled meanwhile, in one round trip. Called every third of the claim lifetime.
     pub async fn extend_claims(&self) -> redis::RedisResult<()> {
-        let keys: Vec<String> = self
+        let held: Vec<(String, String, CancellationToken)> = self
             .claims
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .cloned()
+            .map(|(key, held)| (key.clone(), held.cancel_mark.clone(), held.token.clone()))
             .collect();
-        if keys.is_empty() {
+        if held.is_empty() {
             return Ok(());
         }
         let lifetime = i64::try_from(self.claims.lifetime.as_millis()).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.pexpire(key, lifetime).ignore();
+        for (key, mark, _) in &held {
+            pipe.pexpire(key, lifetime).ignore().exists(mark);
         }
         let mut conn = self.redis.clone();
         let _round_trip =
             crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::ExtendClaims);
-        pipe.query_async::<()>(&mut conn).await
+        let cancelled: Vec<bool> = pipe.query_async(&mut conn).await?;
+        for ((_, _, token), cancelled) in held.iter().zip(cancelled) {
+            if cancelled {
+                token.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks one job of `plugin` cancelled (in `batch_id` when it has one): it ends
+    /// `CANCELLED` without a call if it has not started, and its provider call is dropped if
+    /// it is in flight (noticed within a third of the claim lifetime). A finished job keeps
+    /// its result. Idempotent.
+    pub async fn cancel_job(
+        &self,
+        plugin: &str,
+        batch_id: Option<&str>,
+        job_id: &str,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let keys = self.job_keys(plugin, batch_id, job_id);
+        let _round_trip = crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::CancelJob);
+        conn.set_ex::<_, _, ()>(keys.job_cancelled, 1, self.cancel_ttl.as_secs().max(1))
+            .await
     }
 
     /// Stores a job's result bytes and drops its claim, and settles its last limiter

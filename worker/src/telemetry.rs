@@ -589,11 +589,13 @@ pub enum RedisOp {
     LimiterFinish,
     /// A key's state read or written.
     LimiterKeyState,
+    /// One job marked cancelled.
+    CancelJob,
 }
 
 impl RedisOp {
     /// Every operation.
-    pub const ALL: [RedisOp; 10] = [
+    pub const ALL: [RedisOp; 11] = [
         RedisOp::ClaimAndReserve,
         RedisOp::Claim,
         RedisOp::StoreResult,
@@ -604,6 +606,7 @@ impl RedisOp {
         RedisOp::LimiterReserve,
         RedisOp::LimiterFinish,
         RedisOp::LimiterKeyState,
+        RedisOp::CancelJob,
     ];
 
     /// The label value.
@@ -619,6 +622,7 @@ impl RedisOp {
             RedisOp::LimiterReserve => "limiter_reserve",
             RedisOp::LimiterFinish => "limiter_finish",
             RedisOp::LimiterKeyState => "limiter_key_state",
+            RedisOp::CancelJob => "cancel_job",
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct Stats {
     /// Per API key: when each accepted request arrived.
     arrivals: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     limited: AtomicU64,
+    /// Woken at every generation request, for [`Stats::requests_reach`].
+    arrived: tokio::sync::Notify,
 }
 
 /// A snapshot of [`Stats`].
@@ -150,6 +152,19 @@ impl Stats {
             rate_limited: self.limited.load(Ordering::Relaxed),
             peak_in_progress: self.peak_in_progress.load(Ordering::Relaxed),
             unexplained_repeats: self.unexplained_repeats.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Returns once `n` generation requests have arrived (an event to wait on, not a poll).
+    pub async fn requests_reach(&self, n: u64) {
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.requests.load(Ordering::Relaxed) >= n {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -443,6 +458,7 @@ async fn handle(
 ) -> Response {
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    stats.arrived.notify_waiters();
     let echo = state
         .config
         .echo_key

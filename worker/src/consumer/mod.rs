@@ -377,7 +377,10 @@ impl Run<'_> {
                 }
                 let cancelled = failed_as(
                     &result,
-                    ErrorInfo::new(code, "the job's batch was cancelled before the job started"),
+                    ErrorInfo::new(
+                        code,
+                        "the job (or its batch) was cancelled before it started",
+                    ),
                 );
                 shared
                     .publisher
@@ -545,6 +548,14 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
                     description = Some(shared.pipeline.describe(&policy).await);
                     Ok(())
                 }
+                ControlAction::CancelJob => {
+                    // `check` made sure it names its job.
+                    let job_id = request.job_id.as_deref().unwrap_or_default();
+                    shared
+                        .store
+                        .cancel_job(&policy.name, request.batch_id.as_deref(), job_id)
+                        .await
+                }
             };
             if let Err(error) = outcome {
                 // Not applied and not answered: the request goes back to its queue.
@@ -574,6 +585,7 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
             .map(|nusd| nusd as f64 / 1e9),
         progress,
         description,
+        job_id: request.job_id,
     };
     // A ControlReply is plain data: serialising it cannot fail.
     let body = serde_json::to_vec(&reply).unwrap_or_default();

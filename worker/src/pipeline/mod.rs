@@ -794,6 +794,9 @@ impl Pipeline {
             if left.is_zero() {
                 return Err(bounds.exceeded());
             }
+            if tally.claim.cancellation().is_some_and(|c| c.is_cancelled()) {
+                return Err(cancelled_in_flight());
+            }
             request.timeout = left.min(per_attempt);
             // An earlier success (answer then rejected: a repair follows) settles now.
             tally.settle_now().await;
@@ -850,7 +853,16 @@ impl Pipeline {
             tally.attempts += 1;
             attempts_here += 1;
             let began = Instant::now();
-            let outcome = entry.provider.call(&request).await;
+            // A job cancelled while its call is in flight: the call is dropped. (The claim
+            // is made by now: with the first reservation, or just after admission.)
+            let outcome = match &tally.claim.cancellation() {
+                Some(cancelled) => tokio::select! {
+                    biased;
+                    () = cancelled.cancelled() => Err(cancelled_in_flight()),
+                    outcome = entry.provider.call(&request) => outcome,
+                },
+                None => entry.provider.call(&request).await,
+            };
             let elapsed = began.elapsed();
             tally.provider_time += elapsed;
             let error = match outcome {
@@ -947,6 +959,14 @@ impl Pipeline {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// A job cancelled (`cancel_job`) while this delivery held it.
+fn cancelled_in_flight() -> ProviderError {
+    ProviderError::permanent(
+        ErrorCode::Cancelled,
+        "the job was cancelled while in flight; its provider call was dropped",
+    )
 }
 
 /// The error that ends the attempt loop of a job its claim stopped (never reported: the job

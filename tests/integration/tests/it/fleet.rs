@@ -746,3 +746,69 @@ async fn a_plugin_learns_what_it_may_use_and_what_is_left_of_its_quotas() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_is_cancelled_in_flight_or_before_it_starts() {
+    let fleet = Fleet::start(FakeConfig {
+        hang: Some(Duration::from_secs(60)),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    // Claims are extended (and in-flight cancellations noticed) every second.
+    config.worker.claim_ttl_secs = 3;
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = std::sync::Arc::new(fleet.client().await);
+    let text = |t: &str| Job::new(new_job_id(), vec![InputPart::Text { text: t.to_owned() }]);
+    let timeout = Duration::from_secs(30);
+    let call = CallOptions {
+        timeout: Duration::from_secs(60),
+        ..CallOptions::default()
+    };
+    // Cancelled before it starts: answered CANCELLED, never called.
+    let early = text("receipt, total 2");
+    client.cancel(&early.id, None, timeout).await.unwrap();
+    let early = client.extract(early, call).await.unwrap();
+    assert_eq!(
+        early.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Cancelled),
+        "{early:?}"
+    );
+    assert_eq!(early.attempts, 0, "never called");
+    assert_eq!(fleet.fake.stats.snapshot().requests, 0);
+
+    // Cancelled in flight: the provider call (which would hang for a minute) is dropped.
+    let hanging = text("[[fake:timeout]] receipt, total 1");
+    let hanging_id = hanging.id.clone();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.extract(hanging, call).await }
+    });
+    within(
+        30,
+        "the call at the provider",
+        fleet.fake.stats.requests_reach(1),
+    )
+    .await;
+    client.cancel(&hanging_id, None, timeout).await.unwrap();
+    let first = within(30, "the in-flight job's result", first)
+        .await
+        .unwrap()
+        .unwrap();
+    let error = first.error.as_ref().expect("cancelled");
+    assert_eq!(error.code, ErrorCode::Cancelled, "{first:?}");
+    assert!(error.message.contains("in flight"), "{error:?}");
+    assert!(
+        first.latency_ms < 10_000,
+        "dropped long before the provider's 60 s hang: {} ms",
+        first.latency_ms
+    );
+    assert_eq!(first.attempts, 1);
+    std::sync::Arc::into_inner(client)
+        .expect("one client")
+        .close()
+        .await
+        .unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
