@@ -4,7 +4,8 @@
 //!
 //! - [`run`](mod@run): the worker's life — [`Worker::start`] connects and starts consuming,
 //!   [`Worker::run_until`] replaces a lost broker session and drains on shutdown.
-//! - [`config`]: the TOML + environment configuration, loaded and checked once.
+//! - [`config`]: the TOML + environment configuration, loaded and checked;
+//!   [`reload`](mod@reload): `[plugins]` and `[routing]` replaced in a running worker.
 //! - [`amqp`]: the broker session, topology declaration, the confirm-mode publisher.
 //! - [`consumer`]: one delivery from bytes to ack — the reply gate ([`consumer::gate`]) and
 //!   the decision table as pure functions ([`consumer::decide`]).
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod pipeline;
 pub mod policy;
 pub mod providers;
+pub mod reload;
 pub mod result_store;
 pub mod retry;
 pub mod run;

@@ -41,13 +41,44 @@ async fn main() -> ExitCode {
         eprintln!("quarry-worker: {error:#}");
         return ExitCode::from(2);
     }
-    match quarry_worker::run(config, shutdown_signal()).await {
+    let worker = match quarry_worker::Worker::start(config).await {
+        Ok(worker) => worker,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "worker stopped");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(unix)]
+    let _reloads = reload_on_hangup(worker.reloader());
+    match worker.run_until(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "worker stopped");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `SIGHUP` reloads `[plugins]` and `[routing]` (docs/configuration.md, "Reload").
+#[cfg(unix)]
+fn reload_on_hangup(
+    reloader: quarry_worker::reload::Reloader,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot handle SIGHUP; configuration reloads only by file watch");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let reloader = reloader.clone();
+            // Reading and checking the file is blocking work.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload_and_report("SIGHUP")).await;
+        }
+    }))
 }
 
 async fn shutdown_signal() {

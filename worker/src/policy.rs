@@ -10,19 +10,28 @@
 //! nothing slips past it.
 
 use crate::config::{Config, Target};
+use crate::limits::Quota;
 use quarry_schemas::{ErrorCode, ErrorInfo, InputPart, Job};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Every configured plugin's policy.
+/// Model aliases and their targets in order (the primary, then the fallbacks), as one
+/// configuration has them.
+pub type Aliases = BTreeMap<String, Vec<Target>>;
+
+/// Every configured plugin's policy, and the routing table they choose from: what a
+/// configuration reload replaces, as one piece.
 pub struct Policies {
     plugins: BTreeMap<String, Arc<Policy>>,
+    aliases: Arc<Aliases>,
+    default_alias: String,
 }
 
 impl Policies {
-    /// From `[plugins]` and the routing defaults.
+    /// From `[plugins]` and `[routing]`.
     pub fn from_config(config: &Config) -> Self {
+        let aliases = aliases(config);
         let plugins = config
             .plugins
             .iter()
@@ -44,11 +53,47 @@ impl Policies {
                     max_images: plugin.max_images,
                     max_tokens: plugin.max_tokens,
                     agent_id_override: plugin.agent_id_override,
+                    quota: Quota::of(name, plugin.limits),
+                    aliases: aliases.clone(),
                 };
                 (name.clone(), Arc::new(policy))
             })
             .collect();
-        Self { plugins }
+        Self {
+            plugins,
+            aliases,
+            default_alias: config.routing.default_alias.clone(),
+        }
+    }
+
+    /// How many plugins are configured.
+    pub fn plugins(&self) -> usize {
+        self.plugins.len()
+    }
+
+    /// The routing table.
+    pub fn aliases(&self) -> &Aliases {
+        &self.aliases
+    }
+
+    /// A plugin that may do anything with these aliases and any provider, without quotas
+    /// (tests, tools).
+    pub fn unrestricted(&self, name: &str) -> Policy {
+        Policy {
+            name: name.to_owned(),
+            default_alias: self.default_alias.clone(),
+            model_override: true,
+            allowed_models: None,
+            any_target: true,
+            default_profile: crate::config::DEFAULT_PROFILE.to_owned(),
+            profiles: BTreeSet::from([crate::config::DEFAULT_PROFILE.to_owned()]),
+            max_input_bytes: None,
+            max_images: None,
+            max_tokens: None,
+            agent_id_override: true,
+            quota: Quota::default(),
+            aliases: self.aliases.clone(),
+        }
     }
 
     /// The policy of the job's publisher, or why it may not publish at all.
@@ -87,6 +132,22 @@ pub struct Policy {
     max_images: Option<usize>,
     max_tokens: Option<u32>,
     agent_id_override: bool,
+    /// Its quotas, with their buckets' names.
+    pub(crate) quota: Quota,
+    /// The routing table of the configuration this policy came from: a job runs on one
+    /// configuration throughout, whatever a reload does meanwhile.
+    aliases: Arc<Aliases>,
+}
+
+fn aliases(config: &Config) -> Arc<Aliases> {
+    Arc::new(
+        config
+            .routing
+            .aliases
+            .iter()
+            .map(|(name, route)| (name.clone(), route.targets()))
+            .collect(),
+    )
 }
 
 /// What a job runs on.
@@ -127,21 +188,9 @@ pub struct Grant {
 }
 
 impl Policy {
-    /// A plugin that may do anything (tests, tools).
-    pub fn unrestricted(name: &str, default_alias: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            default_alias: default_alias.to_owned(),
-            model_override: true,
-            allowed_models: None,
-            any_target: true,
-            default_profile: crate::config::DEFAULT_PROFILE.to_owned(),
-            profiles: BTreeSet::from([crate::config::DEFAULT_PROFILE.to_owned()]),
-            max_input_bytes: None,
-            max_images: None,
-            max_tokens: None,
-            agent_id_override: true,
-        }
+    /// The routing table this policy chooses from.
+    pub fn aliases(&self) -> &Aliases {
+        &self.aliases
     }
 
     /// Checks what a job asks for against the policy: alias and profile (however asked),

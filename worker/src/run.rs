@@ -24,6 +24,7 @@ pub struct Worker {
     session: Session,
     health: Arc<http::Health>,
     http_addr: SocketAddr,
+    reloader: crate::reload::Reloader,
 }
 
 /// What outlives a broker connection.
@@ -94,6 +95,7 @@ impl Worker {
             fatal: tokio_util::sync::CancellationToken::new(),
         };
         let session = session::connect_at_start(&config, &core).await?;
+        let reloader = crate::reload::Reloader::new(config.clone(), core.pipeline.clone());
 
         let health = Arc::new(http::Health {
             consuming: true.into(),
@@ -116,7 +118,13 @@ impl Worker {
             session,
             health,
             http_addr,
+            reloader,
         })
+    }
+
+    /// Reloads this worker's `[plugins]` and `[routing]` (what `SIGHUP` calls).
+    pub fn reloader(&self) -> crate::reload::Reloader {
+        self.reloader.clone()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -136,8 +144,12 @@ impl Worker {
             core,
             session,
             health,
+            reloader,
             ..
         } = self;
+        let watcher = (config.worker.config_watch_secs > 0).then(|| {
+            tokio::spawn(reloader.watch(Duration::from_secs(config.worker.config_watch_secs)))
+        });
         let permits = Arc::new(Semaphore::new(usize::from(config.worker.concurrency)));
         let tracker = TaskTracker::new();
         let reporter = {
@@ -210,6 +222,9 @@ impl Worker {
         };
 
         reporter.abort();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         health.consuming.store(false, Ordering::Relaxed);
         tracing::info!(
             in_flight = tracker.len(),

@@ -87,10 +87,14 @@ pub const BATCHES_CANCELLED_TOTAL: &str = "quarry_batches_cancelled_total";
 pub const JOBS_EXPIRED_TOTAL: &str = "quarry_jobs_expired_total";
 /// Cost of each job in US dollars, by plugin, provider and model (the sum is the spend).
 pub const COST: &str = "quarry_job_cost_usd";
+/// Configuration reloads (`SIGHUP` or the watched file), by outcome: `applied`, `rejected`.
+pub const CONFIG_RELOADS_TOTAL: &str = "quarry_config_reloads_total";
+/// 1 when the last reload applied (or none was tried), 0 when it was rejected.
+pub const CONFIG_LAST_RELOAD_OK: &str = "quarry_config_last_reload_successful";
 
 /// Every metric the worker exports, with its type: the reference `docs/metrics.md` and the
 /// Grafana dashboard are checked against this list.
-pub const METRICS: [(&str, &str); 33] = [
+pub const METRICS: [(&str, &str); 35] = [
     (JOBS_TOTAL, "counter"),
     (JOB_DURATION, "histogram"),
     (END_TO_END, "histogram"),
@@ -124,6 +128,8 @@ pub const METRICS: [(&str, &str); 33] = [
     (AMQP_DURATION, "histogram"),
     (AMQP_ERRORS_TOTAL, "counter"),
     (RECONNECTIONS_TOTAL, "counter"),
+    (CONFIG_RELOADS_TOTAL, "counter"),
+    (CONFIG_LAST_RELOAD_OK, "gauge"),
 ];
 
 const COST_BUCKETS: [f64; 8] = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0];
@@ -335,6 +341,17 @@ fn describe() {
         Unit::Count,
         "Redis operations that failed, by operation."
     );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "Configuration reloads, by outcome (applied, rejected)."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_OK,
+        Unit::Count,
+        "1 when the last configuration reload applied or none was tried, 0 when it was rejected."
+    );
+    gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
 }
 
 /// The log directive that keeps lapin's returned-message log (which prints the body) off.
@@ -407,6 +424,13 @@ pub fn amqp_operation(operation: &'static str, elapsed: Duration, ok: bool) {
     if !ok {
         counter!(AMQP_ERRORS_TOTAL, "operation" => operation).increment(1);
     }
+}
+
+/// A configuration reload applied (`true`) or was rejected.
+pub fn config_reloaded(applied: bool) {
+    let outcome = if applied { "applied" } else { "rejected" };
+    counter!(CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(1);
+    gauge!(CONFIG_LAST_RELOAD_OK).set(if applied { 1.0 } else { 0.0 });
 }
 
 /// A lost broker session was replaced.

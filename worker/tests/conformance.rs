@@ -414,11 +414,7 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
         // theirs, so it is sent as `receipt_evidence`.
         job.schema_name = Some("receipt.evidence".into());
         let result = pipeline
-            .execute(
-                job,
-                &quarry_worker::policy::Policy::unrestricted("test", "default"),
-                Instant::now(),
-            )
+            .execute(job, &pipeline.unrestricted("test"), Instant::now())
             .await
             .result;
         assert_eq!(
@@ -446,11 +442,7 @@ async fn repair_succeeds_on_the_second_attempt(kind: ProviderKind) {
     let mut job = Job::new("j-none", text("Cafe [[fake:invalid_json]]"));
     job.json_schema = Some(receipt_schema().into());
     let result = pipeline
-        .execute(
-            job,
-            &quarry_worker::policy::Policy::unrestricted("test", "default"),
-            Instant::now(),
-        )
+        .execute(job, &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -510,11 +502,7 @@ async fn json_mode_without_a_schema_returns_an_object(kind: ProviderKind) {
         let mut job = Job::new(format!("j-{attempts}"), self::text(text));
         job.json_mode = Some(true);
         let result = pipeline
-            .execute(
-                job,
-                &quarry_worker::policy::Policy::unrestricted("test", "default"),
-                Instant::now(),
-            )
+            .execute(job, &pipeline.unrestricted("test"), Instant::now())
             .await
             .result;
         assert_eq!(result.status, Status::Ok, "{kind:?}: {:?}", result.error);

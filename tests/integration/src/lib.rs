@@ -132,6 +132,10 @@ pub struct ProcessWorker {
     pub http: SocketAddr,
     /// Every line it wrote to stderr (its log), so far.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The number of lines in `log`, announced as each arrives.
+    pub lines: tokio::sync::watch::Receiver<usize>,
+    /// Its configuration file (rewrite it to test a reload).
+    pub config: PathBuf,
     _config_dir: tempfile::TempDir,
 }
 
@@ -147,6 +151,46 @@ impl ProcessWorker {
         within(secs, "the terminated worker to exit", self.child.wait())
             .await
             .expect("wait")
+    }
+
+    /// Sends `signal` (a `kill` name: `HUP`, `TERM`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the worker is running");
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// How many log lines the process has written so far (for [`ProcessWorker::logged`]).
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits up to `secs` for a JSON log line after the first `from` whose `message` is
+    /// `message`, and returns it.
+    pub async fn logged(&self, from: usize, message: &str, secs: u64) -> serde_json::Value {
+        let mut lines = self.lines.clone();
+        within(secs, &format!("the worker to log {message:?}"), async {
+            let mut next = from;
+            loop {
+                let found = {
+                    let log = self.log.lock().unwrap();
+                    let found = log[next.min(log.len())..]
+                        .iter()
+                        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                        .find(|event| event["message"] == message);
+                    next = log.len();
+                    found
+                };
+                if let Some(event) = found {
+                    return event;
+                }
+                lines.changed().await.expect("the worker's log ended");
+            }
+        })
+        .await
     }
 
     /// SIGKILL: no cleanup, no graceful anything.
@@ -279,11 +323,17 @@ impl Fleet {
         let (started_tx, started_rx) = oneshot::channel::<SocketAddr>();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let kept = log.clone();
+        let (count, lines_rx) = tokio::sync::watch::channel(0usize);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             let mut started = Some(started_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                kept.lock().unwrap().push(line.clone());
+                let n = {
+                    let mut kept = kept.lock().unwrap();
+                    kept.push(line.clone());
+                    kept.len()
+                };
+                count.send_replace(n);
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                     eprintln!("[worker] {line}");
                     continue;
@@ -310,6 +360,8 @@ impl Fleet {
             child,
             http,
             log,
+            lines: lines_rx,
+            config: path,
             _config_dir: dir,
         }
     }

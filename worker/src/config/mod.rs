@@ -56,6 +56,64 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// How the limiter waits.
     pub limits: LimiterConfig,
+    /// Where this configuration came from, for a reload.
+    #[serde(skip)]
+    pub(crate) origin: Origin,
+}
+
+/// Where a [`Config`] was loaded from, and a fingerprint of each top-level section as
+/// written, so that a reload can say which sections changed. Fingerprints, not values: the
+/// sections hold secrets.
+#[derive(Clone, Default)]
+pub(crate) struct Origin {
+    /// The file, when one was given.
+    pub(crate) path: Option<PathBuf>,
+    /// The environment given in place of the process's (tests); `None`: the process's.
+    pub(crate) env: Option<config::Map<String, String>>,
+    /// Section name → fingerprint of its merged file and environment values.
+    pub(crate) sections: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The environment may hold keys: only its size is shown.
+        f.debug_struct("Origin")
+            .field("path", &self.path)
+            .field("env", &self.env.as_ref().map(config::Map::len))
+            .field("sections", &self.sections.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A hash of `value` that does not depend on the order of map keys.
+fn fingerprint(value: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn feed(value: &serde_json::Value, hasher: &mut std::hash::DefaultHasher) {
+        match value {
+            serde_json::Value::Null => 0u8.hash(hasher),
+            serde_json::Value::Bool(b) => (1u8, b).hash(hasher),
+            serde_json::Value::Number(n) => (2u8, n.to_string()).hash(hasher),
+            serde_json::Value::String(s) => (3u8, s).hash(hasher),
+            serde_json::Value::Array(items) => {
+                (4u8, items.len()).hash(hasher);
+                for item in items {
+                    feed(item, hasher);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                (5u8, map.len()).hash(hasher);
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                for key in keys {
+                    key.hash(hasher);
+                    feed(&map[key], hasher);
+                }
+            }
+        }
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    feed(value, &mut hasher);
+    hasher.finish()
 }
 
 impl Default for Config {
@@ -83,6 +141,7 @@ impl Default for Config {
                 },
             )]),
             limits: LimiterConfig::default(),
+            origin: Origin::default(),
         }
     }
 }
@@ -155,8 +214,21 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("amqp.lanes")
-            .source(env);
-        let mut config: Config = builder.add_source(environment).build()?.try_deserialize()?;
+            .source(env.clone());
+        let merged = builder.add_source(environment).build()?;
+        let sections = match merged.clone().try_deserialize::<serde_json::Value>()? {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(name, value)| (name.clone(), fingerprint(value)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let mut config: Config = merged.try_deserialize()?;
+        config.origin = Origin {
+            path: path.map(Path::to_path_buf),
+            env,
+            sections,
+        };
         config.resolve_secret_files()?;
         config.check()?;
         Ok(config)

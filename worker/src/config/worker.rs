@@ -46,6 +46,11 @@ pub struct WorkerConfig {
     /// Total time of a job without `deadline_ms`, milliseconds from its start in the worker:
     /// every attempt, repair and fallback fits in it, then the job ends `DEADLINE_EXCEEDED`.
     pub job_budget_ms: u64,
+    /// Seconds between checks of the configuration file for a change, which is then reloaded
+    /// like on `SIGHUP` (`[plugins]` and `[routing]` apply; the rest waits for a restart).
+    /// 0: only `SIGHUP` reloads. Set it where the file is mounted from a ConfigMap, whose
+    /// updates send no signal.
+    pub config_watch_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +71,7 @@ impl Default for WorkerConfig {
             schema_cache_bytes: 64 * 1024 * 1024,
             default_max_tokens: 1_024,
             job_budget_ms: 30_000,
+            config_watch_secs: 0,
         }
     }
 }

@@ -148,19 +148,21 @@ pub(crate) enum Refused {
 /// Limits, quotas and the key pool.
 pub(crate) struct Admission {
     limiter: Option<Limiter>,
-    quotas: BTreeMap<String, Quota>,
     config: LimiterConfig,
 }
 
-/// A plugin's quotas and its buckets' names, made once.
-#[derive(Default)]
-struct Quota {
+/// A plugin's quotas and its buckets' names, made once per configuration (its policy holds
+/// it). The buckets are named by the plugin alone, so a reload that changes a quota keeps
+/// what was spent.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Quota {
+    plugin: String,
     limits: Limits,
     names: BucketNames,
 }
 
 impl Quota {
-    fn of(plugin: &str, limits: Limits) -> Self {
+    pub(crate) fn of(plugin: &str, limits: Limits) -> Self {
         let name = format!(
             "plugin/{}",
             if plugin.is_empty() {
@@ -170,6 +172,7 @@ impl Quota {
             }
         );
         Self {
+            plugin: plugin.to_owned(),
             limits,
             names: BucketNames::of(&name),
         }
@@ -200,11 +203,6 @@ impl Admission {
     pub(crate) fn new(config: &Config, limiter: Option<Limiter>) -> Self {
         Self {
             limiter,
-            quotas: config
-                .plugins
-                .iter()
-                .map(|(name, plugin)| (name.clone(), Quota::of(name, plugin.limits)))
-                .collect(),
             config: config.limits.clone(),
         }
     }
@@ -220,7 +218,7 @@ impl Admission {
     pub(crate) async fn admit(
         &self,
         pool: &Pool<'_>,
-        plugin: &str,
+        quota: &Quota,
         request: &ProviderRequest<'_>,
         deadline: Option<Instant>,
         claim: &mut ClaimState<'_>,
@@ -230,14 +228,6 @@ impl Admission {
             keys,
             refused: refused_keys,
         } = *pool;
-        let unknown;
-        let quota = match self.quotas.get(plugin) {
-            Some(quota) => quota,
-            None => {
-                unknown = Quota::default();
-                &unknown
-            }
-        };
         let (Some(limiter), true) = (&self.limiter, keys.limited() || quota.limits.any()) else {
             return Ok(Admitted {
                 key: 0,
@@ -350,7 +340,7 @@ impl Admission {
                     telemetry::limiter_decision(provider, "budget");
                     return Err(Refused::Job(ProviderError::permanent(
                         ErrorCode::BudgetExceeded,
-                        format!("plugin `{plugin}` has spent its daily token budget"),
+                        format!("plugin `{}` has spent its daily token budget", quota.plugin),
                     )));
                 }
             }
@@ -377,11 +367,9 @@ impl Admission {
 
     /// A plugin's quotas and what is left of each now (`remaining` absent when Redis does
     /// not answer).
-    pub(crate) async fn quotas(&self, plugin: &str) -> Vec<quarry_schemas::control::QuotaView> {
+    pub(crate) async fn quotas(&self, quota: &Quota) -> Vec<quarry_schemas::control::QuotaView> {
         use quarry_schemas::control::QuotaView;
-        let Some(quota) = self.quotas.get(plugin) else {
-            return Vec::new();
-        };
+        let plugin = &quota.plugin;
         let window = MINUTE + Duration::from_millis(self.config.window_margin_ms);
         let used_in_windows = match &self.limiter {
             Some(limiter) => {

@@ -13,6 +13,8 @@
 pub mod admission;
 pub mod limiter;
 
+pub(crate) use admission::Quota;
+
 pub use limiter::{
     Bucket, Candidate, CandidateStatus, Charge, Decision, Limiter, Reservation, Settlement, Unit,
 };

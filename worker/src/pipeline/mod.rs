@@ -21,10 +21,10 @@
 
 mod cost;
 
-use crate::config::{Config, Route, Target};
+use crate::config::{Config, Target};
 use crate::limits::admission::{Admission, Keys, Pool, Refused};
-use crate::limits::{Limiter, Settlement};
-use crate::policy::{Choice, Policies, Policy};
+use crate::limits::{Limiter, Quota, Settlement};
+use crate::policy::{Aliases, Choice, Policies, Policy};
 use crate::providers::{
     self, Disposition, Provider, ProviderError, ProviderRequest, ProviderResponse, Repair,
 };
@@ -42,6 +42,7 @@ use quarry_schemas::{
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -86,10 +87,10 @@ struct ImageLimits {
     max_bytes: usize,
 }
 
-/// The job pipeline: providers, routes, prices and validators, built once at start.
+/// The job pipeline: providers, prices and validators, built once at start; the plugins'
+/// policies and the routing table, replaced as a whole by [`Pipeline::reload`].
 pub struct Pipeline {
     providers: BTreeMap<String, ProviderEntry>,
-    aliases: BTreeMap<String, Vec<Target>>,
     schemas: SchemaCache,
     retry: RetryPolicy,
     repair_attempts: u32,
@@ -100,7 +101,8 @@ pub struct Pipeline {
     images: ImageLimits,
     prices: PriceTable,
     admission: Admission,
-    policies: Policies,
+    /// The current policies: a job takes its plugin's once, when it is identified.
+    policies: std::sync::RwLock<Arc<Policies>>,
     max_schema_bytes: usize,
     max_schema_nodes: usize,
 }
@@ -207,8 +209,10 @@ struct Leg<'t> {
     trace: Option<&'t TraceContext>,
     /// Another target follows: an unavailable model is left at once instead of retried.
     has_fallback: bool,
-    /// The publishing plugin, for its quotas.
+    /// The publishing plugin.
     plugin: &'t str,
+    /// Its quotas.
+    quota: &'t Quota,
 }
 
 struct Answer {
@@ -257,12 +261,6 @@ impl Pipeline {
             .collect();
         Self {
             providers,
-            aliases: config
-                .routing
-                .aliases
-                .iter()
-                .map(|(k, r)| (k.clone(), Route::targets(r)))
-                .collect(),
             schemas: SchemaCache::new(
                 SCHEMA_CACHE_CAPACITY,
                 u64::try_from(config.worker.schema_cache_bytes).unwrap_or(u64::MAX),
@@ -280,8 +278,34 @@ impl Pipeline {
             },
             prices: PriceTable::new(&config.prices),
             admission: Admission::new(config, None),
-            policies: Policies::from_config(config),
+            policies: std::sync::RwLock::new(Arc::new(Policies::from_config(config))),
         }
+    }
+
+    /// Replaces every plugin's policy and the routing table with `config`'s (its
+    /// `[plugins]` and `[routing]`; the rest was fixed at start). Jobs already identified
+    /// finish under the policy they started with. The caller has checked `config` against
+    /// the providers this pipeline runs ([`crate::reload`]).
+    pub fn reload(&self, config: &Config) -> Arc<Policies> {
+        let policies = Arc::new(Policies::from_config(config));
+        *self
+            .policies
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policies.clone();
+        policies
+    }
+
+    /// A plugin that may do anything with the current aliases and any provider, without
+    /// quotas (tests, tools).
+    pub fn unrestricted(&self, name: &str) -> Policy {
+        self.policies().unrestricted(name)
+    }
+
+    fn policies(&self) -> Arc<Policies> {
+        self.policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Enforces limits, quotas and the key pool through `limiter` (Redis).
@@ -301,8 +325,8 @@ impl Pipeline {
 
     /// The policy of the plugin that published a job (its broker-validated AMQP user), or the
     /// `NOT_AUTHORIZED` error of a job without one or from an unknown plugin.
-    pub fn identify(&self, user: Option<&str>) -> Result<std::sync::Arc<Policy>, ErrorInfo> {
-        self.policies.identify(user)
+    pub fn identify(&self, user: Option<&str>) -> Result<Arc<Policy>, ErrorInfo> {
+        self.policies().identify(user)
     }
 
     /// Runs a job of the plugin `policy` belongs to, to its result. Never fails: every
@@ -483,7 +507,7 @@ impl Pipeline {
         // 4. route: an alias's targets, or the one target the job named
         let named;
         let targets: &[Target] = match &grant.choice {
-            Choice::Alias(alias) => self.aliases.get(alias).ok_or_else(|| {
+            Choice::Alias(alias) => policy.aliases().get(alias).ok_or_else(|| {
                 ErrorInfo::new(
                     ErrorCode::ModelUnresolved,
                     format!("model alias `{alias}` is not configured"),
@@ -497,7 +521,7 @@ impl Pipeline {
                     )
                     .into());
                 }
-                named = [self.target(provider, model)];
+                named = [target_named(policy.aliases(), provider, model)];
                 &named
             }
         };
@@ -547,6 +571,7 @@ impl Pipeline {
                 trace,
                 has_fallback: i + 1 < legs.len(),
                 plugin: &policy.name,
+                quota: &policy.quota,
             };
             match self
                 .on_target(job, &leg, compiled.as_deref(), bounds, tally)
@@ -564,8 +589,6 @@ impl Pipeline {
         Err(last.unwrap_or_else(|| ErrorInfo::new(ErrorCode::ModelUnavailable, "no target").into()))
     }
 
-    /// The alias's targets that can take the job's images; `INVALID_REQUEST` when the images
-    /// break the limits or no target takes them.
     /// The caller's own view of the fleet (a `describe` control request): what it may run
     /// on, its defaults, profiles and quotas with what is left of them.
     pub async fn describe(&self, policy: &Policy) -> Description {
@@ -574,8 +597,8 @@ impl Pipeline {
             model: t.model.clone(),
             images: t.images,
         };
-        let aliases = self
-            .aliases
+        let aliases = policy
+            .aliases()
             .iter()
             .filter(|(name, _)| policy.model_override() || *name == policy.default_alias())
             .map(|(name, targets)| AliasView {
@@ -592,7 +615,7 @@ impl Pipeline {
             .nameable_targets()
             .into_iter()
             .filter(|(provider, _)| self.providers.contains_key(*provider))
-            .map(|(provider, model)| view(&self.target(provider, model)))
+            .map(|(provider, model)| view(&target_named(policy.aliases(), provider, model)))
             .collect();
         let (default_profile, profiles) = policy.profiles();
         Description {
@@ -611,26 +634,12 @@ impl Pipeline {
             max_tokens_ceiling: policy.max_tokens_ceiling(),
             default_max_tokens: self.default_max_tokens,
             job_budget_ms: u64::try_from(self.job_budget.as_millis()).unwrap_or(u64::MAX),
-            quotas: self.admission.quotas(&policy.name).await,
+            quotas: self.admission.quotas(&policy.quota).await,
         }
     }
 
-    /// A target a job names: whether it takes images is what an alias routing to it says
-    /// (it does, unless one says it does not).
-    fn target(&self, provider: &str, model: &str) -> Target {
-        let images = self
-            .aliases
-            .values()
-            .flatten()
-            .filter(|t| t.provider == provider && t.model == model)
-            .all(|t| t.images);
-        Target {
-            provider: provider.to_owned(),
-            model: model.to_owned(),
-            images,
-        }
-    }
-
+    /// The alias's targets that can take the job's images; `INVALID_REQUEST` when the images
+    /// break the limits or no target takes them.
     fn image_capable<'t>(
         &self,
         job: &Job,
@@ -808,7 +817,7 @@ impl Pipeline {
                         keys: leg.keys,
                         refused: &refused_keys,
                     },
-                    leg.plugin,
+                    leg.quota,
                     &request,
                     // Only the job's own deadline stops it waiting in a delay queue; the
                     // budget bounds the work of one run.
@@ -1065,3 +1074,18 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests;
+
+/// A target a job names: whether it takes images is what an alias routing to it says (it
+/// does, unless one says it does not).
+fn target_named(aliases: &Aliases, provider: &str, model: &str) -> Target {
+    let images = aliases
+        .values()
+        .flatten()
+        .filter(|t| t.provider == provider && t.model == model)
+        .all(|t| t.images);
+    Target {
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        images,
+    }
+}

@@ -102,10 +102,6 @@ struct Probe {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
-fn anyone() -> Policy {
-    Policy::unrestricted("test", "default")
-}
-
 fn provider(
     outcomes: Vec<Result<ProviderResponse, ProviderError>>,
     mimes: &'static [ImageMime],
@@ -171,7 +167,11 @@ async fn retries_a_retryable_failure_and_sums_usage() {
         answer(r#"{"total": 3.5}"#),
     ]);
     let run = pipeline
-        .execute(job(Some(total_schema())), &anyone(), Instant::now())
+        .execute(
+            job(Some(total_schema())),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await;
     let result = run.result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -196,7 +196,7 @@ async fn gives_up_after_max_attempts_with_the_last_code() {
         failure(ErrorCode::Timeout, Disposition::Retry { after: None }),
     ]);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     let error = result.error.expect("error");
@@ -214,7 +214,7 @@ async fn permanent_and_key_failures_are_not_retried() {
     ] {
         let (pipeline, calls) = scripted(vec![failure(code, disposition), answer("never")]);
         let result = pipeline
-            .execute(job(None), &anyone(), Instant::now())
+            .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
             .await
             .result;
         assert_eq!(result.error.expect("error").code, code);
@@ -226,7 +226,11 @@ async fn permanent_and_key_failures_are_not_retried() {
 async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
     let (pipeline, _) = scripted(vec![answer("{\"total\": ")]);
     let result = pipeline
-        .execute(job(Some(total_schema())), &anyone(), Instant::now())
+        .execute(
+            job(Some(total_schema())),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await
         .result;
     let error = result.error.expect("error");
@@ -239,7 +243,11 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
 
     let (pipeline, _) = scripted(vec![answer(r#"{"total": "3.50"}"#)]);
     let result = pipeline
-        .execute(job(Some(total_schema())), &anyone(), Instant::now())
+        .execute(
+            job(Some(total_schema())),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await
         .result;
     let error = result.error.expect("error");
@@ -253,7 +261,7 @@ async fn answers_that_are_not_json_or_break_the_schema_are_output_invalid() {
 async fn text_mode_returns_text() {
     let (pipeline, _) = scripted(vec![answer("plain words")]);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.text.as_deref(), Some("plain words"));
@@ -280,7 +288,10 @@ async fn a_retry_after_that_fits_the_deadline_is_waited_out() {
         .as_millis() as u64;
     job.deadline_ms = Some(now_ms + 120_000);
     let began = Instant::now();
-    let result = pipeline.execute(job, &anyone(), began).await.result;
+    let result = pipeline
+        .execute(job, &pipeline.unrestricted("test"), began)
+        .await
+        .result;
     assert_eq!(
         result.text.as_deref(),
         Some("at last"),
@@ -314,7 +325,7 @@ async fn a_deadline_that_would_pass_during_backoff_stops_retries() {
         .as_millis() as u64;
     job.deadline_ms = Some(now_ms + 5_000);
     let result = pipeline
-        .execute(job, &anyone(), Instant::now())
+        .execute(job, &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.error.expect("error").code, ErrorCode::RateLimited);
@@ -357,7 +368,7 @@ async fn stages_before_the_provider_fail_without_calling_it() {
     for (job, code) in cases {
         let (pipeline, calls) = scripted(vec![]);
         let result = pipeline
-            .execute(job, &anyone(), Instant::now())
+            .execute(job, &pipeline.unrestricted("test"), Instant::now())
             .await
             .result;
         assert_eq!(result.error.expect("error").code, code);
@@ -375,7 +386,11 @@ async fn the_repair_loop_re_asks_with_the_answer_and_its_errors() {
         vec![answer(r#"{"total": "3.50"}"#), answer(r#"{"total": 3.5}"#)],
     );
     let result = pipeline
-        .execute(job(Some(total_schema())), &anyone(), Instant::now())
+        .execute(
+            job(Some(total_schema())),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await
         .result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -405,7 +420,11 @@ async fn the_repair_loop_gives_up_with_details() {
         vec![answer("nope"), answer("{"), answer(r#"{"total": "x"}"#)],
     );
     let result = pipeline
-        .execute(job(Some(total_schema())), &anyone(), Instant::now())
+        .execute(
+            job(Some(total_schema())),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await
         .result;
     let error = result.error.expect("error");
@@ -447,7 +466,11 @@ async fn an_unavailable_model_falls_back_to_the_next_target() {
     ]);
     let pipeline = Pipeline::with_providers(&fallback_config(), providers);
     let result = pipeline
-        .execute(job(Some(total_schema())), &anyone(), Instant::now())
+        .execute(
+            job(Some(total_schema())),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await
         .result;
     assert_eq!(result.status, Status::Ok, "{result:?}");
@@ -470,7 +493,7 @@ async fn other_failures_do_not_fall_back() {
     ]);
     let pipeline = Pipeline::with_providers(&fallback_config(), providers);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.error.expect("error").code, ErrorCode::InvalidRequest);
@@ -506,7 +529,7 @@ async fn images_are_checked_before_any_call() {
     for (job, expected) in cases {
         let (pipeline, probe) = scripted_with(config.clone(), vec![]);
         let result = pipeline
-            .execute(job, &anyone(), Instant::now())
+            .execute(job, &pipeline.unrestricted("test"), Instant::now())
             .await
             .result;
         let error = result.error.expect("error");
@@ -524,7 +547,11 @@ async fn images_are_checked_before_any_call() {
         .images = false;
     let (pipeline, _) = scripted_with(text_only, vec![]);
     let result = pipeline
-        .execute(image_job(ImageMime::Png, 1, 10), &anyone(), Instant::now())
+        .execute(
+            image_job(ImageMime::Png, 1, 10),
+            &pipeline.unrestricted("test"),
+            Instant::now(),
+        )
         .await
         .result;
     assert_eq!(result.error.expect("error").code, ErrorCode::InvalidRequest);
@@ -533,7 +560,7 @@ async fn images_are_checked_before_any_call() {
     let result = pipeline
         .execute(
             image_job(ImageMime::Jpeg, 2, 900),
-            &anyone(),
+            &pipeline.unrestricted("test"),
             Instant::now(),
         )
         .await
@@ -554,13 +581,13 @@ async fn cost_comes_from_the_price_table() {
     }];
     let (pipeline, _) = scripted_with(config, vec![answer("ok")]);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.cost_usd, Some(10.0 + 5.0 * 2.0));
     let (pipeline, _) = scripted(vec![answer("ok")]);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.cost_usd, None, "no price, no cost");
@@ -814,7 +841,10 @@ async fn a_job_without_a_deadline_ends_when_the_fleets_budget_runs_out() {
     // Attempts time out at 5 s each; retries would go on for 100 of them.
     let (pipeline, probe) = scripted_with(config, (0..100).map(|_| hang()).collect());
     let began = Instant::now();
-    let result = pipeline.execute(job(None), &anyone(), began).await.result;
+    let result = pipeline
+        .execute(job(None), &pipeline.unrestricted("test"), began)
+        .await
+        .result;
     let error = result.error.expect("error");
     assert_eq!(error.code, ErrorCode::DeadlineExceeded, "{error:?}");
     assert!(error.message.contains("worker.job_budget_ms"), "{error:?}");
@@ -840,7 +870,10 @@ async fn a_deadline_that_passes_during_a_call_ends_deadline_exceeded_not_timeout
         .as_millis() as u64;
     job.deadline_ms = Some(now_ms + 3_000);
     let began = Instant::now();
-    let result = pipeline.execute(job, &anyone(), began).await.result;
+    let result = pipeline
+        .execute(job, &pipeline.unrestricted("test"), began)
+        .await
+        .result;
     let error = result.error.expect("error");
     assert_eq!(error.code, ErrorCode::DeadlineExceeded, "{error:?}");
     assert!(!error.retryable);
@@ -857,10 +890,14 @@ async fn every_call_carries_max_tokens_the_jobs_or_a_default() {
     let mut config = test_config();
     config.worker.default_max_tokens = 1_024;
     let (pipeline, probe) = scripted_with(config.clone(), vec![answer("a"), answer("b")]);
-    pipeline.execute(job(None), &anyone(), Instant::now()).await;
+    pipeline
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
+        .await;
     let mut asking = job(None);
     asking.max_tokens = Some(2_000);
-    pipeline.execute(asking, &anyone(), Instant::now()).await;
+    pipeline
+        .execute(asking, &pipeline.unrestricted("test"), Instant::now())
+        .await;
     let sent: Vec<u32> = probe
         .seen
         .lock()
@@ -880,7 +917,9 @@ async fn every_call_carries_max_tokens_the_jobs_or_a_default() {
         .or_default()
         .default_max_tokens = Some(64);
     let (pipeline, probe) = scripted_with(config, vec![answer("c")]);
-    pipeline.execute(job(None), &anyone(), Instant::now()).await;
+    pipeline
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
+        .await;
     assert_eq!(
         probe.seen.lock().unwrap()[0].max_tokens,
         64,
@@ -896,7 +935,7 @@ async fn a_text_answer_cut_at_max_tokens_is_ok_and_says_length() {
     });
     let (pipeline, _) = scripted(vec![cut]);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.status, Status::Ok);
@@ -907,7 +946,7 @@ async fn a_text_answer_cut_at_max_tokens_is_ok_and_says_length() {
         Disposition::Permanent,
     )]);
     let result = pipeline
-        .execute(job(None), &anyone(), Instant::now())
+        .execute(job(None), &pipeline.unrestricted("test"), Instant::now())
         .await
         .result;
     assert_eq!(result.finish_reason, None, "no answer, no finish reason");

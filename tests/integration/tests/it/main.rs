@@ -12,6 +12,7 @@
 //! | `local_model` | the real-inference tier (ignored unless `QUARRY_LOCAL_MODEL_URL` is set) |
 //! | `ops` | compose, Kubernetes, Prometheus and Grafana artefacts against their validators |
 //! | `providers` | each provider kind through the fleet, faults included |
+//! | `reload` | `SIGHUP` and the watched file change plugins and aliases of a running worker |
 //! | `secrets` | no key in a log, a metric, a result, a dead letter or Redis |
 //! | `trust` | broker users and permissions as `deploy/rabbitmq/quarry-user` sets them |
 
@@ -23,5 +24,6 @@ mod limits;
 mod local_model;
 mod ops;
 mod providers;
+mod reload;
 mod secrets;
 mod trust;
