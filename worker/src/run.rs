@@ -152,6 +152,7 @@ impl Worker {
         });
         let permits = Arc::new(Semaphore::new(usize::from(config.worker.concurrency)));
         let tracker = TaskTracker::new();
+        let stopping = tokio_util::sync::CancellationToken::new();
         let reporter = {
             let pipeline = core.pipeline.clone();
             tokio::spawn(async move {
@@ -196,7 +197,8 @@ impl Worker {
                     }
                 }
             };
-            match session::drive(session, &core, &permits, &tracker, &mut shutdown).await {
+            match session::drive(session, &core, &permits, &tracker, &stopping, &mut shutdown).await
+            {
                 SessionEnd::Shutdown => break Ok(()),
                 SessionEnd::Fatal(error) => break Err(error),
                 SessionEnd::Lost(why) => {
@@ -221,6 +223,8 @@ impl Worker {
             }
         };
 
+        // Jobs not started yet stay unacknowledged and go back to their queue.
+        stopping.cancel();
         reporter.abort();
         if let Some(watcher) = watcher {
             watcher.abort();

@@ -3,7 +3,7 @@
 //! refused publish or the connection's loss.
 
 use crate::config::Config;
-use crate::consumer::Shared;
+use crate::consumer::{Shared, Source};
 use crate::run::Core;
 use anyhow::Context;
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// One broker connection: its publisher (inside `shared`) and lane consumers.
@@ -39,12 +40,14 @@ pub(crate) enum SessionEnd {
     Lost(String),
 }
 
-/// Runs one session's deliveries until shutdown, a refused publish or a lost connection.
+/// Runs one session's deliveries until shutdown, a refused publish or a lost connection. Jobs
+/// waiting for a permit give up when `stopping` is cancelled (the worker drains).
 pub(crate) async fn drive(
     session: &mut Session,
     core: &Core,
     permits: &Arc<Semaphore>,
     tracker: &TaskTracker,
+    stopping: &CancellationToken,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> SessionEnd {
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
@@ -63,14 +66,39 @@ pub(crate) async fn drive(
             }
             next = session.deliveries.next() => match next {
                 Some((source, Ok(delivery))) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        return SessionEnd::Fatal(anyhow::anyhow!("the job semaphore closed"));
-                    };
                     let shared = session.shared.clone();
-                    tracker.spawn(async move {
-                        crate::consumer::handle(&shared, source, delivery).await;
-                        drop(permit);
-                    });
+                    match source {
+                        // Control requests and expired jobs are brief and bounded by their
+                        // queues' own prefetch: they never wait behind jobs, so a cancel or a
+                        // describe is answered while every job permit is taken.
+                        Source::Control | Source::Expired => {
+                            tracker.spawn(async move {
+                                crate::consumer::handle(&shared, source, delivery).await;
+                            });
+                        }
+                        // A job waits for one of `worker.concurrency` permits in its own task,
+                        // so the deliveries behind it keep flowing. One that has not started
+                        // when the worker stops or the connection is lost is left
+                        // unacknowledged: the broker requeues it when the connection closes.
+                        Source::Lane(_) => {
+                            let permits = permits.clone();
+                            let stopping = stopping.clone();
+                            let lost = session.lost.clone();
+                            tracker.spawn(async move {
+                                let permit = tokio::select! {
+                                    biased;
+                                    () = stopping.cancelled() => return,
+                                    () = lost.cancelled() => return,
+                                    permit = permits.acquire_owned() => permit,
+                                };
+                                let Ok(permit) = permit else {
+                                    return;
+                                };
+                                crate::consumer::handle(&shared, source, delivery).await;
+                                drop(permit);
+                            });
+                        }
+                    }
                 }
                 Some((_, Err(error))) => return SessionEnd::Lost(error.to_string()),
                 None => return SessionEnd::Lost("the broker cancelled the consumers".into()),

@@ -812,3 +812,72 @@ async fn one_job_is_cancelled_in_flight_or_before_it_starts() {
     worker.stop().await.unwrap();
     fleet.teardown(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_requests_are_answered_while_every_job_permit_is_taken() {
+    let fleet = Fleet::start(FakeConfig {
+        hang: Some(Duration::from_secs(60)),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    config.worker.concurrency = 1;
+    config.worker.claim_ttl_secs = 3;
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = std::sync::Arc::new(fleet.client().await);
+    let text = |t: &str| Job::new(new_job_id(), vec![InputPart::Text { text: t.to_owned() }]);
+    let call = CallOptions {
+        timeout: Duration::from_secs(60),
+        ..CallOptions::default()
+    };
+    // The one permit is taken by a call that would hang for a minute, and a second job
+    // waits behind it.
+    let hanging = text("[[fake:timeout]] receipt, total 1");
+    let hanging_id = hanging.id.clone();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.extract(hanging, call).await }
+    });
+    within(
+        30,
+        "the call at the provider",
+        fleet.fake.stats.requests_reach(1),
+    )
+    .await;
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { client.extract(text("receipt, total 2"), call).await }
+    });
+
+    // Control requests do not queue behind them: describe answers, and the cancel reaches
+    // the job in flight, which frees the permit for the second.
+    let short = Duration::from_secs(10);
+    let description = client.describe(short).await.expect("describe while busy");
+    assert!(!description.aliases.is_empty(), "{description:?}");
+    client
+        .cancel(&hanging_id, None, short)
+        .await
+        .expect("cancel while busy");
+    let first = within(30, "the cancelled job", first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Cancelled),
+        "{first:?}"
+    );
+    let second = within(30, "the job behind it", second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.status, Status::Ok, "{second:?}");
+    assert_eq!(fleet.fake.stats.snapshot().peak_in_progress, 1);
+    std::sync::Arc::into_inner(client)
+        .expect("one client")
+        .close()
+        .await
+        .unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
