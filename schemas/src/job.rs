@@ -292,7 +292,8 @@ impl Job {
             {
                 return Err(invalid(
                     format!("/input/{i}/data"),
-                    "is not non-empty standard base64",
+                    "is not non-empty standard base64 (RFC 4648 `+` `/` alphabet, padded with `=`, \
+                     no line breaks, no `data:` prefix)",
                 ));
             }
         }

@@ -187,6 +187,22 @@ fn broken_jobs_are_rejected_by_both_sides() {
             Box::new(|v| v["input"][1]["data"] = json!("")),
         ),
         (
+            "image as URL-safe base64",
+            Box::new(|v| v["input"][1]["data"] = json!("aGk_-w==")),
+        ),
+        (
+            "image as unpadded base64",
+            Box::new(|v| v["input"][1]["data"] = json!("aGVsbG8")),
+        ),
+        (
+            "image as a data URL",
+            Box::new(|v| v["input"][1]["data"] = json!("data:image/png;base64,aGk=")),
+        ),
+        (
+            "image base64 with a line break",
+            Box::new(|v| v["input"][1]["data"] = json!("aGVs\nbG8h")),
+        ),
+        (
             "schema not an object",
             Box::new(|v| v["json_schema"] = json!("object")),
         ),
@@ -483,5 +499,102 @@ fn control_messages_validate_against_their_schemas_and_round_trip() {
             serde_json::from_value::<ControlReply>(value).unwrap(),
             reply
         );
+    }
+}
+
+/// The rows of the first table under `heading` in `page`: first cell's backticked names, and
+/// the whole row.
+fn table_rows<'p>(page: &'p str, heading: &str) -> Vec<(Vec<&'p str>, &'p str)> {
+    let start = page
+        .find(heading)
+        .unwrap_or_else(|| panic!("docs/wire-contract.md has no {heading:?}"));
+    page[start..]
+        .lines()
+        .skip(1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|row| {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            let names = first
+                .split('`')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, name)| name)
+                .collect();
+            (names, row)
+        })
+        .collect()
+}
+
+/// `1000000` as the page writes it: `1,000,000`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn the_wire_contract_page_documents_every_schema_field_and_no_other() {
+    let page = include_str!("../../docs/wire-contract.md");
+    for (schema_text, heading, bounds) in [
+        (JOB_V1_SCHEMA, "### Job fields (`job.v1`)", true),
+        (RESULT_V1_SCHEMA, "## The result (`result.v1`)", false),
+        (
+            quarry_schemas::CONTROL_V1_SCHEMA,
+            "### `control.v1` fields",
+            true,
+        ),
+        (
+            quarry_schemas::CONTROL_REPLY_V1_SCHEMA,
+            "### `control-reply.v1` fields",
+            false,
+        ),
+    ] {
+        let schema: Value = serde_json::from_str(schema_text).unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        let rows = table_rows(page, heading);
+        for (name, property) in properties {
+            let description = property["description"].as_str().unwrap_or_default();
+            assert!(
+                !description.is_empty(),
+                "{heading}: `{name}` has no description in its schema"
+            );
+            let row = rows
+                .iter()
+                .find(|(names, _)| names.contains(&name.as_str()))
+                .map(|(_, row)| *row)
+                .unwrap_or_else(|| panic!("{heading}: no row documents `{name}`"));
+            if !bounds {
+                continue;
+            }
+            // Every limit the schema sets is the page's: lengths, counts and ranges.
+            for key in ["maxLength", "maxItems", "maximum", "minimum", "minLength"] {
+                let Some(limit) = property[key].as_u64() else {
+                    continue;
+                };
+                if limit <= 1 && key.starts_with("min") {
+                    continue;
+                }
+                assert!(
+                    row.contains(&grouped(limit)),
+                    "{heading}: `{name}` has {key} {limit} in its schema, not on the page: {row}"
+                );
+            }
+        }
+        for (names, row) in &rows {
+            for name in names {
+                assert!(
+                    properties.contains_key(*name),
+                    "{heading}: the page documents `{name}`, which the schema does not have: {row}"
+                );
+            }
+        }
     }
 }

@@ -403,6 +403,19 @@ model = "gpt-4o"
     }
 
     #[test]
+    fn a_namespace_is_a_safe_name_prefix() {
+        for good in ["quarry", "qt-1a2b", "team_a.prod"] {
+            let loaded = Config::load_with_env(None, env(&[("QUARRY__AMQP__NAMESPACE", good)]));
+            assert!(loaded.is_ok(), "{good}: {loaded:?}");
+        }
+        for bad in ["a*b", "prod.#", "amq.gen", "sp ace"] {
+            let err = Config::load_with_env(None, env(&[("QUARRY__AMQP__NAMESPACE", bad)]))
+                .expect_err(bad);
+            assert!(err.to_string().contains("amqp.namespace"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         write!(file, "[worker]\nconcurency = 4\n").expect("write");

@@ -12,6 +12,56 @@ use std::time::Duration;
 /// Longest error detail copied from a decoding error.
 const MAX_DETAIL: usize = 500;
 
+/// Whether a message's `content_type` and `content_encoding` say it is what the contract
+/// takes: JSON text, uncompressed. Absent properties are fine (many clients set none); a JSON
+/// type with a charset needs it UTF-8; `content_encoding` may be `identity` or `utf-8`
+/// (what some clients put there). Anything else is refused with the property named, rather
+/// than failing later as JSON that does not parse.
+pub fn check_content(
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> Result<(), String> {
+    if let Some(value) = content_type {
+        let mut parts = value.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let charset_ok = parts.all(|parameter| match parameter.split_once('=') {
+            Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let charset = charset.trim().trim_matches('"');
+                charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+            }
+            _ => true,
+        });
+        if !media.eq_ignore_ascii_case("application/json") || !charset_ok {
+            return Err(format!(
+                "content_type `{}`: messages are JSON text in UTF-8, `application/json` (or no \
+                 content_type)",
+                cut(value)
+            ));
+        }
+    }
+    if let Some(value) = content_encoding
+        && !(value.is_empty()
+            || value.eq_ignore_ascii_case("identity")
+            || value.eq_ignore_ascii_case("utf-8")
+            || value.eq_ignore_ascii_case("utf8"))
+    {
+        return Err(format!(
+            "content_encoding `{}`: compressed or encoded bodies are not accepted; publish the \
+             JSON as it is (no content_encoding)",
+            cut(value)
+        ));
+    }
+    Ok(())
+}
+
+/// A property value quoted in an error, at most 64 characters.
+fn cut(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &value[..at]),
+        None => value.to_owned(),
+    }
+}
+
 /// A job message decoded, or why it is not a `job.v1` (serde's words, cut short: it quotes
 /// offending values, and a multi-megabyte string must not travel on).
 pub fn decode(data: &[u8], max_message_bytes: usize) -> Result<Job, String> {
@@ -280,6 +330,31 @@ mod tests {
 
     fn refused(_: &str) -> Result<(), ErrorInfo> {
         Err(ErrorInfo::new(ErrorCode::NotAuthorized, "not a plugin"))
+    }
+
+    #[test]
+    fn content_properties_say_json_uncompressed_or_nothing() {
+        for (content_type, content_encoding) in [
+            (None, None),
+            (Some("application/json"), None),
+            (Some("Application/JSON; charset=UTF-8"), Some("utf-8")),
+            (Some("application/json;charset=\"utf8\""), Some("identity")),
+            (None, Some("")),
+        ] {
+            assert_eq!(
+                check_content(content_type, content_encoding),
+                Ok(()),
+                "{content_type:?} {content_encoding:?}"
+            );
+        }
+        let text = check_content(Some("text/plain"), None).unwrap_err();
+        assert!(text.starts_with("content_type `text/plain`"), "{text}");
+        let latin = check_content(Some("application/json; charset=latin1"), None).unwrap_err();
+        assert!(latin.contains("UTF-8"), "{latin}");
+        let gzip = check_content(Some("application/json"), Some("gzip")).unwrap_err();
+        assert!(gzip.starts_with("content_encoding `gzip`"), "{gzip}");
+        let long = check_content(Some(&"x".repeat(10_000)), None).unwrap_err();
+        assert!(long.len() < 200, "a long value is cut: {}", long.len());
     }
 
     #[test]

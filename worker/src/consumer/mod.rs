@@ -236,7 +236,11 @@ async fn process(
         });
     };
     let intake = decide::intake(
-        decide::decode(&delivery.data, shared.max_message_bytes),
+        decide::check_content(
+            properties.content_type().as_ref().map(|s| s.as_str()),
+            properties.content_encoding().as_ref().map(|s| s.as_str()),
+        )
+        .and_then(|()| decide::decode(&delivery.data, shared.max_message_bytes)),
         shared.address(properties),
         |plugin| shared.pipeline.identify(Some(plugin)),
     );
@@ -500,7 +504,13 @@ async fn control(shared: &Shared, delivery: &Delivery) -> Result<Handled, Publis
             return Ok(Handled::Done);
         }
     };
-    let decoded = if delivery.data.len() > MAX_CONTROL_BYTES {
+    let content = decide::check_content(
+        properties.content_type().as_ref().map(|s| s.as_str()),
+        properties.content_encoding().as_ref().map(|s| s.as_str()),
+    );
+    let decoded = if let Err(detail) = content {
+        Err(detail)
+    } else if delivery.data.len() > MAX_CONTROL_BYTES {
         Err(format!(
             "a control request of {} bytes; at most {MAX_CONTROL_BYTES} are read",
             delivery.data.len()
@@ -706,16 +716,24 @@ fn queue_ms(published_ms: Option<u64>, ran: std::time::Duration) -> Option<u64> 
     Some(u64::try_from(started).ok()?.saturating_sub(published_ms?))
 }
 
-/// When the producer published the job (the SDK's `x-quarry-published-ms` header).
+/// When the producer published the job (the SDK's `x-quarry-published-ms` header): Unix epoch
+/// milliseconds as any AMQP integer type, a timestamp, or a float holding a whole number (what
+/// some clients write for a large number). Anything else is ignored (no `queue_ms`).
 fn published_ms(properties: &lapin::BasicProperties) -> Option<u64> {
-    match properties
+    use lapin::types::AMQPValue;
+    let value = properties
         .headers()
         .as_ref()?
         .inner()
-        .get(quarry_schemas::wire::HEADER_PUBLISHED_MS)?
-    {
-        lapin::types::AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
-        lapin::types::AMQPValue::Timestamp(ms) => Some(*ms),
+        .get(quarry_schemas::wire::HEADER_PUBLISHED_MS)?;
+    let whole = |f: f64| (f.fract() == 0.0 && (0.0..9.0e15).contains(&f)).then_some(f as u64);
+    match value {
+        AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+        AMQPValue::LongInt(ms) => u64::try_from(*ms).ok(),
+        AMQPValue::LongUInt(ms) => Some(u64::from(*ms)),
+        AMQPValue::Timestamp(ms) => Some(*ms),
+        AMQPValue::Double(ms) => whole(*ms),
+        AMQPValue::Float(ms) => whole(f64::from(*ms)),
         _ => None,
     }
 }
@@ -726,4 +744,38 @@ fn encode(result: &JobResult) -> Vec<u8> {
         tracing::error!(error = %e, "cannot encode a result");
         br#"{"version":"result.v1","job_id":"","status":"error","usage":{"input_tokens":0,"output_tokens":0,"total_tokens":0},"latency_ms":0,"attempts":0,"error":{"code":"INTERNAL","message":"result encoding failed","retryable":true}}"#.to_vec()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+
+    fn with(value: AMQPValue) -> lapin::BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(quarry_schemas::wire::HEADER_PUBLISHED_MS.into(), value);
+        lapin::BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn the_publish_time_header_is_read_in_every_integer_form_clients_write() {
+        let ms: u64 = 1_764_806_400_123;
+        for value in [
+            AMQPValue::LongLongInt(ms as i64),
+            AMQPValue::Timestamp(ms),
+            AMQPValue::Double(ms as f64),
+        ] {
+            assert_eq!(published_ms(&with(value.clone())), Some(ms), "{value:?}");
+        }
+        assert_eq!(published_ms(&with(AMQPValue::LongUInt(7))), Some(7));
+        for ignored in [
+            AMQPValue::LongLongInt(-1),
+            AMQPValue::Double(1.5),
+            AMQPValue::Double(f64::NAN),
+            AMQPValue::LongString(LongString::from("1764806400123")),
+        ] {
+            assert_eq!(published_ms(&with(ignored.clone())), None, "{ignored:?}");
+        }
+        assert_eq!(published_ms(&lapin::BasicProperties::default()), None);
+    }
 }
