@@ -802,6 +802,37 @@ async fn a_plugin_learns_what_it_may_use_and_what_is_left_of_its_quotas() {
     fleet.teardown(&[]).await;
 }
 
+/// Publishes a job whose provider call hangs for the fake's `hang`, and returns its id, the
+/// call's task, once the call is at the provider (the `n`th request).
+async fn hanging_call(
+    fleet: &Fleet,
+    client: &std::sync::Arc<Client>,
+    call: CallOptions,
+    n: u64,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<JobResult, quarry_producer::Error>>,
+) {
+    let hanging = Job::new(
+        new_job_id(),
+        vec![InputPart::Text {
+            text: "[[fake:timeout]] receipt, total 1".to_owned(),
+        }],
+    );
+    let id = hanging.id.clone();
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move { client.extract(hanging, call).await }
+    });
+    within(
+        30,
+        "the call at the provider",
+        fleet.fake.stats.requests_reach(n),
+    )
+    .await;
+    (id, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_is_cancelled_in_flight_or_before_it_starts() {
     let fleet = Fleet::start(FakeConfig {
@@ -833,18 +864,7 @@ async fn one_job_is_cancelled_in_flight_or_before_it_starts() {
     assert_eq!(fleet.fake.stats.snapshot().requests, 0);
 
     // Cancelled in flight: the provider call (which would hang for a minute) is dropped.
-    let hanging = text("[[fake:timeout]] receipt, total 1");
-    let hanging_id = hanging.id.clone();
-    let first = tokio::spawn({
-        let client = client.clone();
-        async move { client.extract(hanging, call).await }
-    });
-    within(
-        30,
-        "the call at the provider",
-        fleet.fake.stats.requests_reach(1),
-    )
-    .await;
+    let (hanging_id, first) = hanging_call(&fleet, &client, call, 1).await;
     client.cancel(&hanging_id, None, timeout).await.unwrap();
     let first = within(30, "the in-flight job's result", first)
         .await
@@ -887,18 +907,7 @@ async fn control_requests_are_answered_while_every_job_permit_is_taken() {
     };
     // The one permit is taken by a call that would hang for a minute, and a second job
     // waits behind it.
-    let hanging = text("[[fake:timeout]] receipt, total 1");
-    let hanging_id = hanging.id.clone();
-    let first = tokio::spawn({
-        let client = client.clone();
-        async move { client.extract(hanging, call).await }
-    });
-    within(
-        30,
-        "the call at the provider",
-        fleet.fake.stats.requests_reach(1),
-    )
-    .await;
+    let (hanging_id, first) = hanging_call(&fleet, &client, call, 1).await;
     let second = tokio::spawn({
         let client = client.clone();
         async move { client.extract(text("receipt, total 2"), call).await }

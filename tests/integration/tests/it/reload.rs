@@ -23,6 +23,9 @@ const OPEN: &str = "[plugins.guest]\nmodel_override = true\n\
                     [routing.aliases.default]\nprovider = \"fake\"\nmodel = \"fake-large\"\n\
                     [routing.aliases.smart]\nprovider = \"fake\"\nmodel = \"fake-smart\"\n";
 
+/// The worker's log message for a reload it refused.
+const REJECTED: &str = "configuration reload rejected; the running configuration stays";
+
 async fn ask(client: &Client, model: &str) -> JobResult {
     let mut job = Job::new(
         new_job_id(),
@@ -78,13 +81,7 @@ async fn sighup_applies_new_policies_and_keeps_the_old_on_a_bad_file() {
     rewrite(&worker, &base, "[plugins.guest\nmodel_override = true\n");
     let from = worker.log_len();
     worker.signal("HUP");
-    let event = worker
-        .logged(
-            from,
-            "configuration reload rejected; the running configuration stays",
-            30,
-        )
-        .await;
+    let event = worker.logged(from, REJECTED, 30).await;
     assert_eq!(event["level"], "ERROR");
     assert!(
         event["error"].as_str().unwrap().contains("configuration"),
@@ -166,13 +163,7 @@ async fn a_watched_file_reloads_when_it_changes() {
             "provider = \"nowhere\"\nmodel = \"m\"",
         ),
     );
-    let event = worker
-        .logged(
-            from,
-            "configuration reload rejected; the running configuration stays",
-            30,
-        )
-        .await;
+    let event = worker.logged(from, REJECTED, 30).await;
     assert!(
         event["error"]
             .as_str()
