@@ -39,6 +39,24 @@ ensure_rust() {
   command -v cargo >/dev/null || die "cargo is not installed. Install Rust (https://rustup.rs) and run this again."
 }
 
+# Node.js 20 or later with npm, for the TypeScript SDK (producer-sdk/typescript), and its
+# dependencies from its lockfile.
+ensure_node() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm \
+      || die "the TypeScript SDK needs Node.js 20 or later with npm: apt-get install nodejs npm, or https://nodejs.org"
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$major" -ge 20 ] || die "Node.js $(node --version) is too old for the TypeScript SDK: it needs 20 or later"
+  if [ ! -d producer-sdk/typescript/node_modules ] \
+    || [ producer-sdk/typescript/package-lock.json -nt producer-sdk/typescript/node_modules/.package-lock.json ]; then
+    say "npm ci (producer-sdk/typescript, from its lockfile)"
+    (cd producer-sdk/typescript && npm ci --no-audit --no-fund --loglevel=error) >&2 \
+      || die "npm ci failed in producer-sdk/typescript (is the npm registry reachable?)"
+  fi
+}
+
 # The one test runner: nextest gives every test its own process, which the metric-delta tests
 # rely on (a process-wide recorder), and retries nothing unless told.
 ensure_nextest() {

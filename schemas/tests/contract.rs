@@ -598,3 +598,34 @@ fn the_wire_contract_page_documents_every_schema_field_and_no_other() {
         }
     }
 }
+
+/// Each example schema as every SDK writes it (compact, keys sorted): the TypeScript SDK's
+/// tests check its `canonicalJson` against the same file, so a job from either language
+/// carries the same schema text and hits the same compiled schema in a worker's cache.
+#[test]
+fn example_schemas_are_written_as_the_canonical_file_says() {
+    let canonical: serde_json::Map<String, Value> =
+        serde_json::from_str(include_str!("../examples/canonical.json")).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".schema.json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let schema = quarry_schemas::JsonSchema::from_json(&text).unwrap();
+        assert_eq!(
+            Some(schema.as_str()),
+            canonical[&name].as_str(),
+            "{name}: examples/canonical.json is not how the Rust SDK writes it"
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        canonical.len(),
+        "every example is in canonical.json"
+    );
+}
