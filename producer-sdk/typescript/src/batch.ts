@@ -171,7 +171,7 @@ export class Batch {
   }
 
   private receive(channel: amqp.Channel, message: amqp.ConsumeMessage): void {
-    const drop = (): void => channel.ack(message);
+    const drop = (): void => settle(channel, message);
     if (message.properties.userId !== this.client.workerUser) {
       this.foreign++;
       return drop();
@@ -213,7 +213,7 @@ export class Batch {
       // On a channel lost meanwhile the ack is void: the result comes again and is dropped
       // as a copy of one handed over.
       ack: () => {
-        if (this.channel === channel) channel.ack(message);
+        if (this.channel === channel) settle(channel, message);
       },
     };
     this.queue.push({ item });
@@ -228,24 +228,18 @@ export class Batch {
   }
 
   private async publish(job: JobV1): Promise<void> {
-    for (;;) {
-      const session = await this.client.ready(Date.now() + 60_000);
-      try {
-        await this.client.publishOn(
-          session,
-          this.client.topology.jobsExchange,
-          this.lane,
-          encodeJob(job),
-          this.client.jobProperties(job, this.replyQueue),
-        );
-        return;
-      } catch (error) {
-        if (error instanceof QuarryError && error.code === 'CONNECTION_LOST') {
-          // The new session's reattach publishes it again.
-          return;
-        }
-        throw error;
-      }
+    const session = await this.client.ready(Date.now() + 60_000);
+    try {
+      await this.client.publishOn(
+        session,
+        this.client.topology.jobsExchange,
+        this.lane,
+        encodeJob(job),
+        this.client.jobProperties(job, this.replyQueue),
+      );
+    } catch (error) {
+      // Lost before the confirm: the next session's `reattach` publishes it again.
+      if (!(error instanceof QuarryError && error.code === 'CONNECTION_LOST')) throw error;
     }
   }
 
@@ -330,6 +324,16 @@ export class Batch {
         resolve();
       };
     });
+  }
+}
+
+/** Acknowledges on `channel`; on a channel closed meanwhile nothing is lost (the broker
+ * requeues what it had not been told). */
+function settle(channel: amqp.Channel, message: amqp.Message): void {
+  try {
+    channel.ack(message);
+  } catch {
+    // The channel closed: the message is delivered again and dropped as a copy.
   }
 }
 

@@ -208,7 +208,11 @@ export class QuarryClient {
     await replies.consume(replyQueue, (message) => {
       if (message === null) return;
       this.route(message);
-      replies.ack(message);
+      try {
+        replies.ack(message);
+      } catch {
+        // The connection went meanwhile: the exclusive queue went with it.
+      }
     });
     const session: Session = { id: ++this.sessions, model, publish, replyQueue };
     this.session = session;
@@ -286,8 +290,11 @@ export class QuarryClient {
           },
           (error: unknown) => {
             if (error != null) {
+              // amqplib: `message nacked` from the broker; anything else is the channel
+              // closing under the publish.
+              const nacked = error instanceof Error && error.message.includes('nacked');
               reject(
-                this.session?.id === session.id
+                nacked
                   ? transport('NACKED', `the broker did not take message ${id}`, id)
                   : transport(
                       'CONNECTION_LOST',
@@ -329,31 +336,27 @@ export class QuarryClient {
   }
 
   private async publishCall(jobId: string, call: PendingCall): Promise<void> {
-    for (;;) {
-      const session = await this.ready((call.job.deadline_ms as number | undefined) ?? Date.now());
-      call.session = session.id;
-      const body = encodeJob(call.job);
-      try {
-        await this.publishOn(
-          session,
-          this.topology.jobsExchange,
-          call.lane,
-          body,
-          this.jobProperties(call.job, session.replyQueue),
-        );
+    const session = await this.ready((call.job.deadline_ms as number | undefined) ?? Date.now());
+    call.session = session.id;
+    try {
+      await this.publishOn(
+        session,
+        this.topology.jobsExchange,
+        call.lane,
+        encodeJob(call.job),
+        this.jobProperties(call.job, session.replyQueue),
+      );
+    } catch (error) {
+      // Lost before the confirm: the next session publishes it again (its setup does, for
+      // every call last published on another session).
+      if (
+        error instanceof QuarryError &&
+        error.code === 'CONNECTION_LOST' &&
+        this.calls.has(jobId)
+      ) {
         return;
-      } catch (error) {
-        // Lost before the confirm: the new session publishes it again.
-        if (
-          error instanceof QuarryError &&
-          error.code === 'CONNECTION_LOST' &&
-          this.calls.has(jobId)
-        ) {
-          if (this.session === undefined || this.session.id === session.id) continue;
-          return;
-        }
-        throw error;
       }
+      throw error;
     }
   }
 
