@@ -13,6 +13,7 @@
 //! target/release/quarry-bench big-inputs   # 1 MiB images vs the raw round trip
 //! target/release/quarry-bench scaling      # 1, 2, 4 workers at 200 ms
 //! target/release/quarry-bench limits       # fleet-wide limits and the key pool
+//! target/release/quarry-bench sdk          # the TypeScript SDK beside the Rust SDK
 //! ```
 
 #![allow(
@@ -35,6 +36,7 @@ mod limits;
 mod overhead;
 mod scaling;
 mod schema;
+mod sdk;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -145,6 +147,25 @@ enum Command {
         #[arg(long, default_value = "target/bench/scaling.json")]
         json: PathBuf,
     },
+    /// The TypeScript SDK's batch rate beside the Rust SDK's on one fleet, and its memory with
+    /// many calls outstanding (needs `npm run build` in producer-sdk/typescript).
+    Sdk {
+        /// Jobs per round and SDK.
+        #[arg(long, default_value_t = 5_000)]
+        jobs: usize,
+        /// Batch jobs outstanding at once, for both.
+        #[arg(long, default_value_t = 512)]
+        in_flight: usize,
+        /// Rounds: Rust and TypeScript alternate this many times; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Calls outstanding at once for the memory figure.
+        #[arg(long, default_value_t = 2_000)]
+        outstanding: usize,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/sdk.json")]
+        json: PathBuf,
+    },
     /// Fleet-wide limits and the key pool under saturation.
     Limits {
         /// Worker processes.
@@ -224,6 +245,15 @@ async fn main() {
             keys,
             json,
         } => limits::limits(workers, rpm, seconds, &keys, &json).await,
+        Command::Sdk {
+            jobs,
+            in_flight,
+            rounds,
+            outstanding,
+            json,
+        } => {
+            sdk::sdk(jobs, in_flight, rounds, outstanding, &json).await;
+        }
     }
 }
 
