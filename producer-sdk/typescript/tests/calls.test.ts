@@ -188,6 +188,49 @@ allowed_models = ["fake/fake-large", "fake/fake-vision"]
     }
   });
 
+  it('a job cancelled before it is published ends CANCELLED, typed', async () => {
+    const id = newJobId();
+    await client.cancel(id);
+    await assert.rejects(
+      client.llm.complete({ id, prompt: 'receipt, total 4' }),
+      (error: unknown) =>
+        error instanceof QuarryError &&
+        error.code === 'CANCELLED' &&
+        error.source === 'job' &&
+        error.jobId === id,
+    );
+  });
+
+  it('results are taken only from the worker user of the fleet', async () => {
+    // This client expects another worker user: the fleet's answers (from `guest`) are dropped.
+    const wary = await fleet.client({ workerUser: 'quarry-worker-elsewhere' });
+    try {
+      await assert.rejects(
+        wary.llm.complete({ prompt: 'receipt, total 5', timeoutMs: 3_000 }),
+        (error: unknown) => error instanceof QuarryError && error.code === 'CALL_TIMEOUT',
+      );
+      assert.ok(wary.foreign >= 1, `dropped ${wary.foreign}`);
+    } finally {
+      await wary.close();
+    }
+  });
+
+  it('a spent plugin budget is BUDGET_EXCEEDED, typed', async () => {
+    const tight = await Fleet.start();
+    await tight.worker('[plugins.guest]\ndaily_tokens = 10\n');
+    const spent = await tight.client();
+    try {
+      await assert.rejects(
+        spent.llm.complete({ prompt: 'Summarise: a receipt of many words', maxTokens: 500 }),
+        (error: unknown) =>
+          error instanceof QuarryError && error.code === 'BUDGET_EXCEEDED' && !error.retryable,
+      );
+    } finally {
+      await spent.close();
+      await tight.stop();
+    }
+  });
+
   it('bad arguments are refused before anything is published, naming the field', async () => {
     const before = (await fleet.stats()).requests;
     const cases: Array<[() => Promise<unknown>, string]> = [
