@@ -111,4 +111,37 @@ describe('batches', () => {
       await fleet.stop();
     }
   });
+  it('a cancelled batch still gets one result per job; those not started are CANCELLED', async () => {
+    const fleet = await Fleet.start({ latencyMs: 200 });
+    await fleet.worker('', { QUARRY__WORKER__CONCURRENCY: '4' });
+    const client = await fleet.client();
+    try {
+      const batch = client.batch(`b-${Date.now()}`, { maxInFlight: 200 });
+      const outcomes = new Map<string, string>();
+      let cancelled = false;
+      for await (const item of batch.submit(batchJobs(200))) {
+        assert.ok(!outcomes.has(item.customId), `${item.customId} twice`);
+        outcomes.set(item.customId, item.error?.code ?? 'ok');
+        item.ack();
+        if (!cancelled) {
+          await batch.cancel();
+          cancelled = true;
+        }
+      }
+      assert.equal(outcomes.size, 200);
+      const counts = [...outcomes.values()].reduce<Record<string, number>>((acc, code) => {
+        acc[code] = (acc[code] ?? 0) + 1;
+        return acc;
+      }, {});
+      assert.ok((counts.CANCELLED ?? 0) >= 150, JSON.stringify(counts));
+      assert.equal((counts.ok ?? 0) + (counts.CANCELLED ?? 0), 200, JSON.stringify(counts));
+      const status = await batch.status();
+      assert.equal(status.counts.CANCELLED, counts.CANCELLED, JSON.stringify(status));
+      assert.ok((await fleet.stats()).requests < 50, 'cancelled jobs never reached the provider');
+      await batch.finish();
+    } finally {
+      await client.close();
+      await fleet.stop();
+    }
+  });
 });
