@@ -83,7 +83,8 @@ export interface StructuredRequest<S extends JsonSchemaLike = JsonSchemaLike>
   extends JobOptions, CallOptions {
   instructions?: string;
   input: InputPart[];
-  /** The answer's schema; absent with `jsonMode: true`: any JSON object. */
+  /** The answer's schema; absent with `jsonMode: true`: any JSON object. Build it once and do
+   * not change it: it is written for the wire once per object, and the fleet compiles it once. */
   jsonSchema?: S;
   schemaName?: string;
   jsonMode?: boolean;
@@ -242,12 +243,21 @@ export function structuredJob(id: string, request: StructuredRequest): JobV1 {
     }
     // Sorted and compact, so that the fleet compiles one schema once whoever sends it. The
     // text is kept as written: a JS object would put integer-like keys first.
-    const text = canonicalJson(request.jsonSchema);
-    job.json_schema = JSON.parse(text) as Record<string, unknown>;
-    SCHEMA_TEXT.set(job, text);
+    // Written once per schema object: a batch's jobs share theirs.
+    let written = WRITTEN.get(request.jsonSchema);
+    if (written === undefined) {
+      const text = canonicalJson(request.jsonSchema);
+      written = { text, value: JSON.parse(text) as Record<string, unknown> };
+      WRITTEN.set(request.jsonSchema, written);
+    }
+    job.json_schema = written.value;
+    SCHEMA_TEXT.set(job, written.text);
   }
   return checked(job);
 }
+
+/** A schema object as written for the wire, by the caller's object (treated as read-only). */
+const WRITTEN = new WeakMap<object, { text: string; value: Record<string, unknown> }>();
 
 /** The schema text of a job built here, by job. */
 const SCHEMA_TEXT = new WeakMap<JobV1, string>();
