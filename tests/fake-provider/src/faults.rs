@@ -44,11 +44,15 @@ pub enum Fault {
     NotFound,
     /// 200 with a body that is not the format's answer at all.
     Malformed,
+    /// A streamed answer whose connection drops midway (streaming requests only).
+    StreamDrop,
+    /// A streamed answer that stops midway and never finishes (streaming requests only).
+    StreamStall,
 }
 
 impl Fault {
     /// Every fault, for listings.
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 16] = [
         Fault::RateLimit,
         Fault::Auth,
         Fault::ProxyAuth,
@@ -63,6 +67,8 @@ impl Fault {
         Fault::PaymentRequired,
         Fault::NotFound,
         Fault::Malformed,
+        Fault::StreamDrop,
+        Fault::StreamStall,
     ];
 
     /// The name used in markers and profiles.
@@ -82,7 +88,15 @@ impl Fault {
             Fault::PaymentRequired => "payment_required",
             Fault::NotFound => "not_found",
             Fault::Malformed => "malformed",
+            Fault::StreamDrop => "stream_drop",
+            Fault::StreamStall => "stream_stall",
         }
+    }
+
+    /// Whether the fault happens inside a streamed answer (a request that does not stream
+    /// gets a clean answer instead).
+    pub const fn is_mid_stream(self) -> bool {
+        matches!(self, Fault::StreamDrop | Fault::StreamStall)
     }
 
     /// Whether the fault is in the answer's content (only first answers get those).

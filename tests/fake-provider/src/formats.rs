@@ -242,7 +242,9 @@ impl Format {
             | Fault::InvalidJson
             | Fault::Truncated
             | Fault::SchemaInvalid
-            | Fault::Refusal => (
+            | Fault::Refusal
+            | Fault::StreamDrop
+            | Fault::StreamStall => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server",
                 "unexpected fault",
@@ -328,7 +330,7 @@ impl Format {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -17,6 +17,7 @@
 pub mod faults;
 pub mod formats;
 pub mod generate;
+pub mod stream;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -57,6 +58,8 @@ pub struct FakeConfig {
     /// Error messages quote the presented API key in full, as a careless server might: for
     /// tests that the client keeps keys out of everything it reports.
     pub echo_key: bool,
+    /// Pause before each event of a streamed answer (the model's pace).
+    pub stream_chunk_delay: Duration,
 }
 
 /// Counters of what the server received.
@@ -396,14 +399,29 @@ async fn gemini(
     body: axum::body::Bytes,
 ) -> Response {
     let path = format!("/v1beta/models/{model_action}");
-    let Some(model) = model_action.strip_suffix(":generateContent") else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(
-                json!({"error": {"code": 404, "message": "unknown method", "status": "NOT_FOUND"}}),
-            ),
-        )
-            .into_response();
+    let (model, streaming) = match (
+        model_action.strip_suffix(":generateContent"),
+        model_action.strip_suffix(":streamGenerateContent"),
+    ) {
+        (Some(model), _) => (model, false),
+        // The real API streams a JSON array without `alt=sse`; this fake streams events only.
+        (_, Some(model)) if query.get("alt").map(String::as_str) == Some("sse") => (model, true),
+        (_, Some(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"code": 400, "message": "the fake provider streams only with alt=sse", "status": "INVALID_ARGUMENT"}})),
+            )
+                .into_response();
+        }
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(
+                    json!({"error": {"code": 404, "message": "unknown method", "status": "NOT_FOUND"}}),
+                ),
+            )
+                .into_response();
+        }
     };
     let key = query.get("key").map(String::as_str);
     handle(
@@ -411,7 +429,7 @@ async fn gemini(
         Format::Gemini,
         path,
         &headers,
-        Some(model),
+        Some((model, streaming)),
         key,
         &body,
     )
@@ -452,10 +470,13 @@ async fn handle(
     format: Format,
     path: String,
     headers: &HeaderMap,
-    path_model: Option<&str>,
+    // Gemini: the model from the URL, and whether it is the streaming endpoint.
+    gemini: Option<(&str, bool)>,
     query_key: Option<&str>,
     body: &axum::body::Bytes,
 ) -> Response {
+    let path_model = gemini.map(|(model, _)| model);
+    let gemini_stream = gemini.is_some_and(|(_, stream)| stream);
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     stats.arrived.notify_waiters();
@@ -513,13 +534,22 @@ async fn handle(
     };
     let sighting = stats.sighting(hash);
     let mut rng = generate::Rng::new(hash ^ u64::from(sighting).rotate_left(32));
+    // OpenAI and Anthropic stream on `"stream": true`; Gemini by its endpoint.
+    let streaming = gemini_stream
+        || (format != Format::Gemini
+            && request.as_ref().and_then(|r| r.get("stream")) == Some(&Value::Bool(true)));
+    let include_usage = request
+        .as_ref()
+        .and_then(|r| r.pointer("/stream_options/include_usage"))
+        == Some(&Value::Bool(true));
     let fault = faults::decide(
         &state.config.profile,
         &parsed.text,
         rng.unit(),
         sighting,
         parsed.first_answer,
-    );
+    )
+    .filter(|f| streaming || !f.is_mid_stream());
     if fault.is_some() {
         stats.faults.fetch_add(1, Ordering::Relaxed);
     }
@@ -558,10 +588,87 @@ async fn handle(
         _ => {}
     }
     let answer = compose(&parsed, fault, &mut rng);
+    let refusal = fault == Some(Fault::Refusal);
+    if streaming {
+        let events = stream::events(format, &parsed, &answer, hash, refusal, include_usage);
+        let mid_stream = fault.filter(|f| f.is_mid_stream());
+        // A stream cut short is a fault the client retries: its repeat is explained.
+        if mid_stream.is_none() {
+            stats.completions.fetch_add(1, Ordering::Relaxed);
+            stats.answered(hash, false);
+        }
+        return streamed(
+            events,
+            mid_stream,
+            state.config.stream_chunk_delay,
+            state.config.hang.unwrap_or(Duration::from_secs(300)),
+        );
+    }
     stats.completions.fetch_add(1, Ordering::Relaxed);
     stats.answered(hash, false);
-    let body = format.answer(&parsed, &answer, hash, fault == Some(Fault::Refusal));
+    let body = format.answer(&parsed, &answer, hash, refusal);
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// A `text/event-stream` response of `events`, one every `delay`; a mid-stream fault cuts it
+/// after half of them: `stream_drop` drops the connection, `stream_stall` sends nothing more
+/// for `hang`, then drops it.
+fn streamed(
+    events: Vec<String>,
+    fault: Option<Fault>,
+    delay: Duration,
+    hang: Duration,
+) -> Response {
+    use futures::StreamExt;
+    enum Step {
+        Event(String),
+        Drop,
+        Stall,
+    }
+    let mut steps: Vec<Step> = events.into_iter().map(Step::Event).collect();
+    match fault {
+        Some(Fault::StreamDrop) => {
+            steps.truncate(steps.len() / 2);
+            steps.push(Step::Drop);
+        }
+        Some(Fault::StreamStall) => {
+            steps.truncate(steps.len() / 2);
+            steps.push(Step::Stall);
+        }
+        _ => {}
+    }
+    let body = futures::stream::iter(steps).then(move |step| async move {
+        match step {
+            Step::Event(event) => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(axum::body::Bytes::from(event))
+            }
+            Step::Drop => {
+                // What was sent reaches the client first, as on a real connection that breaks.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(std::io::Error::other(
+                    "the fake provider dropped the stream",
+                ))
+            }
+            Step::Stall => {
+                tokio::time::sleep(hang).await;
+                Err(std::io::Error::other(
+                    "the fake provider's stalled stream ends",
+                ))
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// The answer's content, with any output fault applied.

@@ -37,6 +37,9 @@ struct Args {
     /// Quote the presented API key in every error message (for leak tests).
     #[arg(long)]
     echo_key: bool,
+    /// Milliseconds before each event of a streamed answer.
+    #[arg(long, env = "FAKE_PROVIDER_STREAM_CHUNK_MS", default_value_t = 0)]
+    stream_chunk_ms: u64,
 }
 
 #[tokio::main]
@@ -58,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         hang: Some(Duration::from_millis(args.hang_ms)),
         key_rpm: args.key_rpm,
         echo_key: args.echo_key,
+        stream_chunk_delay: Duration::from_millis(args.stream_chunk_ms),
     };
     let server = serve(listener, config, Arc::new(Stats::default()));
     tokio::select! {
