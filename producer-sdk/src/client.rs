@@ -125,6 +125,9 @@ impl Client {
     /// Connects, checks that the fleet's work exchange exists, and opens a private reply
     /// queue for single calls.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, Error> {
+        if !quarry_schemas::wire::is_namespace(&options.namespace) {
+            return Err(Error::Namespace(options.namespace));
+        }
         let uri: AMQPUri = url.parse().map_err(|e: String| Error::Url(e))?;
         // The broker checks `user_id` against the login: it is the plugin's identity.
         let user_id = Some(uri.authority.userinfo.username.clone()).filter(|u| !u.is_empty());
@@ -646,5 +649,28 @@ async fn route_replies(
             tracing::warn!(%error, "could not ack a reply");
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_namespace_that_would_break_the_names_is_refused_before_connecting() {
+        let options = ClientOptions {
+            namespace: "prod.#".to_owned(),
+            ..ClientOptions::default()
+        };
+        // The URL points nowhere: the namespace is refused before any connection is tried.
+        let error = Client::connect_with("amqp://guest:guest@127.0.0.1:1/%2f", options)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(error, Error::Namespace(ref ns) if ns == "prod.#"),
+            "{error}"
+        );
+        assert!(!error.is_transport());
     }
 }

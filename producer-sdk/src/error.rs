@@ -14,6 +14,11 @@ pub enum Error {
     /// The AMQP URL does not parse.
     #[error("invalid AMQP URL: {0}")]
     Url(String),
+    /// The namespace cannot prefix the fleet's names.
+    #[error(
+        "invalid namespace `{0}`: 1 to 100 ASCII letters, digits, `_`, `-` and `.`, not starting with `amq.`"
+    )]
+    Namespace(String),
     /// The namespace's work exchange does not exist: no worker has declared it yet.
     #[error(
         "namespace `{namespace}` has no work exchange `{exchange}`: start a quarry-worker first"
@@ -133,6 +138,7 @@ impl Error {
             | Error::RedriveRefused { .. }
             | Error::Protocol { .. } => true,
             Error::Url(_)
+            | Error::Namespace(_)
             | Error::InvalidJob { .. }
             | Error::Refused(_)
             | Error::NotWorkerUser { .. } => false,

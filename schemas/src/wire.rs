@@ -10,6 +10,17 @@ use std::str::FromStr;
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "quarry";
 
+/// Whether `namespace` can prefix the topology's names: 1 to 100 ASCII letters, digits, `_`,
+/// `-` and `.`, not starting with `amq.` (RabbitMQ's own). No `*` or `#`: a reply queue's name
+/// is also its binding key on a topic exchange.
+pub fn is_namespace(namespace: &str) -> bool {
+    (1..=100).contains(&namespace.len())
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !namespace.starts_with("amq.")
+}
+
 /// Header on a dead-lettered message: why Quarry dead-lettered it (a short, stable reason code).
 pub const HEADER_DEAD_REASON: &str = "x-quarry-dead-reason";
 /// Header on a dead-lettered message: human-readable detail of the reason.
@@ -258,6 +269,17 @@ impl Default for Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_that_would_break_the_names_are_refused() {
+        for good in ["quarry", "qt-1a2b", "team_a.prod"] {
+            assert!(is_namespace(good), "{good}");
+        }
+        let long = "x".repeat(101);
+        for bad in ["", "a*b", "prod.#", "amq.gen", "sp ace", long.as_str()] {
+            assert!(!is_namespace(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_reply_queue_belongs_to_exactly_one_plugin() {

@@ -56,14 +56,7 @@ impl AmqpConfig {
                 "must name at least one lane",
             ));
         }
-        // Every name of the topology starts with it, and a reply queue's name is also its
-        // binding key on a topic exchange: no wildcards (`*`, `#`), nothing RabbitMQ reserves.
-        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
-        if self.namespace.is_empty()
-            || self.namespace.len() > 100
-            || !self.namespace.bytes().all(allowed)
-            || self.namespace.starts_with("amq.")
-        {
+        if !quarry_schemas::wire::is_namespace(&self.namespace) {
             return Err(ConfigError::invalid(
                 "amqp.namespace",
                 "must be 1 to 100 ASCII letters, digits, `_`, `-` and `.`, not starting `amq.`",
