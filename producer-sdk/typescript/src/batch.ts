@@ -221,7 +221,8 @@ export class Batch {
     this.wake?.();
   }
 
-  private fail(error: unknown): void {
+  /** @internal Ends the batch's iteration with `error` (the connection is gone for good). */
+  fail(error: unknown): void {
     this.failure ??=
       error instanceof QuarryError ? error : transport('CONNECTION_LOST', String(error));
     this.wake?.();

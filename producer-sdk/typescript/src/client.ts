@@ -243,6 +243,7 @@ export class QuarryClient {
       this.calls.delete(jobId);
       call.reject(failure);
     }
+    for (const batch of this.batches) batch.fail(failure);
   }
 
   /** The current session, waiting for a reconnection at most until `deadline`. */

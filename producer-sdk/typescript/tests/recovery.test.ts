@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { describe, it } from 'node:test';
-import { newJobId } from '../src/index.js';
+import { QuarryError, newJobId } from '../src/index.js';
 import { Fleet } from './fleet.js';
 import { batchJobs } from './jobs.js';
 
@@ -58,6 +58,37 @@ describe('connection loss', () => {
       for (const answer of answers) assert.match(answer.text, /Extracted/);
       // Jobs published again on the new connection were not run again.
       assert.equal((await fleet.stats()).requests, 320);
+    } finally {
+      await client.close();
+      await fleet.stop();
+    }
+  });
+  it('a connection lost for good fails the calls and the batch waiting on it, typed', async () => {
+    const fleet = await Fleet.start({ hangMs: 60_000 });
+    // Its hanging calls are not waited for at the end.
+    await fleet.worker('', { QUARRY__WORKER__SHUTDOWN_GRACE_SECS: '1' });
+    const name = `quarry-ts-give-up-${newJobId()}`;
+    const client = await fleet.client({ connectionName: name, reconnect: { maxRetries: 0 } });
+    try {
+      const call = client.llm.complete({ prompt: '[[fake:timeout]] hangs', timeoutMs: 60_000 });
+      const batch = (async () => {
+        const jobs = [
+          {
+            customId: 'only',
+            input: [{ type: 'text' as const, text: '[[fake:timeout]] hangs too' }],
+          },
+        ];
+        for await (const item of client.batch(`b-${newJobId()}`).submit(jobs)) item.ack();
+      })();
+      await fleet.requestsReach(2);
+      assert.equal(closeConnections(name), 1);
+      for (const pending of [call, batch]) {
+        await assert.rejects(
+          pending,
+          (error: unknown) =>
+            error instanceof QuarryError && error.code === 'CONNECTION_LOST' && error.isTransport,
+        );
+      }
     } finally {
       await client.close();
       await fleet.stop();
