@@ -127,17 +127,7 @@ impl Format {
                         }),
                     );
                 }
-                let stop_reason = if refusal {
-                    "refusal"
-                } else if answer.truncated {
-                    "max_tokens"
-                } else if answer.stopped_by.is_some() {
-                    "stop_sequence"
-                } else if parsed.tool.is_some() {
-                    "tool_use"
-                } else {
-                    "end_turn"
-                };
+                let stop_reason = anthropic_stop_reason(parsed, answer, refusal);
                 json!({
                     "id": format!("msg_fake_{id:016x}"),
                     "type": "message",
@@ -327,6 +317,25 @@ impl Format {
     /// The 401 for a missing or wrong key.
     pub fn unauthorised(self) -> (StatusCode, HeaderMap, Value) {
         self.error(Fault::Auth)
+    }
+}
+
+/// Anthropic's `stop_reason` for an answer, streamed or not.
+pub(crate) fn anthropic_stop_reason(
+    parsed: &Parsed,
+    answer: &Answer,
+    refusal: bool,
+) -> &'static str {
+    if refusal {
+        "refusal"
+    } else if answer.truncated {
+        "max_tokens"
+    } else if answer.stopped_by.is_some() {
+        "stop_sequence"
+    } else if parsed.tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
     }
 }
 

@@ -154,17 +154,7 @@ pub fn events(
                     block(&mut out, json!({"type": "text", "text": ""}), deltas);
                 }
             }
-            let stop_reason = if refusal {
-                "refusal"
-            } else if answer.truncated {
-                "max_tokens"
-            } else if answer.stopped_by.is_some() {
-                "stop_sequence"
-            } else if parsed.tool.is_some() {
-                "tool_use"
-            } else {
-                "end_turn"
-            };
+            let stop_reason = crate::formats::anthropic_stop_reason(parsed, answer, refusal);
             out.push(sse(
                 Some("message_delta"),
                 &json!({"type": "message_delta",
