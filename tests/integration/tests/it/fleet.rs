@@ -802,6 +802,31 @@ async fn a_plugin_learns_what_it_may_use_and_what_is_left_of_its_quotas() {
     fleet.teardown(&[]).await;
 }
 
+/// A fleet whose provider hangs for a minute on `[[fake:timeout]]`, one task worker (with
+/// `concurrency` job permits when given) whose claims are extended, and cancellations in
+/// flight noticed, every second, and a shared client.
+async fn hanging_fleet(
+    concurrency: Option<u16>,
+) -> (
+    Fleet,
+    quarry_integration::TaskWorker,
+    std::sync::Arc<Client>,
+) {
+    let fleet = Fleet::start(FakeConfig {
+        hang: Some(Duration::from_secs(60)),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    if let Some(permits) = concurrency {
+        config.worker.concurrency = permits;
+    }
+    config.worker.claim_ttl_secs = 3;
+    let worker = fleet.spawn_task_worker(config).await;
+    let client = std::sync::Arc::new(fleet.client().await);
+    (fleet, worker, client)
+}
+
 /// Publishes a job whose provider call hangs for the fake's `hang`, and returns its id, the
 /// call's task, once the call is at the provider (the `n`th request).
 async fn hanging_call(
@@ -835,16 +860,7 @@ async fn hanging_call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_is_cancelled_in_flight_or_before_it_starts() {
-    let fleet = Fleet::start(FakeConfig {
-        hang: Some(Duration::from_secs(60)),
-        ..FakeConfig::default()
-    })
-    .await;
-    let mut config = fleet.worker_config();
-    // Claims are extended (and in-flight cancellations noticed) every second.
-    config.worker.claim_ttl_secs = 3;
-    let worker = fleet.spawn_task_worker(config).await;
-    let client = std::sync::Arc::new(fleet.client().await);
+    let (fleet, worker, client) = hanging_fleet(None).await;
     let text = |t: &str| Job::new(new_job_id(), vec![InputPart::Text { text: t.to_owned() }]);
     let timeout = Duration::from_secs(30);
     let call = CallOptions {
@@ -890,16 +906,7 @@ async fn one_job_is_cancelled_in_flight_or_before_it_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_requests_are_answered_while_every_job_permit_is_taken() {
-    let fleet = Fleet::start(FakeConfig {
-        hang: Some(Duration::from_secs(60)),
-        ..FakeConfig::default()
-    })
-    .await;
-    let mut config = fleet.worker_config();
-    config.worker.concurrency = 1;
-    config.worker.claim_ttl_secs = 3;
-    let worker = fleet.spawn_task_worker(config).await;
-    let client = std::sync::Arc::new(fleet.client().await);
+    let (fleet, worker, client) = hanging_fleet(Some(1)).await;
     let text = |t: &str| Job::new(new_job_id(), vec![InputPart::Text { text: t.to_owned() }]);
     let call = CallOptions {
         timeout: Duration::from_secs(60),
