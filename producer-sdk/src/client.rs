@@ -11,8 +11,10 @@ use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use quarry_schemas::control::{ControlReply, ControlRequest, Description};
-use quarry_schemas::wire::{CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_CONTROL, Topology};
-use quarry_schemas::{Job, JobResult, Status};
+use quarry_schemas::wire::{
+    CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_CHUNK, MESSAGE_TYPE_CONTROL, Topology,
+};
+use quarry_schemas::{Chunk, Job, JobResult, Status};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,7 +98,15 @@ impl Default for CallOptions {
 /// The user part of reply-queue names when the URL names no user.
 pub(crate) const ANONYMOUS: &str = "anonymous";
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>;
+/// Who waits for a job's replies.
+pub(crate) enum Waiter {
+    /// A call: its result.
+    Call(oneshot::Sender<JobResult>),
+    /// A stream: its chunks, then its result.
+    Stream(tokio::sync::mpsc::UnboundedSender<crate::stream::Routed>),
+}
+
+pub(crate) type Pending = Arc<Mutex<HashMap<String, Waiter>>>;
 /// Control requests waiting for their reply, by correlation id.
 type PendingControl = Arc<Mutex<HashMap<String, oneshot::Sender<ControlReply>>>>;
 
@@ -111,8 +121,8 @@ pub struct Client {
     pub(crate) lost: tokio_util::sync::CancellationToken,
     /// The only `user_id` a result is taken from.
     pub(crate) worker_user: Arc<str>,
-    reply_queue: String,
-    pending: Pending,
+    pub(crate) reply_queue: String,
+    pub(crate) pending: Pending,
     pending_control: PendingControl,
 }
 
@@ -262,7 +272,7 @@ impl Client {
         }
         let (tx, rx) = oneshot::channel();
         let job_id = job.id.clone();
-        self.lock_pending().insert(job_id.clone(), tx);
+        self.lock_pending().insert(job_id.clone(), Waiter::Call(tx));
         let outcome = self.publish_and_wait(&job, options, rx).await;
         self.lock_pending().remove(&job_id);
         outcome
@@ -454,33 +464,13 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.lock_control().insert(correlation_id.clone(), tx);
         let outcome = async {
-            let mut properties = lapin::BasicProperties::default()
-                .with_content_type(CONTENT_TYPE_JSON.into())
-                .with_type(MESSAGE_TYPE_CONTROL.into())
-                .with_delivery_mode(2)
-                .with_correlation_id(correlation_id.as_str().into())
-                .with_reply_to(self.reply_queue.as_str().into());
-            if let Some(user) = &self.user_id {
-                properties = properties.with_user_id(user.as_str().into());
-            }
-            let options = lapin::options::BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
+            let target = ControlTarget {
+                channel: &self.channel,
+                topology: &self.topology,
+                user_id: self.user_id.as_deref(),
+                reply_to: &self.reply_queue,
             };
-            let published = async {
-                let confirm = self
-                    .channel
-                    .basic_publish(
-                        self.topology.control_exchange().as_str().into(),
-                        "".into(),
-                        options,
-                        &body,
-                        properties,
-                    )
-                    .await?;
-                crate::publish::settle(confirm.await?, &correlation_id, Lane::Interactive)
-            };
-            unless_lost(&self.lost, published).await??;
+            unless_lost(&self.lost, target.publish(&body, &correlation_id)).await??;
             match unless_lost(&self.lost, tokio::time::timeout(timeout, rx)).await? {
                 Ok(Ok(reply)) if reply.status == Status::Ok => Ok(reply),
                 Ok(Ok(reply)) => Err(Error::Refused(reply.error.unwrap_or_else(|| {
@@ -499,6 +489,17 @@ impl Client {
         .await;
         self.lock_control().remove(&correlation_id);
         outcome
+    }
+
+    /// Where this client's control requests go, for one published without a waiter (a
+    /// dropped stream's cancel).
+    pub(crate) fn control_target(&self) -> OwnedControlTarget {
+        OwnedControlTarget {
+            channel: self.channel.clone(),
+            topology: self.topology.clone(),
+            user_id: self.user_id.clone(),
+            reply_to: self.reply_queue.clone(),
+        }
     }
 
     fn lock_control(
@@ -526,12 +527,72 @@ impl Client {
         }
     }
 
-    fn lock_pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<JobResult>>> {
+    pub(crate) fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where a control request is published, and where its reply goes.
+pub(crate) struct ControlTarget<'a> {
+    channel: &'a Channel,
+    topology: &'a Topology,
+    user_id: Option<&'a str>,
+    reply_to: &'a str,
+}
+
+impl ControlTarget<'_> {
+    /// Publishes a control request (persistent, mandatory) and waits for its confirm.
+    pub(crate) async fn publish(&self, body: &[u8], correlation_id: &str) -> Result<(), Error> {
+        let mut properties = lapin::BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_type(MESSAGE_TYPE_CONTROL.into())
+            .with_delivery_mode(2)
+            .with_correlation_id(correlation_id.into())
+            .with_reply_to(self.reply_to.into());
+        if let Some(user) = self.user_id {
+            properties = properties.with_user_id(user.into());
+        }
+        let options = lapin::options::BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.topology.control_exchange().as_str().into(),
+                "".into(),
+                options,
+                body,
+                properties,
+            )
+            .await?;
+        crate::publish::settle(confirm.await?, correlation_id, Lane::Interactive)
+    }
+}
+
+/// A [`ControlTarget`] that owns its parts, for a task of its own.
+pub(crate) struct OwnedControlTarget {
+    channel: Channel,
+    topology: Topology,
+    user_id: Option<String>,
+    reply_to: String,
+}
+
+impl OwnedControlTarget {
+    /// Publishes a control request whose reply nobody waits for (it is dropped).
+    pub(crate) async fn publish(&self, request: &ControlRequest) -> Result<(), Error> {
+        let body = serde_json::to_vec(request).unwrap_or_default();
+        let correlation_id = format!("control-{}", uuid::Uuid::now_v7().simple());
+        ControlTarget {
+            channel: &self.channel,
+            topology: &self.topology,
+            user_id: self.user_id.as_deref(),
+            reply_to: &self.reply_to,
+        }
+        .publish(&body, &correlation_id)
+        .await
     }
 }
 
@@ -626,6 +687,36 @@ async fn route_replies(
             }
             continue;
         }
+        let is_chunk = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|t| t.as_str() == MESSAGE_TYPE_CHUNK);
+        if is_chunk {
+            match serde_json::from_slice::<Chunk>(&delivery.data) {
+                Ok(chunk) => {
+                    let pending = pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match pending.get(&chunk.job_id) {
+                        Some(Waiter::Stream(tx)) => {
+                            let _ = tx.send(crate::stream::Routed::Chunk(chunk));
+                        }
+                        Some(Waiter::Call(_)) | None => {
+                            tracing::debug!(job_id = %chunk.job_id, "chunk for no waiting stream")
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reply queue received a malformed chunk.v1")
+                }
+            }
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "could not ack a reply");
+                break;
+            }
+            continue;
+        }
         match serde_json::from_slice::<JobResult>(&delivery.data) {
             Ok(result) => {
                 let waiter = pending
@@ -633,8 +724,11 @@ async fn route_replies(
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&result.job_id);
                 match waiter {
-                    Some(tx) => {
+                    Some(Waiter::Call(tx)) => {
                         let _ = tx.send(result);
+                    }
+                    Some(Waiter::Stream(tx)) => {
+                        let _ = tx.send(crate::stream::Routed::Final(Box::new(result)));
                     }
                     None => {
                         tracing::debug!(job_id = %result.job_id, "result for no waiting call (duplicate or late)")

@@ -3,6 +3,8 @@
 //! - [`Client::connect`]: one AMQP connection, a confirm-mode publishing channel, and a
 //!   private reply queue for single calls.
 //! - [`Client::extract`]: publish one job (confirmed, mandatory) and await its result.
+//! - [`Client::stream`]: the same, with the answer as it is written: deltas (and the
+//!   partial object in JSON mode), resets, then the result ([`StreamEvent`]).
 //! - [`Client::run_batch`]: many jobs with bounded in-flight, results streamed as they
 //!   arrive from a durable per-batch reply queue (a producer restart loses nothing).
 //! - [`DeadLetters`]: the fleet's dead letters, listed and re-driven (an operator's tool).
@@ -31,6 +33,7 @@ mod client;
 mod dead_letters;
 mod error;
 mod publish;
+mod stream;
 mod trace;
 
 pub use batch::{BatchItem, BatchOptions, BatchStream};
@@ -39,12 +42,14 @@ pub use client::{
 };
 pub use dead_letters::{DeadLetter, DeadLetters, Redriven};
 pub use error::Error;
+pub use quarry_schemas::ResetReason;
 pub use quarry_schemas::control::Description;
 pub use quarry_schemas::wire::Lane;
 pub use quarry_schemas::{
     ErrorCode, ErrorInfo, FinishReason, ImagePart, InputPart, Job, JobResult, JsonSchema, Metadata,
     Status, Usage,
 };
+pub use stream::{JobStream, StreamEvent};
 pub use trace::TraceContext;
 
 /// A fresh job id: a UUID v7 (time-ordered, unique).

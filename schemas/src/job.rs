@@ -41,6 +41,11 @@ pub struct Job {
     /// (the repair loop included). Implied by `json_schema`; `false` with one is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_mode: Option<bool>,
+    /// Stream the answer: the worker publishes `chunk.v1` messages (text deltas, and in JSON
+    /// mode the partial object) to `reply_to` before the final `result.v1`, which is
+    /// unchanged and authoritative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
     /// Name of the schema for providers that want one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_name: Option<String>,
@@ -236,6 +241,7 @@ impl Job {
             input,
             json_schema: None,
             json_mode: None,
+            stream: None,
             schema_name: None,
             model: None,
             provider: None,
@@ -262,6 +268,10 @@ impl Job {
         }
         if let Some(b) = &self.batch_id {
             check_len("/batch_id", b, 0, limits::MAX_BATCH_ID_LEN)?;
+            // A batch's reply queue carries results only: its collectors count them.
+            if self.streams() {
+                return Err(invalid("/stream", "a batch job cannot stream"));
+            }
         }
         if let Some(m) = &self.model {
             check_len("/model", m, 1, limits::MAX_MODEL_LEN)?;
@@ -349,6 +359,11 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// Whether the job asks for its answer streamed (`chunk.v1` before the result).
+    pub fn streams(&self) -> bool {
+        self.stream == Some(true)
     }
 
     /// Whether the job asks for JSON output: a schema, or `json_mode`.

@@ -2,6 +2,7 @@
 //!
 //! - [`job`]: the job message a plugin publishes (`job.v1`).
 //! - [`result`]: the result message a worker publishes to the job's `reply_to` (`result.v1`).
+//! - [`chunk`]: part of a streamed answer, published before the result (`chunk.v1`).
 //! - [`control`]: control messages (`control.v1`: cancel a batch) and their replies.
 //! - [`ErrorCode`]: the stable error vocabulary carried by failed results.
 //! - [`wire`]: exchange, queue, lane and header names shared by producers and workers.
@@ -10,6 +11,7 @@
 //!
 //! The Rust types and the JSON Schemas are kept in step by the tests in `tests/contract.rs`.
 
+pub mod chunk;
 pub mod control;
 pub mod error_code;
 pub mod job;
@@ -18,6 +20,7 @@ mod metadata;
 pub mod result;
 pub mod wire;
 
+pub use chunk::{Chunk, ChunkKind, ResetReason};
 pub use error_code::ErrorCode;
 pub use job::{ImagePart, InputPart, Job, JsonSchema, Reasoning};
 pub use metadata::Metadata;
@@ -29,6 +32,8 @@ pub const JOB_V1_SCHEMA: &str = include_str!("../json/job.v1.schema.json");
 pub const CONTROL_V1_SCHEMA: &str = include_str!("../json/control.v1.schema.json");
 /// JSON Schema of the control reply, version 1.
 pub const CONTROL_REPLY_V1_SCHEMA: &str = include_str!("../json/control-reply.v1.schema.json");
+/// JSON Schema of the chunk message (part of a streamed answer), version 1.
+pub const CHUNK_V1_SCHEMA: &str = include_str!("../json/chunk.v1.schema.json");
 /// JSON Schema of the result message, version 1.
 pub const RESULT_V1_SCHEMA: &str = include_str!("../json/result.v1.schema.json");
 

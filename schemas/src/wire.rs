@@ -98,6 +98,8 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const MESSAGE_TYPE_JOB: &str = "quarry.job.v1";
 /// `type` property of a result message.
 pub const MESSAGE_TYPE_RESULT: &str = "quarry.result.v1";
+/// `type` property of a chunk of a streamed answer.
+pub const MESSAGE_TYPE_CHUNK: &str = "quarry.chunk.v1";
 /// `type` property of a control request and of its reply.
 pub const MESSAGE_TYPE_CONTROL: &str = "quarry.control.v1";
 

@@ -12,8 +12,8 @@ use quarry_schemas::control::ControlReply;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{
-    ErrorCode, ErrorInfo, FinishReason, ImagePart, InputPart, JOB_V1_SCHEMA, Job, JobResult,
-    RESULT_V1_SCHEMA, Status, Usage, examples,
+    Chunk, ErrorCode, ErrorInfo, FinishReason, ImagePart, InputPart, JOB_V1_SCHEMA, Job, JobResult,
+    RESULT_V1_SCHEMA, ResetReason, Status, Usage, examples,
 };
 use serde_json::{Value, json};
 
@@ -61,7 +61,11 @@ fn example_jobs() -> Vec<Job> {
     full.agent_id = Some("agent-7".into());
     full.json_mode = Some(true);
     full.metadata = Some(json!({"row": 42, "tags": ["a", "b"]}).into());
-    vec![text, full]
+    let mut streamed = text.clone();
+    streamed.id = "01HZX-stream".into();
+    streamed.stream = Some(true);
+    streamed.json_mode = Some(true);
+    vec![text, full, streamed]
 }
 
 fn example_results() -> Vec<JobResult> {
@@ -137,6 +141,45 @@ fn result_examples_validate_against_the_schema_and_round_trip() {
 
 /// Each broken job must be refused by the JSON Schema and by the Rust side (serde or `check`).
 #[test]
+fn chunk_examples_validate_against_the_schema_and_round_trip() {
+    let schema = validator(quarry_schemas::CHUNK_V1_SCHEMA);
+    let chunks = [
+        Chunk::delta(
+            "j",
+            0,
+            r#"{"merchant":"Ca"#.into(),
+            Some(json!({"merchant": "Ca"})),
+        ),
+        Chunk::delta("j", 1, "fe".into(), None),
+        Chunk::reset("j", 2, ResetReason::Retry),
+        Chunk::reset("j", 0, ResetReason::Redelivered),
+        Chunk::reset("j", 3, ResetReason::Repair),
+        Chunk::reset("j", 4, ResetReason::Rewritten),
+    ];
+    for chunk in chunks {
+        let value = serde_json::to_value(&chunk).expect("serialise");
+        let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{value} invalid: {errors:?}");
+        let back: Chunk = serde_json::from_value(value).expect("deserialise");
+        assert_eq!(back, chunk);
+    }
+    for broken in [
+        json!({"version": "chunk.v1", "job_id": "j", "seq": -1, "kind": "delta", "text": "a"}),
+        json!({"version": "chunk.v1", "job_id": "j", "seq": 0, "kind": "append"}),
+        json!({"version": "chunk.v2", "job_id": "j", "seq": 0, "kind": "reset"}),
+        json!({"version": "chunk.v1", "seq": 0, "kind": "reset"}),
+    ] {
+        assert!(!schema.is_valid(&broken), "schema accepted {broken}");
+    }
+    // A reset reason a newer worker adds still reads as a reset.
+    let newer: Chunk = serde_json::from_value(
+        json!({"version": "chunk.v1", "job_id": "j", "seq": 0, "kind": "reset", "reason": "moved"}),
+    )
+    .expect("deserialise");
+    assert_eq!(newer.reason, Some(ResetReason::Other));
+}
+
+#[test]
 fn broken_jobs_are_rejected_by_both_sides() {
     let schema = validator(JOB_V1_SCHEMA);
     let good = serde_json::to_value(&example_jobs()[1]).expect("serialise");
@@ -152,6 +195,13 @@ fn broken_jobs_are_rejected_by_both_sides() {
             Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("id")))),
         ),
         ("empty id", Box::new(|v| v["id"] = json!(""))),
+        (
+            "a batch job that streams",
+            Box::new(|v| {
+                v["batch_id"] = json!("batch-7");
+                v["stream"] = json!(true);
+            }),
+        ),
         (
             "profile with @",
             Box::new(|v| v["profile"] = json!("team@a")),
@@ -546,6 +596,11 @@ fn the_wire_contract_page_documents_every_schema_field_and_no_other() {
     for (schema_text, heading, bounds) in [
         (JOB_V1_SCHEMA, "### Job fields (`job.v1`)", true),
         (RESULT_V1_SCHEMA, "## The result (`result.v1`)", false),
+        (
+            quarry_schemas::CHUNK_V1_SCHEMA,
+            "### `chunk.v1` fields",
+            false,
+        ),
         (
             quarry_schemas::CONTROL_V1_SCHEMA,
             "### `control.v1` fields",

@@ -35,6 +35,7 @@ pub mod result_store;
 pub mod retry;
 pub mod run;
 pub mod schema_cache;
+pub mod stream;
 pub mod telemetry;
 pub mod trace;
 

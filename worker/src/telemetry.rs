@@ -91,10 +91,22 @@ pub const COST: &str = "quarry_job_cost_usd";
 pub const CONFIG_RELOADS_TOTAL: &str = "quarry_config_reloads_total";
 /// 1 when the last reload applied (or none was tried), 0 when it was rejected.
 pub const CONFIG_LAST_RELOAD_OK: &str = "quarry_config_last_reload_successful";
+/// A streaming job's time to its first chunk: from the job's start in the worker to the
+/// first chunk's publish confirm.
+pub const STREAM_FIRST_CHUNK: &str = "quarry_stream_first_chunk_seconds";
+/// The worker's added latency to a streaming job's first chunk: from the provider's first
+/// delta to that chunk's publish confirm.
+pub const STREAM_FIRST_CHUNK_ADDED: &str = "quarry_stream_first_chunk_added_seconds";
+/// Chunks published per streaming job (resets included).
+pub const STREAM_CHUNKS: &str = "quarry_stream_chunks";
+/// Delta text bytes published per streaming job.
+pub const STREAM_BYTES: &str = "quarry_stream_bytes";
+/// Reset chunks published, by reason (`retry`, `repair`, `redelivered`, `rewritten`).
+pub const STREAM_RESETS_TOTAL: &str = "quarry_stream_resets_total";
 
 /// Every metric the worker exports, with its type: the reference `docs/metrics.md` and the
 /// Grafana dashboard are checked against this list.
-pub const METRICS: [(&str, &str); 35] = [
+pub const METRICS: [(&str, &str); 40] = [
     (JOBS_TOTAL, "counter"),
     (JOB_DURATION, "histogram"),
     (END_TO_END, "histogram"),
@@ -130,6 +142,11 @@ pub const METRICS: [(&str, &str); 35] = [
     (RECONNECTIONS_TOTAL, "counter"),
     (CONFIG_RELOADS_TOTAL, "counter"),
     (CONFIG_LAST_RELOAD_OK, "gauge"),
+    (STREAM_FIRST_CHUNK, "histogram"),
+    (STREAM_FIRST_CHUNK_ADDED, "histogram"),
+    (STREAM_CHUNKS, "histogram"),
+    (STREAM_BYTES, "histogram"),
+    (STREAM_RESETS_TOTAL, "counter"),
 ];
 
 const COST_BUCKETS: [f64; 8] = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0];
@@ -143,6 +160,13 @@ const SECONDS_BUCKETS: [f64; 16] = [
 const FINE_BUCKETS: [f64; 24] = [
     0.000025, 0.00005, 0.000075, 0.0001, 0.00015, 0.0002, 0.00025, 0.0003, 0.0004, 0.0005, 0.0006,
     0.00075, 0.0009, 0.001, 0.0015, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Chunks per streaming job.
+const COUNT_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+/// Streamed text per job.
+const BYTES_BUCKETS: [f64; 9] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
 ];
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
@@ -161,6 +185,21 @@ pub fn prometheus() -> anyhow::Result<&'static PrometheusHandle> {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(AMQP_DURATION.to_owned()), &FINE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(STREAM_FIRST_CHUNK_ADDED.to_owned()),
+                        &FINE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(STREAM_CHUNKS.to_owned()),
+                        &COUNT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STREAM_BYTES.to_owned()), &BYTES_BUCKETS)
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -351,7 +390,50 @@ fn describe() {
         Unit::Count,
         "1 when the last configuration reload applied or none was tried, 0 when it was rejected."
     );
+    describe_histogram!(
+        STREAM_FIRST_CHUNK,
+        Unit::Seconds,
+        "Streaming jobs: time from the job's start to its first chunk's publish confirm."
+    );
+    describe_histogram!(
+        STREAM_FIRST_CHUNK_ADDED,
+        Unit::Seconds,
+        "Streaming jobs: time from the provider's first delta to the first chunk's publish confirm."
+    );
+    describe_histogram!(
+        STREAM_CHUNKS,
+        Unit::Count,
+        "Chunks published per streaming job (resets included)."
+    );
+    describe_histogram!(
+        STREAM_BYTES,
+        Unit::Bytes,
+        "Delta text bytes published per streaming job."
+    );
+    describe_counter!(
+        STREAM_RESETS_TOTAL,
+        Unit::Count,
+        "Reset chunks published, by reason."
+    );
     gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
+}
+
+/// A streaming job's first chunk was confirmed: `since_start` after the job's start,
+/// `added` after the provider's first delta.
+pub fn stream_first_chunk(since_start: Duration, added: Duration) {
+    histogram!(STREAM_FIRST_CHUNK).record(since_start.as_secs_f64());
+    histogram!(STREAM_FIRST_CHUNK_ADDED).record(added.as_secs_f64());
+}
+
+/// A streaming job's stream ended after `chunks` chunks carrying `bytes` of text.
+pub fn stream_finished(chunks: u64, bytes: u64) {
+    histogram!(STREAM_CHUNKS).record(chunks as f64);
+    histogram!(STREAM_BYTES).record(bytes as f64);
+}
+
+/// A reset chunk was published.
+pub fn stream_reset(reason: &'static str) {
+    counter!(STREAM_RESETS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// The log directive that keeps lapin's returned-message log (which prints the body) off.

@@ -16,6 +16,7 @@ use quarry_schemas::{ErrorCode, FinishReason, InputPart, Job, Status};
 use quarry_worker::config::{Config, ProviderConfig, ProviderKind, ProviderSettings, Route};
 use quarry_worker::pipeline::Pipeline;
 use quarry_worker::providers::{self, Disposition, ProviderRequest};
+use quarry_worker::stream::ChunkSink;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -84,6 +85,7 @@ fn request<'a>(
             Some("quarry=test"),
         )),
         max_schema_nodes: 10_000,
+        sink: None,
     }
 }
 
@@ -609,6 +611,108 @@ async fn reasoning_maps_to_each_providers_control(kind: ProviderKind) {
     }
 }
 
+/// Streamed attempts: the deltas make the answer, usage comes from the stream, and faults
+/// mid-stream are classified like the same failures unstreamed.
+async fn streams_deltas_usage_and_faults(kind: ProviderKind) {
+    let key = SecretString::from(KEY.to_owned());
+    let fake = fake().await;
+    let provider = providers::build("p", &provider_config(kind, &fake)).unwrap();
+    let schema = receipt_schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let call = async |input: &[InputPart], schema: Option<&Value>, timeout: Option<Duration>| {
+        let sink = ChunkSink::new(schema.is_some(), false);
+        let mut req = request(input, schema, &key);
+        req.sink = Some(&sink);
+        if let Some(timeout) = timeout {
+            req.timeout = timeout;
+        }
+        let outcome = provider.call(&req).await;
+        (outcome, sink.attempt_text())
+    };
+
+    // Structured: the streamed text is the answer (OpenAI's strict rewrite maps it back,
+    // value for value).
+    let input = text("Cafe Luna\n2 x espresso 2.80\nTOTAL 5.60 EUR");
+    let (outcome, streamed) = call(&input, Some(&schema), None).await;
+    let response = outcome.expect("answer");
+    let value: Value = serde_json::from_str(&response.text).expect("JSON answer");
+    assert!(validator.is_valid(&value), "{kind:?}: {value}");
+    match kind {
+        ProviderKind::Openai => {
+            serde_json::from_str::<Value>(&streamed).expect("streamed JSON");
+        }
+        _ => assert_eq!(streamed, response.text, "{kind:?}"),
+    }
+    assert!(response.usage.input_tokens > 0 && response.usage.output_tokens > 0);
+    assert_eq!(
+        response.usage.total_tokens,
+        response.usage.input_tokens + response.usage.output_tokens
+    );
+    assert_eq!(response.finish_reason, FinishReason::Stop);
+    let sent = last_request(&fake);
+    match kind {
+        ProviderKind::Gemini => {
+            assert_eq!(sent.path, "/v1beta/models/fake-large:streamGenerateContent");
+        }
+        ProviderKind::Anthropic => assert_eq!(sent.body["stream"], true),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            assert_eq!(sent.body["stream"], true);
+            assert_eq!(sent.body["stream_options"], json!({"include_usage": true}));
+        }
+    }
+    assert_eq!(sent.headers["accept"], "text/event-stream");
+
+    // Text.
+    let input = text("Summarise: the meeting went well");
+    let (outcome, streamed) = call(&input, None, None).await;
+    let response = outcome.expect("answer");
+    assert!(response.text.starts_with("Extracted:"), "{}", response.text);
+    assert_eq!(streamed, response.text);
+
+    // Faults: before the stream, mid-stream, and in the streamed answer.
+    let retry = Disposition::Retry { after: None };
+    for (fault, want) in [
+        (Fault::StreamDrop, Some((ErrorCode::ProviderError, retry))),
+        (Fault::StreamStall, Some((ErrorCode::Timeout, retry))),
+        (
+            Fault::Refusal,
+            Some((ErrorCode::OutputInvalid, Disposition::Permanent)),
+        ),
+        (
+            Fault::RateLimit,
+            Some((
+                ErrorCode::RateLimited,
+                Disposition::Retry {
+                    after: Some(Duration::from_secs(1)),
+                },
+            )),
+        ),
+        (Fault::InvalidJson, None),
+    ] {
+        let input = text(&format!("receipt [[fake:{fault}]]"));
+        let (outcome, streamed) =
+            call(&input, Some(&schema), Some(Duration::from_millis(500))).await;
+        match (outcome, want) {
+            (Err(error), Some(want)) => {
+                assert_eq!((error.code, error.disposition), want, "{kind:?} {fault}");
+                assert!(!error.message.contains(KEY));
+            }
+            (Ok(answer), None) => {
+                // Invalid JSON streams as it is; the pipeline's validation rejects it.
+                assert!(quarry_worker::pipeline::check_answer(&validator, &answer.text).is_err());
+                assert_eq!(streamed, answer.text);
+            }
+            (got, want) => panic!("{kind:?} {fault}: {got:?}, wanted {want:?}"),
+        }
+        if fault == Fault::StreamDrop {
+            assert!(
+                !streamed.is_empty(),
+                "{kind:?}: half the answer streamed before the drop"
+            );
+        }
+    }
+}
+
 macro_rules! conformance {
     ($($module:ident => $kind:expr),* $(,)?) => {$(
         mod $module {
@@ -642,6 +746,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn reasoning_maps_to_each_providers_control() {
                 super::reasoning_maps_to_each_providers_control($kind).await;
+            }
+
+            #[tokio::test]
+            async fn streams_deltas_usage_and_faults() {
+                super::streams_deltas_usage_and_faults($kind).await;
             }
 
             #[tokio::test]

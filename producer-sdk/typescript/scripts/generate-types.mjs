@@ -12,6 +12,7 @@ const out = path.resolve(here, '../src/generated');
 const messages = [
   ['job.v1', 'JobV1'],
   ['result.v1', 'ResultV1'],
+  ['chunk.v1', 'ChunkV1'],
   ['control.v1', 'ControlV1'],
   ['control-reply.v1', 'ControlReplyV1'],
 ];

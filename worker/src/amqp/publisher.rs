@@ -10,13 +10,15 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
-    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_CONTROL, MESSAGE_TYPE_RESULT, PLUGIN_HEADERS,
-    Topology,
+    HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_CHUNK, MESSAGE_TYPE_CONTROL, MESSAGE_TYPE_RESULT,
+    PLUGIN_HEADERS, Topology,
 };
 use tokio_util::sync::CancellationToken;
 
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
+/// Transient delivery mode: chunks of a streamed answer, which the result supersedes.
+const TRANSIENT: u8 = 1;
 /// Longest wait for a publisher confirm. A broker answers in milliseconds; past this the
 /// connection is taken for dead, so that no job task waits on it forever.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -121,6 +123,43 @@ impl Publisher {
     ) -> Result<ReplyOutcome, PublishError> {
         self.answer(reply_to, correlation_id, body, MESSAGE_TYPE_CONTROL)
             .await
+    }
+
+    /// Publishes a chunk of a streamed answer to `reply_to` through the results exchange
+    /// (transient, not mandatory: a chunk nobody can receive is dropped, the result after it
+    /// is what counts) and waits for its confirm, so that the next chunk follows it in order.
+    pub async fn chunk(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let mut properties = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_type(MESSAGE_TYPE_CHUNK.into())
+            .with_delivery_mode(TRANSIENT);
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        if let Some(user) = &self.worker_user {
+            properties = properties.with_user_id(user.clone());
+        }
+        let confirm = confirmed(
+            &self.lost,
+            "publish_chunk",
+            self.channel.basic_publish(
+                self.results_exchange.clone(),
+                reply_to.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            ),
+        )
+        .await?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+        }
     }
 
     async fn answer(

@@ -205,6 +205,7 @@ async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
         deferral: core.deferral.clone(),
         lost: lost.clone(),
         max_message_bytes: config.worker.max_message_bytes,
+        coalescing: config.worker.coalescing(),
     });
 
     let mut streams = Vec::new();

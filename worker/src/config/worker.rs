@@ -51,6 +51,12 @@ pub struct WorkerConfig {
     /// 0: only `SIGHUP` reloads. Set it where the file is mounted from a ConfigMap, whose
     /// updates send no signal.
     pub config_watch_secs: u64,
+    /// A streaming job's chunks: after the first (published at once), the provider's deltas
+    /// of this many milliseconds go in one chunk.
+    pub stream_chunk_ms: u64,
+    /// A streaming job's chunk is published before `stream_chunk_ms` once its text reaches
+    /// this many bytes.
+    pub stream_chunk_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -72,6 +78,8 @@ impl Default for WorkerConfig {
             default_max_tokens: 1_024,
             job_budget_ms: 30_000,
             config_watch_secs: 0,
+            stream_chunk_ms: 40,
+            stream_chunk_bytes: 4096,
         }
     }
 }
@@ -80,6 +88,14 @@ impl WorkerConfig {
     /// A job's total time when it sets no deadline.
     pub fn job_budget(&self) -> Duration {
         Duration::from_millis(self.job_budget_ms)
+    }
+
+    /// How a streaming job's deltas are coalesced into chunks.
+    pub fn coalescing(&self) -> crate::stream::Coalescing {
+        crate::stream::Coalescing {
+            interval: Duration::from_millis(self.stream_chunk_ms),
+            max_bytes: self.stream_chunk_bytes,
+        }
     }
 
     /// Grace period as a duration.
@@ -158,6 +174,12 @@ impl WorkerConfig {
             return Err(ConfigError::invalid(
                 "worker.default_max_tokens",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self.stream_chunk_ms > 10_000 || self.stream_chunk_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "worker.stream_chunk_ms",
+                "stream_chunk_ms must be at most 10000 and stream_chunk_bytes at least 1",
             ));
         }
         if self.job_budget_ms < 1_000 {

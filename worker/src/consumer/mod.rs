@@ -45,6 +45,7 @@ use crate::amqp::{DeadLetter, PublishError, Publisher};
 use crate::pipeline::{Execution, Pipeline};
 use crate::policy::Policy;
 use crate::result_store::{ClaimGuard, ClaimState, ResultStore};
+use crate::stream::ChunkSink;
 use crate::telemetry;
 use futures::FutureExt;
 use lapin::message::Delivery;
@@ -90,6 +91,8 @@ pub struct Shared {
     /// Largest job message decoded (`worker.max_message_bytes`); larger ones are refused
     /// `INVALID_REQUEST` unread.
     pub max_message_bytes: usize,
+    /// How a streaming job's deltas are coalesced into chunks.
+    pub coalescing: crate::stream::Coalescing,
 }
 
 /// Delay queues for jobs that must wait, and who the worker is.
@@ -343,16 +346,42 @@ impl Run<'_> {
         let keys = shared
             .store
             .job_keys(plugin, job.batch_id.as_deref(), &job.id);
-        let execution = shared
-            .pipeline
-            .execute_claimed(
-                job,
-                policy,
-                self.started,
-                Some(trace),
-                ClaimState::Pending(&shared.store, &keys),
-            )
-            .await;
+        // A streaming job's chunks are published beside it; a delivery that may follow an
+        // earlier one's chunks (redelivered, or back from a delay queue) starts with a reset.
+        let streaming = job.streams().then(|| {
+            let again = self.delivery.redelivered || self.sender.deferrals > 0;
+            (ChunkSink::new(job.json_mode(), again), job.id.clone())
+        });
+        let run = async {
+            let execution = shared
+                .pipeline
+                .execute_claimed(
+                    job,
+                    policy,
+                    self.started,
+                    Some(trace),
+                    ClaimState::Pending(&shared.store, &keys),
+                    streaming.as_ref().map(|(sink, _)| sink),
+                )
+                .await;
+            if let Some((sink, _)) = &streaming {
+                sink.close();
+            }
+            execution
+        };
+        let execution = match &streaming {
+            Some((sink, job_id)) => {
+                let out = ChunksTo {
+                    publisher: &shared.publisher,
+                    reply_to: self.reply_to,
+                    correlation_id: self.correlation_id,
+                };
+                let pumped =
+                    crate::stream::pump(sink, &out, job_id, shared.coalescing, self.started);
+                tokio::join!(run, pumped).0
+            }
+            None => run.await,
+        };
         let Execution {
             outcome,
             mut result,
@@ -474,6 +503,24 @@ impl Run<'_> {
             provider,
             published_ms: published_ms(&self.delivery.properties),
         });
+    }
+}
+
+/// A streaming job's chunks, to its reply queue.
+struct ChunksTo<'a> {
+    publisher: &'a Publisher,
+    reply_to: &'a str,
+    correlation_id: Option<&'a str>,
+}
+
+impl crate::stream::ChunkOut for ChunksTo<'_> {
+    fn publish<'a>(&'a self, body: Vec<u8>) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.publisher
+                .chunk(self.reply_to, self.correlation_id, &body)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

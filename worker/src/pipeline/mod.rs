@@ -31,6 +31,7 @@ use crate::providers::{
 use crate::result_store::{Claim, ClaimGuard, ClaimState};
 use crate::retry::RetryPolicy;
 use crate::schema_cache::{CompiledSchema, InvalidSchema, SchemaCache, Violation, violations};
+use crate::stream::ChunkSink;
 use crate::telemetry;
 use crate::trace::TraceContext;
 use cost::{CostTally, PriceTable};
@@ -38,7 +39,7 @@ use jsonschema::Validator;
 use quarry_schemas::control::{AliasView, Description, TargetView};
 use quarry_schemas::result::{ContentType, ResultVersion};
 use quarry_schemas::{
-    ErrorCode, ErrorInfo, FinishReason, InputPart, Job, JobResult, Status, Usage,
+    ErrorCode, ErrorInfo, FinishReason, InputPart, Job, JobResult, ResetReason, Status, Usage,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ const SCHEMA_CACHE_CAPACITY: usize = 1024;
 const DEFAULT_SCHEMA_NAME: &str = "extraction";
 
 /// What this version's workers do beyond the first `job.v1`, as `describe` lists it.
-const CAPABILITIES: [&str; 9] = [
+const CAPABILITIES: [&str; 10] = [
     "json_mode",
     "targets",
     "agent_id",
@@ -62,6 +63,7 @@ const CAPABILITIES: [&str; 9] = [
     "job_budget",
     "batch_cost",
     "describe",
+    "stream",
 ];
 
 /// The schema of `json_mode` without one: any JSON object.
@@ -185,6 +187,8 @@ struct Tally<'k> {
     unspent: Option<Outcome>,
     /// The last successful attempt's reservation, settled with the result's write.
     settlement: Option<Settlement>,
+    /// A streaming job's chunks.
+    sink: Option<&'k ChunkSink>,
 }
 
 impl Tally<'_> {
@@ -343,23 +347,26 @@ impl Pipeline {
         started: Instant,
         trace: Option<&TraceContext>,
     ) -> Execution {
-        self.execute_claimed(job, policy, started, trace, ClaimState::Unwanted)
+        self.execute_claimed(job, policy, started, trace, ClaimState::Unwanted, None)
             .await
     }
 
     /// [`Pipeline::execute_traced`], claiming the job (`ClaimState::Pending`) before its first
-    /// provider call, in the round trip of its first limiter reservation when it has one.
-    pub async fn execute_claimed(
+    /// provider call, in the round trip of its first limiter reservation when it has one; a
+    /// streaming job's provider calls stream into `sink`.
+    pub async fn execute_claimed<'k>(
         &self,
         job: Job,
         policy: &Policy,
         started: Instant,
         trace: Option<&TraceContext>,
-        claim: ClaimState<'_>,
+        claim: ClaimState<'k>,
+        sink: Option<&'k ChunkSink>,
     ) -> Execution {
         let plugin = policy.name.as_str();
         let mut tally = Tally {
             claim,
+            sink,
             ..Tally::default()
         };
         let outcome = self
@@ -734,11 +741,15 @@ impl Pipeline {
                 any_object: job.json_schema.is_none() && job.json_mode(),
                 trace: None,
                 max_schema_nodes: self.max_schema_nodes,
+                sink: tally.sink,
             };
             let response = self
                 .call_with_retry(leg, request, bounds, tally)
                 .await
                 .map_err(|e| failure(ErrorInfo::new(e.code, e.message)))?;
+            if let Some(sink) = tally.sink {
+                sink.settle(&response.text);
+            }
             let Some(validator) = schema.map(|c| &c.validator) else {
                 return Ok(Answer {
                     text: response.text,
@@ -779,6 +790,9 @@ impl Pipeline {
                 }));
             }
             tracing::debug!(problem = %problem, "answer invalid; asking for a repair");
+            if let Some(sink) = tally.sink {
+                sink.reset(ResetReason::Repair);
+            }
             repairs.push(Repair {
                 answer: response.text,
                 problem,
@@ -867,7 +881,12 @@ impl Pipeline {
             let outcome = match &tally.claim.cancellation() {
                 Some(cancelled) => tokio::select! {
                     biased;
-                    () = cancelled.cancelled() => Err(cancelled_in_flight()),
+                    () = cancelled.cancelled() => {
+                        if let Some(sink) = tally.sink {
+                            sink.stop();
+                        }
+                        Err(cancelled_in_flight())
+                    }
                     outcome = entry.provider.call(&request) => outcome,
                 },
                 None => entry.provider.call(&request).await,
@@ -905,6 +924,10 @@ impl Pipeline {
                 }
                 Err(error) => error,
             };
+            // What the failed attempt streamed is void: the next one starts over.
+            if let Some(sink) = tally.sink {
+                sink.reset(ResetReason::Retry);
+            }
             // The provider bills attempts that fail (timeouts, refusals, broken answers) and
             // reported nothing here: the attempt keeps what it reserved.
             if let Some(settlement) =

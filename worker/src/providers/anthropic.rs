@@ -7,12 +7,16 @@
 //! (the job's, else `default_max_tokens`). Overload (529) counts as `MODEL_UNAVAILABLE`, so an
 //! alias falls back to its next target.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed};
+use super::http::{
+    Auth, HttpClient, Posted, RawResponse, body_text, endpoint, failure, malformed, stream_cut,
+};
 use super::status::{self, Said};
 use super::{
     BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, retry_hint,
 };
 use crate::config::ProviderConfig;
+use crate::stream::ChunkSink;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, FinishReason, InputPart, Reasoning, Usage};
@@ -110,6 +114,7 @@ impl Anthropic {
             temperature: request.temperature,
             stop_sequences: request.stop,
             thinking,
+            stream: request.sink.is_some(),
         }
     }
 
@@ -135,6 +140,9 @@ impl Anthropic {
             .transpose()?;
         let body = serde_json::to_vec(&self.body(request, tool_schema, thinking))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
+        if let Some(sink) = request.sink {
+            return self.streamed(request, body, sink, wrapped).await;
+        }
         let raw = self
             .http
             .post_json(
@@ -194,6 +202,39 @@ impl Anthropic {
             model: answer.model.unwrap_or_else(|| request.model.to_owned()),
             finish_reason: finish_reason(answer.stop_reason.as_deref()),
         })
+    }
+
+    /// One attempt streamed (message events): in JSON mode the forced tool's partial JSON is
+    /// the answer's text, otherwise the text blocks'.
+    async fn streamed(
+        &self,
+        request: &ProviderRequest<'_>,
+        body: Vec<u8>,
+        sink: &ChunkSink,
+        wrapped: bool,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let posted = self
+            .http
+            .post_stream(
+                self.url.clone(),
+                body,
+                request.timeout,
+                request.api_key,
+                request.trace.as_ref(),
+            )
+            .await?;
+        let mut events = match posted {
+            Posted::Failed(raw) => return Err(self.classify(&raw, request.api_key)),
+            Posted::Events(events) => events,
+        };
+        let mut answer = MessageStream::new(request.json_schema.map(|(name, _)| name));
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if answer.event(&event.event, &event.data, sink)? {
+                return answer.finish(request, wrapped);
+            }
+        }
+        Err(stream_cut())
     }
 
     /// Every HTTP failure maps to a code and a disposition here, and only here.
@@ -267,6 +308,8 @@ struct MessagesRequest<'a> {
     stop_sequences: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
 }
 
 /// `thinking` of a reasoning effort: disabled, or enabled with a budget (1024, 4096 or 16384
@@ -379,6 +422,203 @@ enum ContentBlock {
     },
     #[serde(other)]
     Other,
+}
+
+/// A streamed message as its events arrive.
+pub(crate) struct MessageStream<'a> {
+    /// JSON mode: the forced tool's name.
+    tool: Option<&'a str>,
+    /// Whether the block being streamed is the answer's (the tool's input in JSON mode, a
+    /// text block otherwise).
+    in_answer: bool,
+    text: String,
+    /// JSON mode: the tool was called.
+    called: bool,
+    model: Option<String>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent {
+    MessageStart {
+        message: StartedMessage,
+    },
+    ContentBlockStart {
+        content_block: StartedBlock,
+    },
+    ContentBlockDelta {
+        delta: BlockDelta,
+    },
+    ContentBlockStop,
+    MessageDelta {
+        delta: MessageDeltaBody,
+        usage: Option<DeltaUsage>,
+    },
+    MessageStop,
+    Ping,
+    Error {
+        error: WireError,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartedMessage {
+    model: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartedBlock {
+    Text,
+    ToolUse {
+        name: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaUsage {
+    output_tokens: Option<u64>,
+}
+
+impl<'a> MessageStream<'a> {
+    pub(crate) fn new(tool: Option<&'a str>) -> Self {
+        Self {
+            tool,
+            in_answer: false,
+            text: String::new(),
+            called: false,
+            model: None,
+            stop_reason: None,
+            usage: None,
+        }
+    }
+
+    /// One event; `true` at `message_stop`.
+    pub(crate) fn event(
+        &mut self,
+        _name: &str,
+        data: &str,
+        sink: &ChunkSink,
+    ) -> Result<bool, ProviderError> {
+        let event: StreamEvent =
+            serde_json::from_str(data).map_err(|e| malformed("message event", e))?;
+        match event {
+            StreamEvent::MessageStart { message } => {
+                self.model = message.model;
+                self.usage = message.usage;
+            }
+            StreamEvent::ContentBlockStart { content_block } => {
+                self.in_answer = match (content_block, self.tool) {
+                    (StartedBlock::ToolUse { name }, Some(tool)) => name == tool,
+                    (StartedBlock::Text, None) => true,
+                    _ => false,
+                };
+                self.called |= self.in_answer && self.tool.is_some();
+            }
+            StreamEvent::ContentBlockDelta { delta } => {
+                let piece = match (delta, self.tool) {
+                    (BlockDelta::InputJsonDelta { partial_json }, Some(_)) => partial_json,
+                    (BlockDelta::TextDelta { text }, None) => text,
+                    _ => return Ok(false),
+                };
+                if self.in_answer {
+                    sink.delta(&piece);
+                    self.text.push_str(&piece);
+                }
+            }
+            StreamEvent::ContentBlockStop => self.in_answer = false,
+            StreamEvent::MessageDelta { delta, usage } => {
+                self.stop_reason = delta.stop_reason.or(self.stop_reason.take());
+                if let (Some(total), Some(usage)) =
+                    (usage.and_then(|u| u.output_tokens), self.usage.as_mut())
+                {
+                    usage.output_tokens = total;
+                }
+            }
+            StreamEvent::MessageStop => return Ok(true),
+            StreamEvent::Error { error } => {
+                let kind = error.kind.as_deref().unwrap_or("");
+                // The HTTP status the same error has outside a stream.
+                let status = match said(kind) {
+                    Some(Said::Overloaded) => 529,
+                    Some(Said::RateLimited) => 429,
+                    _ => 500,
+                };
+                let (code, disposition) = status::classify(status, said(kind), None);
+                let text = error.message.unwrap_or_default();
+                return Err(ProviderError {
+                    code,
+                    disposition,
+                    message: format!("the stream failed: {}", super::http::scrub(&text, None)),
+                });
+            }
+            StreamEvent::Ping | StreamEvent::Other => {}
+        }
+        Ok(false)
+    }
+
+    /// The whole answer, refused or tool-less as unstreamed.
+    pub(crate) fn finish(
+        self,
+        request: &ProviderRequest<'_>,
+        wrapped: bool,
+    ) -> Result<ProviderResponse, ProviderError> {
+        if self.stop_reason.as_deref() == Some("refusal") {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                "the model refused to answer",
+            ));
+        }
+        let text = match self.tool {
+            Some(_) if !self.called => {
+                return Err(ProviderError::retry(
+                    ErrorCode::OutputInvalid,
+                    None,
+                    "the model did not call the extraction tool",
+                ));
+            }
+            // A tool called without input streams none: its input is `{}`.
+            Some(_) if self.text.trim().is_empty() => "{}".to_owned(),
+            Some(_) if wrapped => match serde_json::from_str::<Value>(&self.text) {
+                Ok(Value::Object(map)) => {
+                    map.get(WRAPPED).cloned().unwrap_or(Value::Null).to_string()
+                }
+                _ => self.text,
+            },
+            _ => self.text,
+        };
+        Ok(ProviderResponse {
+            text,
+            usage: self.usage.map(Usage::from).unwrap_or_default(),
+            model: self.model.unwrap_or_else(|| request.model.to_owned()),
+            finish_reason: finish_reason(self.stop_reason.as_deref()),
+        })
+    }
 }
 
 #[derive(Deserialize)]

@@ -9,10 +9,14 @@
 //! Instructions go in `systemInstruction`; images as `inlineData`; repairs as `model` + `user`
 //! turns. Rate-limit errors carry `RetryInfo.retryDelay`.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed};
+use super::http::{
+    Auth, HttpClient, Posted, RawResponse, body_text, failure, malformed, stream_cut,
+};
 use super::status::{self, Said};
 use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, retry_hint};
 use crate::config::ProviderConfig;
+use crate::stream::ChunkSink;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, FinishReason, InputPart, Reasoning, Usage};
@@ -119,6 +123,13 @@ impl Gemini {
             .transpose()?;
         let body = serde_json::to_vec(&self.body(request, schema))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
+        if let Some(sink) = request.sink {
+            let url = format!(
+                "{}/models/{}:streamGenerateContent?alt=sse",
+                self.base_url, request.model
+            );
+            return self.streamed(request, &url, body, sink).await;
+        }
         let url = format!("{}/models/{}:generateContent", self.base_url, request.model);
         let raw = self
             .http
@@ -171,6 +182,37 @@ impl Gemini {
                 .model_version
                 .unwrap_or_else(|| request.model.to_owned()),
         })
+    }
+
+    /// One attempt streamed (`streamGenerateContent?alt=sse`): each event is a partial
+    /// response whose text parts are the deltas; the last carries the finish reason and the
+    /// usage.
+    async fn streamed(
+        &self,
+        request: &ProviderRequest<'_>,
+        url: &str,
+        body: Vec<u8>,
+        sink: &ChunkSink,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let posted = self
+            .http
+            .post_stream(
+                url,
+                body,
+                request.timeout,
+                request.api_key,
+                request.trace.as_ref(),
+            )
+            .await?;
+        let mut events = match posted {
+            Posted::Failed(raw) => return Err(self.classify(&raw, request.api_key)),
+            Posted::Events(events) => events,
+        };
+        let mut answer = GenerateStream::default();
+        while let Some(event) = events.next().await {
+            answer.event(&event?.data, sink)?;
+        }
+        answer.finish(request)
     }
 
     /// Every HTTP failure maps to a code and a disposition here, and only here.
@@ -516,6 +558,77 @@ pub(crate) fn thinking_budget(reasoning: Reasoning) -> u32 {
         Reasoning::Low => 1_024,
         Reasoning::Medium => 8_192,
         Reasoning::High => 24_576,
+    }
+}
+
+/// A streamed answer as its partial responses arrive.
+#[derive(Default)]
+pub(crate) struct GenerateStream {
+    text: String,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    model: Option<String>,
+    blocked: Option<String>,
+}
+
+impl GenerateStream {
+    /// One partial response.
+    pub(crate) fn event(&mut self, data: &str, sink: &ChunkSink) -> Result<(), ProviderError> {
+        let part: GenerateResponse =
+            serde_json::from_str(data).map_err(|e| malformed("streamGenerateContent event", e))?;
+        if let Some(reason) = part.prompt_feedback.and_then(|f| f.block_reason) {
+            self.blocked = Some(reason);
+        }
+        if let Some(usage) = part.usage_metadata {
+            self.usage = Some(Usage::from(usage));
+        }
+        if let Some(model) = part.model_version {
+            self.model.get_or_insert(model);
+        }
+        if let Some(candidate) = part.candidates.into_iter().next() {
+            for text in candidate
+                .content
+                .into_iter()
+                .flat_map(|c| c.parts)
+                .filter_map(|p| p.text)
+            {
+                sink.delta(&text);
+                self.text.push_str(&text);
+            }
+            if candidate.finish_reason.is_some() {
+                self.finish_reason = candidate.finish_reason;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole answer, blocked or withheld as unstreamed; a stream that ended without a
+    /// finish reason was cut.
+    pub(crate) fn finish(
+        self,
+        request: &ProviderRequest<'_>,
+    ) -> Result<ProviderResponse, ProviderError> {
+        if let Some(reason) = self.blocked {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                format!("the prompt was blocked: {reason}"),
+            ));
+        }
+        let Some(word) = self.finish_reason else {
+            return Err(stream_cut());
+        };
+        if BLOCKED.contains(&word.as_str()) {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                format!("the answer was withheld: {word}"),
+            ));
+        }
+        Ok(ProviderResponse {
+            text: self.text,
+            finish_reason: finish_reason(Some(&word)),
+            usage: self.usage.unwrap_or_default(),
+            model: self.model.unwrap_or_else(|| request.model.to_owned()),
+        })
     }
 }
 

@@ -94,6 +94,54 @@ impl HttpClient {
         key: Option<&SecretString>,
         trace: Option<&(crate::trace::TraceParent, Option<&str>)>,
     ) -> Result<RawResponse, ProviderError> {
+        let response = self
+            .request(url, body, timeout, key, trace)?
+            .send()
+            .await
+            .map_err(transport_error)?;
+        read_whole(response).await
+    }
+
+    /// POSTs a JSON body asking for a streamed answer (server-sent events). A success is the
+    /// stream of its events, read as they arrive; the whole stream must end within `timeout`
+    /// (a stalled stream times out like a slow answer). A failure is read whole, to be
+    /// classified like any.
+    pub async fn post_stream(
+        &self,
+        url: impl reqwest::IntoUrl,
+        body: Vec<u8>,
+        timeout: Duration,
+        key: Option<&SecretString>,
+        trace: Option<&(crate::trace::TraceParent, Option<&str>)>,
+    ) -> Result<Posted, ProviderError> {
+        let response = self
+            .request(url, body, timeout, key, trace)?
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if !response.status().is_success() {
+            return Ok(Posted::Failed(read_whole(response).await?));
+        }
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let events = response.bytes_stream().eventsource().map(|event| {
+            event.map_err(|error| match error {
+                eventsource_stream::EventStreamError::Transport(e) => transport_error(e),
+                other => malformed("event stream", other),
+            })
+        });
+        Ok(Posted::Events(Box::pin(events)))
+    }
+
+    fn request(
+        &self,
+        url: impl reqwest::IntoUrl,
+        body: Vec<u8>,
+        timeout: Duration,
+        key: Option<&SecretString>,
+        trace: Option<&(crate::trace::TraceParent, Option<&str>)>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let mut request = self
             .client
             .post(url)
@@ -123,16 +171,42 @@ impl HttpClient {
             value.set_sensitive(true);
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(transport_error)?;
-        Ok(RawResponse {
-            status,
-            headers,
-            body,
-        })
+        Ok(request)
     }
+}
+
+/// A streamed request's answer.
+pub enum Posted {
+    /// Not a success: the whole answer, to classify.
+    Failed(RawResponse),
+    /// A success: its events as they arrive.
+    Events(Events),
+}
+
+/// A streamed answer's server-sent events; a transport failure mid-stream is its error.
+pub type Events = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, ProviderError>> + Send>,
+>;
+
+/// A stream that ended before its answer did (the connection closed without the format's
+/// last event): retried like a dropped connection.
+pub fn stream_cut() -> ProviderError {
+    ProviderError::retry(
+        ErrorCode::ProviderError,
+        None,
+        "the provider's stream ended before the answer did",
+    )
+}
+
+async fn read_whole(response: reqwest::Response) -> Result<RawResponse, ProviderError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(transport_error)?;
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Every secret this process holds for providers (each key of each pool, each configured

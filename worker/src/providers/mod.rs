@@ -74,6 +74,9 @@ pub struct ProviderRequest<'a> {
     /// Most schema nodes a provider's rewrite of `json_schema` may produce
     /// (`worker.max_schema_nodes`); past it the attempt fails `INVALID_REQUEST`.
     pub max_schema_nodes: usize,
+    /// A streaming job's sink: the attempt streams from the provider and hands each delta of
+    /// the answer to it (`None`: the answer is read whole).
+    pub sink: Option<&'a crate::stream::ChunkSink>,
 }
 
 /// The schema a request carries: the job's own, as the text the pipeline keeps per distinct

@@ -7,12 +7,17 @@
 //! "json_object"}` with the schema appended to the system message. Images travel as
 //! `image_url` parts with `data:` URLs; repairs as assistant + user turns.
 
-use super::http::{Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, scrub};
+use super::http::{
+    Auth, HttpClient, Posted, RawResponse, body_text, endpoint, failure, malformed, scrub,
+    stream_cut,
+};
 use super::status::{self, Said};
 use super::{
     BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, SentSchema, retry_hint,
 };
 use crate::config::ProviderConfig;
+use crate::stream::ChunkSink;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_schemas::job::ImageMime;
 use quarry_schemas::{ErrorCode, FinishReason, InputPart, Reasoning, Usage};
@@ -148,6 +153,10 @@ impl OpenAiCompatible {
             reasoning_effort: request.reasoning.map(reasoning_effort),
             stop: request.stop,
             response_format,
+            stream: request.sink.is_some(),
+            stream_options: request.sink.map(|_| StreamOptions {
+                include_usage: true,
+            }),
         }
     }
 
@@ -159,6 +168,9 @@ impl OpenAiCompatible {
     ) -> Result<ProviderResponse, ProviderError> {
         let body = serde_json::to_vec(&self.body(request, schema))
             .map_err(|e| ProviderError::permanent(ErrorCode::Internal, e.to_string()))?;
+        if let Some(sink) = request.sink {
+            return self.streamed(request, body, sink).await;
+        }
         let raw = self
             .http
             .post_json(
@@ -195,6 +207,42 @@ impl OpenAiCompatible {
             model: answer.model.unwrap_or_else(|| request.model.to_owned()),
             finish_reason: finish_reason(choice.finish_reason.as_deref()),
         })
+    }
+
+    /// One attempt streamed: each content delta goes to `sink` as it arrives; the answer is
+    /// what they make, with the usage chunk's tokens.
+    async fn streamed(
+        &self,
+        request: &ProviderRequest<'_>,
+        body: Vec<u8>,
+        sink: &ChunkSink,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let posted = self
+            .http
+            .post_stream(
+                self.url.clone(),
+                body,
+                request.timeout,
+                request.api_key,
+                request.trace.as_ref(),
+            )
+            .await?;
+        let mut events = match posted {
+            Posted::Failed(raw) => return Err(self.classify(&raw, request.api_key)),
+            Posted::Events(events) => events,
+        };
+        let mut answer = ChatStream::default();
+        while let Some(event) = events.next().await {
+            if answer.event(&event?.data, sink)? {
+                return answer.finish(request);
+            }
+        }
+        // Some servers end with the usage chunk and no `[DONE]`: the finish reason says the
+        // answer is whole.
+        if answer.finish_reason.is_some() {
+            return answer.finish(request);
+        }
+        Err(stream_cut())
     }
 
     /// Every HTTP failure maps to a code and a disposition here, and only here.
@@ -262,6 +310,16 @@ pub(crate) struct ChatRequest<'a> {
     stop: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<ResponseFormat<'a>>,
+    /// A streamed answer, with the usage chunk at its end.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Serialize)]
@@ -396,6 +454,105 @@ struct AssistantMessage {
     refusal: Option<String>,
 }
 
+/// A streamed chat completion as its chunks arrive.
+#[derive(Default)]
+pub(crate) struct ChatStream {
+    text: String,
+    refusal: String,
+    model: Option<String>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct StreamChunk {
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<StreamChoice>,
+    usage: Option<WireUsage>,
+    /// Some servers report a failure mid-stream as an event of its own.
+    error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    #[serde(default)]
+    delta: StreamDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamDelta {
+    content: Option<String>,
+    refusal: Option<String>,
+}
+
+impl ChatStream {
+    /// One event's data; `true` at `[DONE]`.
+    pub(crate) fn event(&mut self, data: &str, sink: &ChunkSink) -> Result<bool, ProviderError> {
+        if data.trim() == "[DONE]" {
+            return Ok(true);
+        }
+        let chunk: StreamChunk =
+            serde_json::from_str(data).map_err(|e| malformed("chat completion chunk", e))?;
+        if let Some(error) = chunk.error {
+            let text = error.message.unwrap_or_default();
+            return Err(ProviderError::retry(
+                ErrorCode::ProviderError,
+                None,
+                format!("the stream failed: {}", scrub(&text, None)),
+            ));
+        }
+        if let Some(model) = chunk.model {
+            self.model.get_or_insert(model);
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(Usage::from(usage));
+        }
+        if let Some(choice) = chunk.choices.into_iter().next() {
+            if let Some(content) = choice.delta.content {
+                sink.delta(&content);
+                self.text.push_str(&content);
+            }
+            if let Some(refusal) = choice.delta.refusal {
+                self.refusal.push_str(&refusal);
+            }
+            if choice.finish_reason.is_some() {
+                self.finish_reason = choice.finish_reason;
+            }
+        }
+        Ok(false)
+    }
+
+    /// The whole answer, refused or withheld as unstreamed.
+    pub(crate) fn finish(
+        self,
+        request: &ProviderRequest<'_>,
+    ) -> Result<ProviderResponse, ProviderError> {
+        if !self.refusal.is_empty() {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                format!(
+                    "the model refused: {}",
+                    scrub(&self.refusal, request.api_key)
+                ),
+            ));
+        }
+        if self.finish_reason.as_deref() == Some("content_filter") {
+            return Err(ProviderError::permanent(
+                ErrorCode::OutputInvalid,
+                "the provider's content filter withheld the answer",
+            ));
+        }
+        Ok(ProviderResponse {
+            text: self.text,
+            usage: self.usage.unwrap_or_default(),
+            model: self.model.unwrap_or_else(|| request.model.to_owned()),
+            finish_reason: finish_reason(self.finish_reason.as_deref()),
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct WireUsage {
     #[serde(default)]
@@ -502,6 +659,7 @@ mod tests {
             any_object: false,
             trace: None,
             max_schema_nodes: 10_000,
+            sink: None,
         }
     }
 

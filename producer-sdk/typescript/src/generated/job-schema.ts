@@ -7,6 +7,24 @@ export const JOB_V1_SCHEMA = {
   "description": "One structured-extraction job, published by a plugin to the exchange `quarry.jobs` with routing key = lane (`interactive` or `batch`). AMQP properties carry the reply address: `reply_to` (queue for the result), `correlation_id` (copied onto the result; the SDK uses the job id), `message_id` (the job id), `user_id` (the plugin's broker user), `delivery_mode` 2 (persistent).",
   "type": "object",
   "additionalProperties": false,
+  "if": {
+    "description": "A batch's reply queue carries results only: a batch job cannot stream.",
+    "required": [
+      "stream"
+    ],
+    "properties": {
+      "stream": {
+        "const": true
+      }
+    }
+  },
+  "then": {
+    "properties": {
+      "batch_id": {
+        "type": "null"
+      }
+    }
+  },
   "required": [
     "version",
     "id",
@@ -60,6 +78,13 @@ export const JOB_V1_SCHEMA = {
         "null"
       ],
       "description": "JSON Schema (draft 2020-12 unless `$schema` says otherwise) the answer must satisfy. When present the job runs in JSON mode: the result carries `parsed`. External `$ref`s are not resolved."
+    },
+    "stream": {
+      "type": [
+        "boolean",
+        "null"
+      ],
+      "description": "Stream the answer: `chunk.v1` messages (text deltas; in JSON mode also the best-effort parse of the partial answer) go to `reply_to` before the final `result.v1`, which is unchanged and authoritative. Not with `batch_id` (INVALID_REQUEST)."
     },
     "json_mode": {
       "type": [

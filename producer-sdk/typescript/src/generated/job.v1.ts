@@ -49,6 +49,10 @@ export interface JobV1 {
    */
   json_schema?: {} | null;
   /**
+   * Stream the answer: `chunk.v1` messages (text deltas; in JSON mode also the best-effort parse of the partial answer) go to `reply_to` before the final `result.v1`, which is unchanged and authoritative. Not with `batch_id` (INVALID_REQUEST).
+   */
+  stream?: boolean | null;
+  /**
    * JSON mode without a schema: true asks for any JSON object, parsed and returned in `parsed` (the repair loop included). Implied by `json_schema`; false together with `json_schema` is INVALID_REQUEST.
    */
   json_mode?: boolean | null;

@@ -13,6 +13,7 @@
 //! | `ops` | compose, Kubernetes, Prometheus and Grafana artefacts against their validators |
 //! | `providers` | each provider kind through the fleet, faults included |
 //! | `reload` | `SIGHUP` and the watched file change plugins and aliases of a running worker |
+//! | `streaming` | streamed calls: order, reassembly, resets, cancel, limits, a worker killed mid-stream |
 //! | `secrets` | no key in a log, a metric, a result, a dead letter or Redis |
 //! | `trust` | broker users and permissions as `deploy/rabbitmq/quarry-user` sets them |
 
@@ -26,4 +27,5 @@ mod ops;
 mod providers;
 mod reload;
 mod secrets;
+mod streaming;
 mod trust;

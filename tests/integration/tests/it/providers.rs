@@ -15,7 +15,7 @@ use quarry_worker::config::{Config, Price, ProviderConfig, ProviderKind, Provide
 use serde_json::Value;
 use std::collections::HashMap;
 
-const KINDS: [(&str, ProviderKind); 4] = [
+pub(crate) const KINDS: [(&str, ProviderKind); 4] = [
     ("openai", ProviderKind::Openai),
     ("anthropic", ProviderKind::Anthropic),
     ("gemini", ProviderKind::Gemini),
@@ -30,7 +30,7 @@ fn schemas() -> Vec<(&'static str, Value)> {
 }
 
 /// One alias per provider kind, all served by the fleet's fake provider.
-fn every_kind(fleet: &Fleet) -> Config {
+pub(crate) fn every_kind(fleet: &Fleet) -> Config {
     let mut config = fleet.worker_config();
     config.providers.clear();
     config.routing.aliases.clear();
