@@ -2,6 +2,7 @@
 
 import * as amqp from 'amqplib';
 import { randomBytes } from 'node:crypto';
+import type { ChunkV1 } from './generated/chunk.v1.js';
 import type { ControlReplyV1 } from './generated/control-reply.v1.js';
 import type { ControlV1 } from './generated/control.v1.js';
 import type { JobV1 } from './generated/job.v1.js';
@@ -26,6 +27,7 @@ import {
   CONTENT_TYPE_JSON,
   HEADER_PUBLISHED_MS,
   HEADER_TRACEPARENT,
+  MESSAGE_TYPE_CHUNK,
   MESSAGE_TYPE_CONTROL,
   MESSAGE_TYPE_JOB,
   Topology,
@@ -34,6 +36,7 @@ import {
   type Lane,
 } from './wire.js';
 import { Batch, type BatchOptions } from './batch.js';
+import { streamed, type StreamEvent } from './stream.js';
 
 /** How to connect. */
 export interface ClientOptions {
@@ -71,6 +74,8 @@ export interface Session {
 interface PendingCall {
   job: JobV1;
   lane: Lane;
+  /** A streamed call's chunks. */
+  onChunk?: ((chunk: ChunkV1) => void) | undefined;
   /** The session it was last published on. */
   session: number | undefined;
   resolve(result: ResultV1): void;
@@ -95,8 +100,13 @@ export class QuarryClient {
   /** The platform's completion calls. */
   readonly llm: {
     complete(request: CompleteRequest): Promise<CallResult>;
+    /** `complete`, streamed: deltas, resets, then the result ([`StreamEvent`]). */
+    stream(request: CompleteRequest): AsyncIterable<StreamEvent<CallResult>>;
     completeStructured<S extends JsonSchemaLike, T = StaticOf<S>>(
-      request: StructuredRequest<S>,
+      request: StructuredRequest<S> & { stream: true },
+    ): AsyncIterable<StreamEvent<StructuredResult<T>>>;
+    completeStructured<S extends JsonSchemaLike, T = StaticOf<S>>(
+      request: StructuredRequest<S> & { stream?: false },
     ): Promise<StructuredResult<T>>;
   };
   /** The AMQP user: the plugin, as the broker vouches for it. */
@@ -125,19 +135,31 @@ export class QuarryClient {
       throw invalidArgument('url', 'is not an AMQP URL (amqp://user:password@host:port/vhost)');
     }
     this.user = user;
+    const textOf = (result: ResultV1): CallResult => {
+      const { parsed: _parsed, contentType: _type, ...rest } = fromResult(result);
+      return rest;
+    };
+    const structured = (request: StructuredRequest): JobV1 => {
+      const job = structuredJob(request.id ?? newJobId(), request);
+      if (job.json_schema == null && job.json_mode == null) job.json_mode = true;
+      return job;
+    };
+    const completeStructured = <S extends JsonSchemaLike, T = StaticOf<S>>(
+      request: StructuredRequest<S> & { stream?: boolean },
+    ): Promise<StructuredResult<T>> | AsyncIterable<StreamEvent<StructuredResult<T>>> => {
+      const { stream, ...rest } = request;
+      if (stream === true) {
+        return this.stream(structured(rest), rest, (r) => fromResult(r) as StructuredResult<T>);
+      }
+      return (async () =>
+        fromResult(await this.call(structured(rest), rest)) as StructuredResult<T>)();
+    };
     this.llm = {
-      complete: async (request) => {
-        const result = await this.call(completeJob(request.id ?? newJobId(), request), request);
-        const { parsed: _parsed, contentType: _type, ...rest } = fromResult(result);
-        return rest;
-      },
-      completeStructured: async <S extends JsonSchemaLike, T = StaticOf<S>>(
-        request: StructuredRequest<S>,
-      ) => {
-        const job = structuredJob(request.id ?? newJobId(), request);
-        if (job.json_schema == null && job.json_mode == null) job.json_mode = true;
-        return fromResult(await this.call(job, request)) as StructuredResult<T>;
-      },
+      complete: async (request) =>
+        textOf(await this.call(completeJob(request.id ?? newJobId(), request), request)),
+      stream: (request) =>
+        this.stream(completeJob(request.id ?? newJobId(), request), request, textOf),
+      completeStructured: completeStructured as QuarryClient['llm']['completeStructured'],
     };
   }
 
@@ -361,8 +383,27 @@ export class QuarryClient {
     }
   }
 
-  /** Publishes one job and waits for its result (the job's deadline is the call's timeout). */
-  async call(job: JobV1, options: CallOptions): Promise<ResultV1> {
+  /** Publishes one job with `stream: true` and yields its events ([`streamed`]). */
+  stream<R>(
+    job: JobV1,
+    options: CallOptions,
+    finish: (result: ResultV1) => R,
+  ): AsyncIterable<StreamEvent<R>> {
+    job.stream = true;
+    return streamed(
+      (onChunk, signal) => this.call(job, { ...options, signal }, onChunk),
+      finish,
+      options.signal,
+    );
+  }
+
+  /** Publishes one job and waits for its result (the job's deadline is the call's timeout);
+   * a streamed call's chunks go to `onChunk` meanwhile. */
+  async call(
+    job: JobV1,
+    options: CallOptions,
+    onChunk?: (chunk: ChunkV1) => void,
+  ): Promise<ResultV1> {
     const timeoutMs = timeoutOf(options);
     const lane = laneOf(options, 'interactive');
     const signal = options.signal;
@@ -397,6 +438,7 @@ export class QuarryClient {
       const call: PendingCall = {
         job,
         lane,
+        onChunk,
         session: undefined,
         resolve: (result) => {
           settle();
@@ -439,6 +481,13 @@ export class QuarryClient {
       const control = id === undefined ? undefined : this.controls.get(id);
       if (control === undefined) this.foreign++;
       else control.resolve(body as ControlReplyV1);
+      return;
+    }
+    if (message.properties.type === MESSAGE_TYPE_CHUNK) {
+      const chunk = body as ChunkV1;
+      const call = typeof chunk?.job_id === 'string' ? this.calls.get(chunk.job_id) : undefined;
+      if (call?.onChunk === undefined) this.foreign++;
+      else call.onChunk(chunk);
       return;
     }
     const result = body as ResultV1;

@@ -8,6 +8,7 @@ export {
   type BatchOptions,
   type BatchProgress,
 } from './batch.js';
+export { ChunkOrder, type StreamEvent, type ResetReason } from './stream.js';
 export {
   QuarryError,
   CONTRACT_ERROR_CODES,
@@ -33,5 +34,6 @@ export type {
 export { Topology, canonicalJson, newJobId, batchJobId, type Lane } from './wire.js';
 export type { JobV1 } from './generated/job.v1.js';
 export type { ResultV1 } from './generated/result.v1.js';
+export type { ChunkV1 } from './generated/chunk.v1.js';
 export type { ControlV1 } from './generated/control.v1.js';
 export type { ControlReplyV1 } from './generated/control-reply.v1.js';

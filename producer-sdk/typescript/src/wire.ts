@@ -8,6 +8,7 @@ export const HEADER_TRACEPARENT = 'traceparent';
 export const MESSAGE_TYPE_JOB = 'quarry.job.v1';
 export const MESSAGE_TYPE_RESULT = 'quarry.result.v1';
 export const MESSAGE_TYPE_CONTROL = 'quarry.control.v1';
+export const MESSAGE_TYPE_CHUNK = 'quarry.chunk.v1';
 export const CONTENT_TYPE_JSON = 'application/json';
 
 export type Lane = 'interactive' | 'batch';

@@ -56,6 +56,8 @@ export interface FakeOptions {
   faults?: string;
   latencyMs?: number;
   hangMs?: number;
+  /** Pause before each event of a streamed answer. */
+  streamChunkMs?: number;
 }
 
 export class Fleet {
@@ -71,6 +73,8 @@ export class Fleet {
     const args = ['--listen', '127.0.0.1:0', '--hang-ms', String(fake.hangMs ?? 60_000)];
     if (fake.faults !== undefined) args.push('--faults', fake.faults);
     if (fake.latencyMs !== undefined) args.push('--latency-ms', String(fake.latencyMs));
+    if (fake.streamChunkMs !== undefined)
+      args.push('--stream-chunk-ms', String(fake.streamChunkMs));
     fleet.fake = spawn(binary('quarry-fake-provider'), args, {
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -6,9 +6,16 @@ import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QuarryError, Topology, batchJobId, canonicalJson, newJobId } from '../src/index.js';
+import {
+  ChunkOrder,
+  QuarryError,
+  Topology,
+  batchJobId,
+  canonicalJson,
+  newJobId,
+} from '../src/index.js';
 import { encodeJob, fromResult, structuredJob } from '../src/requests.js';
-import type { ResultV1 } from '../src/index.js';
+import type { ChunkV1, ResultV1 } from '../src/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -103,5 +110,37 @@ describe('the package without a broker', () => {
         error.retryable &&
         error.source === 'job',
     );
+  });
+});
+
+describe('ChunkOrder', () => {
+  const delta = (seq: number, text: string, partial?: unknown): ChunkV1 => ({
+    version: 'chunk.v1',
+    job_id: 'j',
+    seq,
+    kind: 'delta',
+    text,
+    ...(partial === undefined ? {} : { partial: partial as ChunkV1['partial'] }),
+  });
+  it('keeps order, drops duplicates and strays, and resets a delivery that starts over', () => {
+    const order = new ChunkOrder();
+    const all = [
+      delta(0, '{"a":', {}),
+      delta(1, '1'),
+      delta(1, '1'), // a duplicate
+      delta(5, 'x'), // a gap: not this delivery's
+      { version: 'chunk.v1', job_id: 'j', seq: 2, kind: 'reset', reason: 'retry' } as ChunkV1,
+      delta(3, '{"a":2}'),
+      delta(0, '{"a":3}'), // another delivery, without its reset
+    ].flatMap((c) => order.events(c));
+    assert.deepEqual(all, [
+      { type: 'delta', text: '{"a":' },
+      { type: 'partial', value: {} },
+      { type: 'delta', text: '1' },
+      { type: 'reset', reason: 'retry' },
+      { type: 'delta', text: '{"a":2}' },
+      { type: 'reset', reason: 'redelivered' },
+      { type: 'delta', text: '{"a":3}' },
+    ]);
   });
 });
