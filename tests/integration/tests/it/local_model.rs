@@ -18,6 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use futures::StreamExt;
 use quarry_fake_provider::FakeConfig;
 use quarry_integration::Fleet;
 use quarry_producer::{ErrorCode, FinishReason, InputPart, Job, JobResult, Status, new_job_id};
@@ -146,9 +147,14 @@ async fn real_extractions_through_the_fleet_against_a_local_model() {
     let started = Instant::now();
     let (proxy, seen) = recorder(&upstream).await;
     let fleet = Fleet::start(FakeConfig::default()).await;
+    // `direct`: the server itself, unproxied, for the streamed calls (the recorder reads whole
+    // answers).
     let extra = format!(
         "[providers.local]\nkind = \"openai_compatible\"\nbase_url = \"{proxy}\"\ntimeout_ms = 60000\n\
-         [routing]\ndefault_alias = \"local\"\n[routing.aliases.local]\nprovider = \"local\"\nmodel = \"{MODEL}\"\nimages = false\n"
+         [providers.direct]\nkind = \"openai_compatible\"\nbase_url = \"{upstream}\"\ntimeout_ms = 60000\n\
+         [routing]\ndefault_alias = \"local\"\n[routing.aliases.local]\nprovider = \"local\"\nmodel = \"{MODEL}\"\nimages = false\n\
+         [routing.aliases.direct]\nprovider = \"direct\"\nmodel = \"{MODEL}\"\nimages = false\n\
+         [plugins.guest]\nmodel_override = true\n"
     );
     let mut worker = fleet.spawn_process_worker_with(&extra).await;
 
@@ -279,6 +285,45 @@ async fn real_extractions_through_the_fleet_against_a_local_model() {
         "{result:?}"
     );
     assert_eq!(seen.lock().unwrap().len(), calls_before);
+
+    // 5. Streamed from the real server, token by token: the deltas make the validated answer.
+    let client = fleet.client().await;
+    let (name, instructions, schema, texts) = schemas().remove(0);
+    let mut streamed = job(texts[0], instructions, name, &schema);
+    streamed.model = Some("direct".into());
+    let mut events = client
+        .stream(streamed, quarry_producer::CallOptions::default())
+        .await
+        .unwrap();
+    let (mut shown, mut deltas, mut partials) = (String::new(), 0, 0);
+    let result = loop {
+        match events.next().await.expect("the stream's events").unwrap() {
+            quarry_producer::StreamEvent::Delta(text) => {
+                deltas += 1;
+                shown.push_str(&text);
+            }
+            quarry_producer::StreamEvent::Partial(_) => partials += 1,
+            quarry_producer::StreamEvent::Reset(_) => shown.clear(),
+            quarry_producer::StreamEvent::Final(result) => break *result,
+        }
+    };
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    assert!(
+        jsonschema::validator_for(&schema)
+            .unwrap()
+            .is_valid(result.parsed.as_ref().unwrap())
+    );
+    assert_eq!(Some(shown), result.text, "the deltas make the answer");
+    assert!(
+        deltas >= 2 && partials >= 1,
+        "{deltas} deltas, {partials} partials"
+    );
+    assert!(result.usage.output_tokens > 0, "usage from the stream");
+    eprintln!(
+        "streamed from the local model: {deltas} deltas, {} output tokens, {} ms",
+        result.usage.output_tokens, result.latency_ms
+    );
+    let _ = client.close().await;
 
     assert!(worker.terminate(60).await.success());
     fleet.teardown(&[]).await;
