@@ -48,13 +48,54 @@ pub struct JobStream {
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: std::time::Duration,
     lost: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    order: ChunkOrder,
+    finished: bool,
+    pending: crate::client::Pending,
+    cancel: Option<crate::client::OwnedControlTarget>,
+}
+
+/// Turns one job's chunks into events, in order: a chunk of an earlier delivery, or seen
+/// twice, is dropped, and a delivery that starts over without its reset gets one.
+#[derive(Debug, Default)]
+struct ChunkOrder {
     /// Next `seq` expected of the current delivery.
     next_seq: u64,
     /// Deltas were shown since the last reset.
     shown: bool,
-    finished: bool,
-    pending: crate::client::Pending,
-    cancel: Option<crate::client::OwnedControlTarget>,
+}
+
+impl ChunkOrder {
+    fn events(&mut self, chunk: Chunk, out: &mut VecDeque<StreamEvent>) {
+        if chunk.seq == 0 && self.next_seq > 0 {
+            // Another delivery of the job starts over; what the last one showed is void even
+            // if its first chunk is not the reset it should be.
+            if self.shown && chunk.kind == ChunkKind::Delta {
+                out.push_back(StreamEvent::Reset(ResetReason::Redelivered));
+                self.shown = false;
+            }
+        } else if chunk.seq != self.next_seq {
+            tracing::debug!(job_id = %chunk.job_id, seq = chunk.seq, expected = self.next_seq, "chunk out of order, dropped");
+            return;
+        }
+        self.next_seq = chunk.seq + 1;
+        match chunk.kind {
+            ChunkKind::Delta => {
+                if let Some(text) = chunk.text.filter(|t| !t.is_empty()) {
+                    out.push_back(StreamEvent::Delta(text));
+                    self.shown = true;
+                }
+                if let Some(partial) = chunk.partial {
+                    out.push_back(StreamEvent::Partial(partial));
+                }
+            }
+            ChunkKind::Reset => {
+                out.push_back(StreamEvent::Reset(
+                    chunk.reason.unwrap_or(ResetReason::Other),
+                ));
+                self.shown = false;
+            }
+        }
+    }
 }
 
 impl Client {
@@ -95,8 +136,7 @@ impl Client {
             deadline: Box::pin(tokio::time::sleep(options.timeout)),
             timeout: options.timeout,
             lost: Box::pin(self.lost.clone().cancelled_owned()),
-            next_seq: 0,
-            shown: false,
+            order: ChunkOrder::default(),
             finished: false,
             pending: self.pending.clone(),
             cancel: Some(self.control_target()),
@@ -121,38 +161,8 @@ impl JobStream {
         Err(Error::Closed)
     }
 
-    /// A chunk's events, in order; a chunk of an earlier delivery, or seen twice, is dropped.
     fn on_chunk(&mut self, chunk: Chunk) {
-        if chunk.seq == 0 && self.next_seq > 0 {
-            // Another delivery of the job starts over; what the last one showed is void even
-            // if its first chunk is not the reset it should be.
-            if self.shown && chunk.kind == ChunkKind::Delta {
-                self.queued
-                    .push_back(StreamEvent::Reset(ResetReason::Redelivered));
-                self.shown = false;
-            }
-        } else if chunk.seq != self.next_seq {
-            tracing::debug!(job_id = %self.job_id, seq = chunk.seq, expected = self.next_seq, "chunk out of order, dropped");
-            return;
-        }
-        self.next_seq = chunk.seq + 1;
-        match chunk.kind {
-            ChunkKind::Delta => {
-                if let Some(text) = chunk.text.filter(|t| !t.is_empty()) {
-                    self.queued.push_back(StreamEvent::Delta(text));
-                    self.shown = true;
-                }
-                if let Some(partial) = chunk.partial {
-                    self.queued.push_back(StreamEvent::Partial(partial));
-                }
-            }
-            ChunkKind::Reset => {
-                self.queued.push_back(StreamEvent::Reset(
-                    chunk.reason.unwrap_or(ResetReason::Other),
-                ));
-                self.shown = false;
-            }
-        }
+        self.order.events(chunk, &mut self.queued);
     }
 
     fn finish(&mut self) {
@@ -223,5 +233,41 @@ impl Drop for JobStream {
                 tracing::warn!(%error, job_id, "could not cancel a dropped stream's job");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chunks_keep_their_order_and_a_delivery_that_starts_over_is_reset() {
+        let delta = |seq, text: &str| Chunk::delta("j", seq, text.to_owned(), None);
+        let mut order = ChunkOrder::default();
+        let mut out = VecDeque::new();
+        for chunk in [
+            Chunk::delta("j", 0, r#"{"a":"#.into(), Some(json!({}))),
+            delta(1, "1"),
+            delta(1, "1"), // seen twice
+            delta(5, "x"), // a gap: not this delivery's
+            Chunk::reset("j", 2, ResetReason::Retry),
+            delta(3, r#"{"a":2}"#),
+            delta(0, r#"{"a":3}"#), // another delivery, without its reset
+        ] {
+            order.events(chunk, &mut out);
+        }
+        assert_eq!(
+            Vec::from(out),
+            vec![
+                StreamEvent::Delta(r#"{"a":"#.into()),
+                StreamEvent::Partial(json!({})),
+                StreamEvent::Delta("1".into()),
+                StreamEvent::Reset(ResetReason::Retry),
+                StreamEvent::Delta(r#"{"a":2}"#.into()),
+                StreamEvent::Reset(ResetReason::Redelivered),
+                StreamEvent::Delta(r#"{"a":3}"#.into()),
+            ]
+        );
     }
 }

@@ -72,6 +72,9 @@ pub struct DeadLetter<'a> {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// Where chunks of streamed answers go (the results' channel unless some are given); a
+    /// job's chunks all take the same one, so they stay in order.
+    chunks: std::sync::Arc<[Channel]>,
     dead_exchange: ShortString,
     results_exchange: ShortString,
     delay_exchange: ShortString,
@@ -91,6 +94,7 @@ impl Publisher {
         lost: CancellationToken,
     ) -> Self {
         Self {
+            chunks: std::sync::Arc::from([channel.clone()]),
             channel,
             dead_exchange: topology.dead_exchange().into(),
             results_exchange: topology.results_exchange().into(),
@@ -98,6 +102,14 @@ impl Publisher {
             worker_user: worker_user.map(ShortString::from),
             lost,
         }
+    }
+
+    /// Chunks of streamed answers on `channels` (in confirm mode), apart from results.
+    pub fn with_chunk_channels(mut self, channels: Vec<Channel>) -> Self {
+        if !channels.is_empty() {
+            self.chunks = channels.into();
+        }
+        self
     }
 
     /// Publishes a result to `reply_to` through the results exchange (mandatory,
@@ -125,11 +137,13 @@ impl Publisher {
             .await
     }
 
-    /// Publishes a chunk of a streamed answer to `reply_to` through the results exchange
+    /// Publishes a chunk of a streamed answer to `reply_to` through the results exchange, on
+    /// chunk channel `lane` (modulo their number: one job keeps one, for order)
     /// (transient, not mandatory: a chunk nobody can receive is dropped, the result after it
     /// is what counts) and waits for its confirm, so that the next chunk follows it in order.
     pub async fn chunk(
         &self,
+        lane: usize,
         reply_to: &str,
         correlation_id: Option<&str>,
         body: &[u8],
@@ -147,7 +161,7 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_chunk",
-            self.channel.basic_publish(
+            self.chunks[lane % self.chunks.len()].basic_publish(
                 self.results_exchange.clone(),
                 reply_to.into(),
                 BasicPublishOptions::default(),

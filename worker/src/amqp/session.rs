@@ -168,6 +168,9 @@ fn unreachable(error: &anyhow::Error) -> bool {
         .is_some_and(|e| matches!(e.kind(), lapin::ErrorKind::IOError(_)))
 }
 
+/// Confirm-mode channels for the chunks of streamed answers.
+const CHUNK_CHANNELS: usize = 4;
+
 /// Connects, declares the topology, opens the confirm-mode publishing channel and starts
 /// the lane consumers.
 async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
@@ -191,6 +194,17 @@ async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
     publish_channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    // Chunks of streamed answers on channels of their own: a first chunk's confirm does not
+    // wait behind the results and deferrals queued on the other, and the broker spreads the
+    // channels over its schedulers.
+    let mut chunk_channels = Vec::with_capacity(CHUNK_CHANNELS);
+    for _ in 0..CHUNK_CHANNELS {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        chunk_channels.push(channel);
+    }
     let shared = Arc::new(Shared {
         pipeline: core.pipeline.clone(),
         publisher: super::Publisher::new(
@@ -198,7 +212,8 @@ async fn open_session(config: &Config, core: &Core) -> anyhow::Result<Session> {
             &core.topology,
             core.deferral.worker_user.as_deref(),
             lost.clone(),
-        ),
+        )
+        .with_chunk_channels(chunk_channels),
         store: core.store.clone(),
         lane_queues: Lane::ALL.map(|lane| (lane, core.topology.lane_queue(lane))),
         fatal: core.fatal.clone(),

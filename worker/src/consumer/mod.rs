@@ -373,6 +373,7 @@ impl Run<'_> {
             Some((sink, job_id)) => {
                 let out = ChunksTo {
                     publisher: &shared.publisher,
+                    lane: usize::from(self.delivery.delivery_tag as u8),
                     reply_to: self.reply_to,
                     correlation_id: self.correlation_id,
                 };
@@ -509,6 +510,8 @@ impl Run<'_> {
 /// A streaming job's chunks, to its reply queue.
 struct ChunksTo<'a> {
     publisher: &'a Publisher,
+    /// Which chunk channel: the same for every chunk of the job.
+    lane: usize,
     reply_to: &'a str,
     correlation_id: Option<&'a str>,
 }
@@ -517,7 +520,7 @@ impl crate::stream::ChunkOut for ChunksTo<'_> {
     fn publish<'a>(&'a self, body: Vec<u8>) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             self.publisher
-                .chunk(self.reply_to, self.correlation_id, &body)
+                .chunk(self.lane, self.reply_to, self.correlation_id, &body)
                 .await
                 .map_err(|e| e.to_string())
         })

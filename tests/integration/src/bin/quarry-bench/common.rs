@@ -224,7 +224,7 @@ pub async fn read(worker: &ProcessWorker) -> Reading {
 }
 
 /// A histogram's cumulative buckets, summed over the samples matching `label`, +Inf last.
-fn histogram(
+pub fn histogram(
     scrape: &prometheus_parse::Scrape,
     name: &str,
     label: Option<(&str, &str)>,
@@ -248,7 +248,7 @@ fn histogram(
 }
 
 /// `after - before`, bucket by bucket.
-fn minus(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+pub fn minus(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
     after
         .iter()
         .map(|&(le, count)| {

@@ -14,6 +14,7 @@
 //! target/release/quarry-bench scaling      # 1, 2, 4 workers at 200 ms
 //! target/release/quarry-bench limits       # fleet-wide limits and the key pool
 //! target/release/quarry-bench sdk          # the TypeScript SDK beside the Rust SDK
+//! target/release/quarry-bench stream       # 500 streamed calls beside a direct streaming client
 //! ```
 
 #![allow(
@@ -37,6 +38,7 @@ mod overhead;
 mod scaling;
 mod schema;
 mod sdk;
+mod stream;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -166,6 +168,27 @@ enum Command {
         #[arg(long, default_value = "target/bench/sdk.json")]
         json: PathBuf,
     },
+    /// Streamed calls beside a direct streaming HTTP client on the same fake provider: time to
+    /// the first delta, the worker's added latency to the first chunk, content and chunk rates.
+    Stream {
+        /// Streams at once, for both sides.
+        #[arg(long, default_value_t = 500)]
+        streams: usize,
+        /// Milliseconds between the fake provider's events (the model's pace).
+        #[arg(long, default_value_t = 20)]
+        pace_ms: u64,
+        /// Rounds: direct and Quarry alternate this many times, in each phase; the median round
+        /// is summarised.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The second phase starts the streams spread evenly over this many milliseconds (the
+        /// first starts them all at once).
+        #[arg(long, default_value_t = 1000)]
+        ramp_ms: u64,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/stream.json")]
+        json: PathBuf,
+    },
     /// Fleet-wide limits and the key pool under saturation.
     Limits {
         /// Worker processes.
@@ -245,6 +268,15 @@ async fn main() {
             keys,
             json,
         } => limits::limits(workers, rpm, seconds, &keys, &json).await,
+        Command::Stream {
+            streams,
+            pace_ms,
+            rounds,
+            ramp_ms,
+            json,
+        } => {
+            stream::stream(streams, pace_ms, rounds, ramp_ms, &json).await;
+        }
         Command::Sdk {
             jobs,
             in_flight,
