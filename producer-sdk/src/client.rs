@@ -4,8 +4,7 @@ use crate::publish::{Envelope, publish_confirmed, unless_lost, watch_connection}
 use crate::{BatchOptions, BatchStream, Error};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -196,11 +195,16 @@ impl Client {
             )
             .await?;
         bind_reply_queue(&replies, &topology, &reply_queue).await?;
+        // Without acks: the queue is this connection's own (exclusive, deleted with it), so an
+        // ack would keep nothing safer, and it would double the broker's work per reply.
         let consumer = replies
             .basic_consume(
                 queue.name().clone(),
                 "quarry-replies".into(),
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -647,10 +651,6 @@ async fn route_replies(
             }
         };
         if !from_worker(&delivery, &worker_user) {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "could not ack a reply");
-                break;
-            }
             continue;
         }
         let is_control = delivery
@@ -681,10 +681,6 @@ async fn route_replies(
                     tracing::warn!(%error, "reply queue received a malformed control reply")
                 }
             }
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "could not ack a reply");
-                break;
-            }
             continue;
         }
         let is_chunk = delivery
@@ -711,10 +707,6 @@ async fn route_replies(
                     tracing::warn!(%error, "reply queue received a malformed chunk.v1")
                 }
             }
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "could not ack a reply");
-                break;
-            }
             continue;
         }
         match serde_json::from_slice::<JobResult>(&delivery.data) {
@@ -738,10 +730,6 @@ async fn route_replies(
             Err(error) => {
                 tracing::warn!(%error, "reply queue received something that is not a result.v1")
             }
-        }
-        if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-            tracing::warn!(%error, "could not ack a reply");
-            break;
         }
     }
 }

@@ -227,15 +227,15 @@ export class QuarryClient {
     const replyQueue = this.topology.privateReplyQueue(this.user, randomBytes(16).toString('hex'));
     await replies.assertQueue(replyQueue, { exclusive: true, autoDelete: true, durable: false });
     await replies.bindQueue(replyQueue, this.topology.resultsExchange, replyQueue);
-    await replies.consume(replyQueue, (message) => {
-      if (message === null) return;
-      this.route(message);
-      try {
-        replies.ack(message);
-      } catch {
-        // The connection went meanwhile: the exclusive queue went with it.
-      }
-    });
+    // Without acks: the queue is this connection's own (exclusive, deleted with it), so an
+    // ack would keep nothing safer, and it would double the broker's work per reply.
+    await replies.consume(
+      replyQueue,
+      (message) => {
+        if (message !== null) this.route(message);
+      },
+      { noAck: true },
+    );
     const session: Session = { id: ++this.sessions, model, publish, replyQueue };
     this.session = session;
     for (const resume of this.waiting.splice(0)) resume(session);

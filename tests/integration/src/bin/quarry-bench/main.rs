@@ -185,6 +185,9 @@ enum Command {
         /// first starts them all at once).
         #[arg(long, default_value_t = 1000)]
         ramp_ms: u64,
+        /// The worker's `worker.stream_chunk_ms` (its default is 40).
+        #[arg(long, default_value_t = 40)]
+        chunk_ms: u64,
         /// Where to write the figures as JSON.
         #[arg(long, default_value = "target/bench/stream.json")]
         json: PathBuf,
@@ -273,9 +276,10 @@ async fn main() {
             pace_ms,
             rounds,
             ramp_ms,
+            chunk_ms,
             json,
         } => {
-            stream::stream(streams, pace_ms, rounds, ramp_ms, &json).await;
+            stream::stream(streams, pace_ms, rounds, ramp_ms, chunk_ms, &json).await;
         }
         Command::Sdk {
             jobs,
