@@ -383,7 +383,8 @@ export class QuarryClient {
     }
   }
 
-  /** Publishes one job with `stream: true` and yields its events ([`streamed`]). */
+  /** @internal Publishes one job with `stream: true` and yields its events ([`streamed`]):
+   * `llm.stream` and `completeStructured({stream: true})` call it. */
   stream<R>(
     job: JobV1,
     options: CallOptions,

@@ -397,6 +397,9 @@ impl Run<'_> {
         match decide::next(outcome, self.sender.deferrals, &shared.deferral.steps) {
             Next::Replay(stored) => {
                 if self.delivery.acker.usable() {
+                    if let Some((_, job_id)) = &streaming {
+                        self.restream(job_id, &stored).await;
+                    }
                     shared
                         .publisher
                         .reply(self.reply_to, self.correlation_id, &stored)
@@ -486,6 +489,37 @@ impl Run<'_> {
             }
         }
         Ok(Handled::Done)
+    }
+
+    /// A streaming job answered from the store: an earlier delivery may have streamed part
+    /// of it before its worker was lost, so the consumer is told to drop that (a reset) and
+    /// given the stored answer as one delta, keeping the deltas since the last reset equal
+    /// to the result's text.
+    async fn restream(&self, job_id: &str, stored: &[u8]) {
+        let answer = serde_json::from_slice::<JobResult>(stored)
+            .ok()
+            .and_then(|r| Some((r.text?, r.parsed)));
+        let reset =
+            quarry_schemas::Chunk::reset(job_id, 0, quarry_schemas::ResetReason::Redelivered);
+        let mut chunks = vec![reset];
+        if let Some((text, parsed)) = answer.filter(|(t, _)| !t.is_empty()) {
+            chunks.push(quarry_schemas::Chunk::delta(job_id, 1, text, parsed));
+        }
+        for chunk in chunks {
+            let Ok(body) = serde_json::to_vec(&chunk) else {
+                return;
+            };
+            let lane = usize::from(self.delivery.delivery_tag as u8);
+            if let Err(error) = self
+                .shared
+                .publisher
+                .chunk(lane, self.reply_to, self.correlation_id, &body)
+                .await
+            {
+                tracing::warn!(%error, "a replayed stream's chunk could not be published; the result follows");
+                return;
+            }
+        }
     }
 
     fn finished(

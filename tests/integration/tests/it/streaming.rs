@@ -304,6 +304,36 @@ async fn cancel_and_abort_stop_the_provider_stream_and_the_chunks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_job_answered_from_the_store_streams_its_stored_answer() {
+    let fleet = streaming_fleet(Duration::from_millis(1)).await;
+    let worker = fleet.spawn_task_worker(fleet.worker_config()).await;
+    let client = fleet.client().await;
+    let first = job("Cafe Luna TOTAL 5.60 EUR", Some(&receipt_schema()), None);
+    let again = first.clone();
+    let stream = client.stream(first, call()).await.unwrap();
+    let original = within(60, "the stream", watch(stream))
+        .await
+        .result
+        .unwrap();
+    // The same job again (a redelivery after its worker was lost looks the same): no call,
+    // and what the consumer shows ends as the stored answer.
+    let stream = client.stream(again, call()).await.unwrap();
+    let replayed = within(60, "the replayed stream", watch(stream)).await;
+    assert_eq!(replayed.resets, vec![ResetReason::Redelivered]);
+    assert_eq!(Some(replayed.shown.clone()), original.text);
+    assert_eq!(replayed.last_partial, original.parsed);
+    assert_eq!(replayed.result.unwrap().text, original.text);
+    assert_eq!(
+        fleet.fake.stats.snapshot().requests,
+        1,
+        "answered from the store"
+    );
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_reconciled_with_the_streamed_usage() {
     let fleet = streaming_fleet(Duration::from_millis(1)).await;
     let mut config = fleet.worker_config();
