@@ -103,37 +103,11 @@ pub(crate) struct Defaults {
 }
 
 pub(crate) fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
-    let json_schema = match &args.schema {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --schema {}", path.display()))?;
-            let value: Value = serde_json::from_str(&text)
-                .with_context(|| format!("--schema {} is not JSON", path.display()))?;
-            anyhow::ensure!(
-                value.is_object(),
-                "--schema {} is not a JSON object",
-                path.display()
-            );
-            Some(JsonSchema::from(value))
-        }
-        None => None,
-    };
-    let schema_name = args.schema_name.clone().or_else(|| {
-        let stem = args.schema.as_deref()?.file_stem()?.to_str()?;
-        let name: String = stem
-            .trim_end_matches(".schema")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
-        Some(name).filter(|n| !n.is_empty())
-    });
+    let json_schema = args.schema.as_deref().map(load_schema).transpose()?;
+    let schema_name = args
+        .schema_name
+        .clone()
+        .or_else(|| schema_name_of(args.schema.as_deref()?));
     Ok(Defaults {
         json_schema,
         schema_name,
@@ -142,6 +116,39 @@ pub(crate) fn load_defaults(args: &SubmitArgs) -> anyhow::Result<Defaults> {
         profile: args.profile.clone(),
         max_tokens: args.max_tokens,
     })
+}
+
+/// A `--schema` file: a JSON object.
+pub(crate) fn load_schema(path: &Path) -> anyhow::Result<JsonSchema> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --schema {}", path.display()))?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("--schema {} is not JSON", path.display()))?;
+    anyhow::ensure!(
+        value.is_object(),
+        "--schema {} is not a JSON object",
+        path.display()
+    );
+    Ok(JsonSchema::from(value))
+}
+
+/// The schema name a `--schema` file gives: its stem, without `.schema`, in the names
+/// providers take.
+pub(crate) fn schema_name_of(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    let name: String = stem
+        .trim_end_matches(".schema")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    Some(name).filter(|n| !n.is_empty())
 }
 
 /// Reads and checks every line before anything is published: a bad line stops the run with

@@ -4,6 +4,8 @@
 //!   publishes one job per input line and writes one result line per job, with a progress bar
 //!   and a final report; `--resume` continues an interrupted run (lines that have a result are
 //!   not submitted again).
+//! - `quarry stream --text … [--schema FILE]`: one streamed call, its answer printed as it is
+//!   written.
 //! - `quarry status BATCH`: the batch's progress counters, from the fleet.
 //! - `quarry cancel BATCH`: jobs of the batch not yet started end `CANCELLED`.
 //! - `quarry dead-letters list|redrive`: inspect the dead-letter queue, and publish its jobs
@@ -12,6 +14,7 @@
 mod control;
 mod dead_letters;
 mod input;
+mod stream;
 mod submit;
 
 /// What the modules of this program name of each other.
@@ -19,6 +22,7 @@ mod prelude {
     pub(crate) use crate::control::*;
     pub(crate) use crate::dead_letters::*;
     pub(crate) use crate::input::*;
+    pub(crate) use crate::stream::*;
     pub(crate) use crate::submit::*;
     pub(crate) use crate::{CONTROL_TIMEOUT, Cli, DeadLetterCommand, RECONNECT_PATIENCE, connect};
 }
@@ -70,6 +74,9 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Submit a JSONL file of jobs and write their results as JSONL.
     Submit(Box<SubmitArgs>),
+    /// One streamed call: the answer is written to stdout as the model writes it (resets
+    /// and a summary on stderr).
+    Stream(Box<StreamArgs>),
     /// Show a batch's progress (results stored so far by outcome, tokens) from the fleet.
     Status {
         /// The batch id (printed by `submit`).
@@ -120,6 +127,7 @@ pub(crate) async fn main() -> ExitCode {
     let cli = Cli::parse();
     let (name, outcome) = match &cli.command {
         Command::Submit(args) => ("submit", submit(&cli, args).await),
+        Command::Stream(args) => ("stream", stream(&cli, args).await),
         Command::Status { batch_id } => ("status", status(&cli, batch_id).await),
         Command::Cancel { batch_id } => ("cancel", cancel(&cli, batch_id).await),
         Command::Models => ("models", models(&cli).await),

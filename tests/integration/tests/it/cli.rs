@@ -391,3 +391,60 @@ async fn cancel_and_dead_letters_from_the_command_line() {
     worker.stop().await.unwrap();
     fleet.teardown(&[replies]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_prints_the_answer_as_it_is_written() {
+    let fleet = Fleet::start(FakeConfig {
+        stream_chunk_delay: std::time::Duration::from_millis(2),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut config = fleet.worker_config();
+    config.worker.stream_chunk_ms = 2;
+    let worker = fleet.spawn_task_worker(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let result_file = dir.path().join("result.json");
+    let schema = schema_path();
+
+    // A dropped stream and its retry: stdout's last line is the answer, a reset said so.
+    let run = quarry(
+        &fleet.namespace,
+        &[
+            "stream",
+            "--text",
+            "[[fake:stream_drop]] Cafe Luna TOTAL 5.60 EUR",
+            "--schema",
+            &schema,
+            "--partials",
+            "--result",
+            result_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{stderr}");
+    let result: JobResult = serde_json::from_slice(&std::fs::read(&result_file).unwrap()).unwrap();
+    assert_eq!(result.status, Status::Ok);
+    assert_eq!(stdout.lines().last(), result.text.as_deref(), "{stdout}");
+    assert!(stderr.contains("[reset: Retry"), "{stderr}");
+    assert!(stderr.contains("partial: {"), "{stderr}");
+    assert!(
+        stderr.contains("ok: ") && stderr.contains("1 resets, 2 attempts"),
+        "{stderr}"
+    );
+
+    // A job that fails: exit 1, with its code.
+    let run = quarry(
+        &fleet.namespace,
+        &["stream", "--text", "hello", "--model", "no-such-alias"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("MODEL_UNRESOLVED"), "{stderr}");
+    worker.stop().await.unwrap();
+    fleet.teardown(&[]).await;
+}
