@@ -94,6 +94,19 @@ impl Default for CallOptions {
     }
 }
 
+impl CallOptions {
+    /// A job without `deadline_ms` gets the call's timeout as its deadline, so workers stop
+    /// working (and paying) for a call its caller gave up on.
+    pub(crate) fn set_deadline(&self, job: &mut Job) {
+        if job.deadline_ms.is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            job.deadline_ms = u64::try_from((now + self.timeout).as_millis()).ok();
+        }
+    }
+}
+
 /// The user part of reply-queue names when the URL names no user.
 pub(crate) const ANONYMOUS: &str = "anonymous";
 
@@ -268,12 +281,7 @@ impl Client {
     ///
     /// `Ok` carries the job's result, successful or not: check [`JobResult::status`].
     pub async fn extract(&self, mut job: Job, options: CallOptions) -> Result<JobResult, Error> {
-        if job.deadline_ms.is_none() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            job.deadline_ms = u64::try_from((now + options.timeout).as_millis()).ok();
-        }
+        options.set_deadline(&mut job);
         let (tx, rx) = oneshot::channel();
         let job_id = job.id.clone();
         self.lock_pending().insert(job_id.clone(), Waiter::Call(tx));
@@ -282,12 +290,8 @@ impl Client {
         outcome
     }
 
-    async fn publish_and_wait(
-        &self,
-        job: &Job,
-        options: CallOptions,
-        rx: oneshot::Receiver<JobResult>,
-    ) -> Result<JobResult, Error> {
+    /// Publishes a call's job to its lane with this client's reply queue, confirmed.
+    pub(crate) async fn publish_call(&self, job: &Job, options: &CallOptions) -> Result<(), Error> {
         let envelope = Envelope {
             exchange: &self.topology.jobs_exchange(),
             lane: options.lane,
@@ -295,7 +299,16 @@ impl Client {
             user_id: self.user_id.as_deref(),
             trace: options.trace,
         };
-        publish_confirmed(&self.lost, &self.channel, job, envelope).await?;
+        publish_confirmed(&self.lost, &self.channel, job, envelope).await
+    }
+
+    async fn publish_and_wait(
+        &self,
+        job: &Job,
+        options: CallOptions,
+        rx: oneshot::Receiver<JobResult>,
+    ) -> Result<JobResult, Error> {
+        self.publish_call(job, &options).await?;
         match unless_lost(&self.lost, tokio::time::timeout(options.timeout, rx)).await? {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Closed),

@@ -1,7 +1,6 @@
 //! Streamed calls ([`Client::stream`]): a job's answer as it is written, then its result.
 
 use crate::client::{Client, Waiter};
-use crate::publish::{Envelope, publish_confirmed};
 use crate::{CallOptions, Error};
 use futures::Stream;
 use quarry_schemas::control::ControlRequest;
@@ -109,23 +108,11 @@ impl Client {
     /// more than one answer's text.
     pub async fn stream(&self, mut job: Job, options: CallOptions) -> Result<JobStream, Error> {
         job.stream = Some(true);
-        if job.deadline_ms.is_none() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            job.deadline_ms = u64::try_from((now + options.timeout).as_millis()).ok();
-        }
+        options.set_deadline(&mut job);
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock_pending()
             .insert(job.id.clone(), Waiter::Stream(tx));
-        let envelope = Envelope {
-            exchange: &self.topology.jobs_exchange(),
-            lane: options.lane,
-            reply_to: &self.reply_queue,
-            user_id: self.user_id.as_deref(),
-            trace: options.trace,
-        };
-        if let Err(error) = publish_confirmed(&self.lost, &self.channel, &job, envelope).await {
+        if let Err(error) = self.publish_call(&job, &options).await {
             self.lock_pending().remove(&job.id);
             return Err(error);
         }

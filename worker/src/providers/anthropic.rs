@@ -8,7 +8,7 @@
 //! alias falls back to its next target.
 
 use super::http::{
-    Auth, HttpClient, Posted, RawResponse, body_text, endpoint, failure, malformed, stream_cut,
+    Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, stream_cut,
 };
 use super::status::{self, Said};
 use super::{
@@ -213,20 +213,12 @@ impl Anthropic {
         sink: &ChunkSink,
         wrapped: bool,
     ) -> Result<ProviderResponse, ProviderError> {
-        let posted = self
+        let mut events = self
             .http
-            .post_stream(
-                self.url.clone(),
-                body,
-                request.timeout,
-                request.api_key,
-                request.trace.as_ref(),
-            )
+            .post_stream(self.url.clone(), body, request, |raw| {
+                self.classify(raw, request.api_key)
+            })
             .await?;
-        let mut events = match posted {
-            Posted::Failed(raw) => return Err(self.classify(&raw, request.api_key)),
-            Posted::Events(events) => events,
-        };
         let mut answer = MessageStream::new(request.json_schema.map(|(name, _)| name));
         while let Some(event) = events.next().await {
             let event = event?;

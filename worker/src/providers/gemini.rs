@@ -9,9 +9,7 @@
 //! Instructions go in `systemInstruction`; images as `inlineData`; repairs as `model` + `user`
 //! turns. Rate-limit errors carry `RetryInfo.retryDelay`.
 
-use super::http::{
-    Auth, HttpClient, Posted, RawResponse, body_text, failure, malformed, stream_cut,
-};
+use super::http::{Auth, HttpClient, RawResponse, body_text, failure, malformed, stream_cut};
 use super::status::{self, Said};
 use super::{BuildError, Provider, ProviderError, ProviderRequest, ProviderResponse, retry_hint};
 use crate::config::ProviderConfig;
@@ -194,20 +192,12 @@ impl Gemini {
         body: Vec<u8>,
         sink: &ChunkSink,
     ) -> Result<ProviderResponse, ProviderError> {
-        let posted = self
+        let mut events = self
             .http
-            .post_stream(
-                url,
-                body,
-                request.timeout,
-                request.api_key,
-                request.trace.as_ref(),
-            )
+            .post_stream(url, body, request, |raw| {
+                self.classify(raw, request.api_key)
+            })
             .await?;
-        let mut events = match posted {
-            Posted::Failed(raw) => return Err(self.classify(&raw, request.api_key)),
-            Posted::Events(events) => events,
-        };
         let mut answer = GenerateStream::default();
         while let Some(event) = events.next().await {
             answer.event(&event?.data, sink)?;

@@ -102,26 +102,32 @@ impl HttpClient {
         read_whole(response).await
     }
 
-    /// POSTs a JSON body asking for a streamed answer (server-sent events). A success is the
-    /// stream of its events, read as they arrive; the whole stream must end within `timeout`
-    /// (a stalled stream times out like a slow answer). A failure is read whole, to be
-    /// classified like any.
+    /// POSTs a JSON body asking for a streamed answer (server-sent events), with the
+    /// attempt's timeout, key and trace. A success is the stream of its events, read as they
+    /// arrive; the whole stream must end within the timeout (a stalled stream times out like a
+    /// slow answer). A failure is read whole and turned into the provider's error by
+    /// `classify`.
     pub async fn post_stream(
         &self,
         url: impl reqwest::IntoUrl,
         body: Vec<u8>,
-        timeout: Duration,
-        key: Option<&SecretString>,
-        trace: Option<&(crate::trace::TraceParent, Option<&str>)>,
-    ) -> Result<Posted, ProviderError> {
+        attempt: &super::ProviderRequest<'_>,
+        classify: impl FnOnce(&RawResponse) -> ProviderError,
+    ) -> Result<Events, ProviderError> {
         let response = self
-            .request(url, body, timeout, key, trace)?
+            .request(
+                url,
+                body,
+                attempt.timeout,
+                attempt.api_key,
+                attempt.trace.as_ref(),
+            )?
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
             .map_err(transport_error)?;
         if !response.status().is_success() {
-            return Ok(Posted::Failed(read_whole(response).await?));
+            return Err(classify(&read_whole(response).await?));
         }
         use eventsource_stream::Eventsource;
         use futures::StreamExt;
@@ -131,7 +137,7 @@ impl HttpClient {
                 other => malformed("event stream", other),
             })
         });
-        Ok(Posted::Events(Box::pin(events)))
+        Ok(Box::pin(events))
     }
 
     fn request(
@@ -173,14 +179,6 @@ impl HttpClient {
         }
         Ok(request)
     }
-}
-
-/// A streamed request's answer.
-pub enum Posted {
-    /// Not a success: the whole answer, to classify.
-    Failed(RawResponse),
-    /// A success: its events as they arrive.
-    Events(Events),
 }
 
 /// A streamed answer's server-sent events; a transport failure mid-stream is its error.

@@ -8,8 +8,7 @@
 //! `image_url` parts with `data:` URLs; repairs as assistant + user turns.
 
 use super::http::{
-    Auth, HttpClient, Posted, RawResponse, body_text, endpoint, failure, malformed, scrub,
-    stream_cut,
+    Auth, HttpClient, RawResponse, body_text, endpoint, failure, malformed, scrub, stream_cut,
 };
 use super::status::{self, Said};
 use super::{
@@ -217,20 +216,12 @@ impl OpenAiCompatible {
         body: Vec<u8>,
         sink: &ChunkSink,
     ) -> Result<ProviderResponse, ProviderError> {
-        let posted = self
+        let mut events = self
             .http
-            .post_stream(
-                self.url.clone(),
-                body,
-                request.timeout,
-                request.api_key,
-                request.trace.as_ref(),
-            )
+            .post_stream(self.url.clone(), body, request, |raw| {
+                self.classify(raw, request.api_key)
+            })
             .await?;
-        let mut events = match posted {
-            Posted::Failed(raw) => return Err(self.classify(&raw, request.api_key)),
-            Posted::Events(events) => events,
-        };
         let mut answer = ChatStream::default();
         while let Some(event) = events.next().await {
             if answer.event(&event?.data, sink)? {
