@@ -400,7 +400,7 @@ impl MachineCpu {
     }
 }
 
-fn cpu_of_comm(comm: &str) -> f64 {
+pub fn cpu_of_comm(comm: &str) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;
     };

@@ -13,6 +13,7 @@
 //! target/release/quarry-bench big-inputs   # 1 MiB images vs the raw round trip
 //! target/release/quarry-bench scaling      # 1, 2, 4 workers at 200 ms
 //! target/release/quarry-bench limits       # fleet-wide limits and the key pool
+//! target/release/quarry-bench limiter      # the Redis limiter alone: decisions/s, Redis CPU and memory
 //! target/release/quarry-bench sdk          # the TypeScript SDK beside the Rust SDK
 //! target/release/quarry-bench stream       # 500 streamed calls beside a direct streaming client
 //! ```
@@ -33,6 +34,7 @@ mod big;
 mod ceiling;
 mod common;
 mod inflight;
+mod limiter;
 mod limits;
 mod overhead;
 mod scaling;
@@ -192,6 +194,25 @@ enum Command {
         #[arg(long, default_value = "target/bench/stream.json")]
         json: PathBuf,
     },
+    /// The Redis limiter on its own: decisions/s and Redis CPU per decision for 1, 3 and 16
+    /// keys, Redis memory per bucket at a steady rate, and a refusal's cost beside a grant's.
+    Limiter {
+        /// Seconds of each closed-loop run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds of the memory run (60: a full window).
+        #[arg(long, default_value_t = 60.0)]
+        memory_seconds: f64,
+        /// Decisions a second of the memory run.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Entries of the full bucket the refusals meet.
+        #[arg(long, default_value_t = 20_000)]
+        refusal_limit: u64,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/limiter.json")]
+        json: PathBuf,
+    },
     /// Fleet-wide limits and the key pool under saturation.
     Limits {
         /// Worker processes.
@@ -263,6 +284,15 @@ async fn main() {
             json,
         } => {
             scaling::scaling(&workers, latency_ms, jobs, &json).await;
+        }
+        Command::Limiter {
+            seconds,
+            memory_seconds,
+            rate,
+            refusal_limit,
+            json,
+        } => {
+            limiter::limiter(seconds, memory_seconds, rate, refusal_limit, &json).await;
         }
         Command::Limits {
             workers,
