@@ -148,16 +148,7 @@ impl Publisher {
         correlation_id: Option<&str>,
         body: &[u8],
     ) -> Result<(), PublishError> {
-        let mut properties = BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_type(MESSAGE_TYPE_CHUNK.into())
-            .with_delivery_mode(TRANSIENT);
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id.into());
-        }
-        if let Some(user) = &self.worker_user {
-            properties = properties.with_user_id(user.clone());
-        }
+        let properties = self.reply_properties(MESSAGE_TYPE_CHUNK, TRANSIENT, correlation_id);
         let confirm = confirmed(
             &self.lost,
             "publish_chunk",
@@ -176,6 +167,27 @@ impl Publisher {
         }
     }
 
+    /// What every message to a reply queue carries: JSON, its type, the job's (or request's)
+    /// correlation id, the worker's `user_id`.
+    fn reply_properties(
+        &self,
+        message_type: &str,
+        delivery_mode: u8,
+        correlation_id: Option<&str>,
+    ) -> BasicProperties {
+        let mut properties = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_type(message_type.into())
+            .with_delivery_mode(delivery_mode);
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        if let Some(user) = &self.worker_user {
+            properties = properties.with_user_id(user.clone());
+        }
+        properties
+    }
+
     async fn answer(
         &self,
         reply_to: &str,
@@ -183,16 +195,7 @@ impl Publisher {
         body: &[u8],
         message_type: &str,
     ) -> Result<ReplyOutcome, PublishError> {
-        let mut properties = BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_type(message_type.into())
-            .with_delivery_mode(PERSISTENT);
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id.into());
-        }
-        if let Some(user) = &self.worker_user {
-            properties = properties.with_user_id(user.clone());
-        }
+        let properties = self.reply_properties(message_type, PERSISTENT, correlation_id);
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
