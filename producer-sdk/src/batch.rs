@@ -17,6 +17,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use quarry_schemas::ordered::OrderedChannel;
 use quarry_schemas::wire::Lane;
 use quarry_schemas::{Job, JobResult};
 use std::collections::HashSet;
@@ -201,7 +202,7 @@ where
 }
 
 struct Driver {
-    publish: Channel,
+    publish: OrderedChannel,
     exchange: String,
     reply_queue: String,
     user_id: Option<String>,

@@ -10,6 +10,7 @@ use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use quarry_schemas::control::{ControlReply, ControlRequest, Description};
+use quarry_schemas::ordered::OrderedChannel;
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, Lane, MESSAGE_TYPE_CHUNK, MESSAGE_TYPE_CONTROL, Topology,
 };
@@ -126,7 +127,8 @@ type PendingControl = Arc<Mutex<HashMap<String, oneshot::Sender<ControlReply>>>>
 /// `&self` and may be called from many tasks at once.
 pub struct Client {
     pub(crate) connection: Connection,
-    pub(crate) channel: Channel,
+    /// The publishing channel (confirm mode), shared by every call.
+    pub(crate) channel: OrderedChannel,
     pub(crate) topology: Topology,
     pub(crate) user_id: Option<String>,
     /// Cancelled when the connection is lost.
@@ -188,6 +190,7 @@ impl Client {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let channel = OrderedChannel::new(channel);
 
         let replies = connection.create_channel().await?;
         let exclusive = QueueDeclareOptions {
@@ -553,7 +556,7 @@ impl Client {
 
 /// Where a control request is published, and where its reply goes.
 pub(crate) struct ControlTarget<'a> {
-    channel: &'a Channel,
+    channel: &'a OrderedChannel,
     topology: &'a Topology,
     user_id: Option<&'a str>,
     reply_to: &'a str,
@@ -567,6 +570,7 @@ impl ControlTarget<'_> {
             .with_type(MESSAGE_TYPE_CONTROL.into())
             .with_delivery_mode(2)
             .with_correlation_id(correlation_id.into())
+            .with_message_id(correlation_id.into())
             .with_reply_to(self.reply_to.into());
         if let Some(user) = self.user_id {
             properties = properties.with_user_id(user.into());
@@ -577,7 +581,7 @@ impl ControlTarget<'_> {
         };
         let confirm = self
             .channel
-            .basic_publish(
+            .publish(
                 self.topology.control_exchange().as_str().into(),
                 "".into(),
                 options,
@@ -591,7 +595,7 @@ impl ControlTarget<'_> {
 
 /// A [`ControlTarget`] that owns its parts, for a task of its own.
 pub(crate) struct OwnedControlTarget {
-    channel: Channel,
+    channel: OrderedChannel,
     topology: Topology,
     user_id: Option<String>,
     reply_to: String,

@@ -3,8 +3,9 @@
 use crate::Error;
 use crate::TraceContext;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use quarry_schemas::Job;
+use quarry_schemas::ordered::OrderedChannel;
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_PUBLISHED_MS, HEADER_TRACEPARENT, Lane, MESSAGE_TYPE_JOB,
 };
@@ -31,7 +32,7 @@ pub(crate) struct Envelope<'a> {
 /// Sends a job and returns the pending confirm. The job is checked against the contract
 /// first; nothing invalid leaves the process.
 pub(crate) async fn send(
-    channel: &Channel,
+    channel: &OrderedChannel,
     job: &Job,
     envelope: Envelope<'_>,
 ) -> Result<PublisherConfirm, Error> {
@@ -83,7 +84,7 @@ pub(crate) async fn send(
         ..BasicPublishOptions::default()
     };
     Ok(channel
-        .basic_publish(
+        .publish(
             exchange.into(),
             lane.as_str().into(),
             options,
@@ -93,10 +94,27 @@ pub(crate) async fn send(
         .await?)
 }
 
-/// Turns a confirm into success or a typed error.
+/// Turns a confirm into success or a typed error. lapin hands a returned message to
+/// whichever confirm completes next on the channel (see [`quarry_schemas::ordered`]), so a
+/// return is this publish's only when it carries this publish's `message_id` (`job_id`: the
+/// job's id, or a control request's correlation id).
 pub(crate) fn settle(confirmation: Confirmation, job_id: &str, lane: Lane) -> Result<(), Error> {
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned))
+            if returned
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str())
+                != Some(job_id) =>
+        {
+            tracing::warn!(
+                returned = ?returned.properties.message_id(),
+                "a job the broker returned as unroutable reached another publish's confirm; its call will time out"
+            );
+            Ok(())
+        }
         Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
             job_id: job_id.to_owned(),
             lane: lane.as_str().to_owned(),
@@ -111,7 +129,7 @@ pub(crate) fn settle(confirmation: Confirmation, job_id: &str, lane: Lane) -> Re
 /// the connection is lost first (lapin leaves the wait pending).
 pub(crate) async fn publish_confirmed(
     lost: &CancellationToken,
-    channel: &Channel,
+    channel: &OrderedChannel,
     job: &Job,
     envelope: Envelope<'_>,
 ) -> Result<(), Error> {

@@ -9,6 +9,9 @@
 //! - [`JOB_V1_SCHEMA`], [`RESULT_V1_SCHEMA`]: the JSON Schema files these types mirror, and
 //!   [`examples`]: example extraction schemas (receipt, support ticket, CRM note).
 //!
+//! - [`ordered`] (feature `amqp`): a confirm-mode channel whose confirms each reach their own
+//!   publish, for producers and workers alike.
+//!
 //! The Rust types and the JSON Schemas are kept in step by the tests in `tests/contract.rs`.
 
 pub mod chunk;
@@ -17,6 +20,8 @@ pub mod error_code;
 pub mod job;
 mod json_schema;
 mod metadata;
+#[cfg(feature = "amqp")]
+pub mod ordered;
 pub mod result;
 pub mod wire;
 

@@ -443,11 +443,10 @@ base_url = "{fake}"
                 .iter()
                 .map(|d| {
                     let id = d.properties.message_id().as_ref().map(|s| s.to_string());
-                    let reason = d
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|h| h.inner().get("x-quarry-dead-reason").cloned());
+                    let reason = quarry_worker::amqp::publisher::header_text(
+                        d.properties.headers(),
+                        quarry_schemas::wire::HEADER_DEAD_REASON,
+                    );
                     format!("message_id {id:?} reason {reason:?}")
                 })
                 .collect();

@@ -5,4 +5,4 @@ pub mod publisher;
 pub mod session;
 pub mod topology;
 
-pub use publisher::{DeadLetter, PublishError, Publisher, ReplyOutcome};
+pub use publisher::{DeadLetter, PublishError, Publisher};

@@ -2,12 +2,23 @@
 //!
 //! One confirm-mode channel is shared by every job task; each task awaits only its own
 //! confirm, so many publishes and confirms are in flight at once.
+//!
+//! A mandatory publish that no queue takes comes back as a `basic.return` ahead of its
+//! `basic.ack`, but lapin hands each return to whichever confirm on the channel completes
+//! next, not to its own publish's (a multiple ack completes several in no set order). So no
+//! publish learns reliably whether *it* was returned; instead every confirm on the channel
+//! that carries a returned message, whoever's it is, dead-letters that message (by the
+//! exchange it was sent to: a result to a missing reply queue is `reply_queue_missing`, a job
+//! to a missing delay queue `delay_queue_missing`). Nothing returned is dropped. Every
+//! publish goes through an [`OrderedChannel`], so that each confirm is at least its own
+//! publish's.
 
 use lapin::Confirmation;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
+use quarry_schemas::ordered::OrderedChannel;
 use quarry_schemas::wire::{
     CONTENT_TYPE_JSON, HEADER_DEAD_DETAIL, HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, HEADER_DEAD_USER,
     HEADER_DEFERRALS, HEADER_PLUGIN, MESSAGE_TYPE_CHUNK, MESSAGE_TYPE_CONTROL, MESSAGE_TYPE_RESULT,
@@ -24,15 +35,6 @@ const TRANSIENT: u8 = 1;
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest dead-letter detail header.
 const MAX_DETAIL: usize = 1000;
-
-/// Where a result went.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReplyOutcome {
-    /// The broker confirmed it into the reply queue.
-    Delivered,
-    /// No queue by that name: the broker returned it (it was then dead-lettered).
-    ReplyQueueMissing,
-}
 
 /// Publishing failed: the broker refused (nack) or the channel is gone.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +73,10 @@ pub struct DeadLetter<'a> {
 /// Result and dead-letter publisher.
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    channel: OrderedChannel,
     /// Where chunks of streamed answers go (the results' channel unless some are given); a
     /// job's chunks all take the same one, so they stay in order.
-    chunks: std::sync::Arc<[Channel]>,
+    chunks: std::sync::Arc<[OrderedChannel]>,
     dead_exchange: ShortString,
     results_exchange: ShortString,
     delay_exchange: ShortString,
@@ -93,6 +95,7 @@ impl Publisher {
         worker_user: Option<&str>,
         lost: CancellationToken,
     ) -> Self {
+        let channel = OrderedChannel::new(channel);
         Self {
             chunks: std::sync::Arc::from([channel.clone()]),
             channel,
@@ -107,7 +110,7 @@ impl Publisher {
     /// Chunks of streamed answers on `channels` (in confirm mode), apart from results.
     pub fn with_chunk_channels(mut self, channels: Vec<Channel>) -> Self {
         if !channels.is_empty() {
-            self.chunks = channels.into();
+            self.chunks = channels.into_iter().map(OrderedChannel::new).collect();
         }
         self
     }
@@ -115,13 +118,15 @@ impl Publisher {
     /// Publishes a result to `reply_to` through the results exchange (mandatory,
     /// persistent, `user_id` the worker's) and waits for its confirm. The caller has checked
     /// that `reply_to` is a reply queue of the job's plugin. An unroutable result is
-    /// dead-lettered so that it is not lost.
+    /// dead-lettered (`reply_queue_missing`) so that it is not lost; by this publish or by
+    /// another on the channel (see the module's documentation), so `Ok` means the result is
+    /// in its reply queue or on its way to the dead letters.
     pub async fn reply(
         &self,
         reply_to: &str,
         correlation_id: Option<&str>,
         body: &[u8],
-    ) -> Result<ReplyOutcome, PublishError> {
+    ) -> Result<(), PublishError> {
         self.answer(reply_to, correlation_id, body, MESSAGE_TYPE_RESULT)
             .await
     }
@@ -132,7 +137,7 @@ impl Publisher {
         reply_to: &str,
         correlation_id: Option<&str>,
         body: &[u8],
-    ) -> Result<ReplyOutcome, PublishError> {
+    ) -> Result<(), PublishError> {
         self.answer(reply_to, correlation_id, body, MESSAGE_TYPE_CONTROL)
             .await
     }
@@ -152,7 +157,7 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_chunk",
-            self.chunks[lane % self.chunks.len()].basic_publish(
+            self.chunks[lane % self.chunks.len()].publish(
                 self.results_exchange.clone(),
                 reply_to.into(),
                 BasicPublishOptions::default(),
@@ -161,10 +166,9 @@ impl Publisher {
             ),
         )
         .await?;
-        match confirm {
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
-        }
+        // A chunk is never returned itself, but on the results' channel its confirm may
+        // carry another publish's return.
+        self.settle(confirm).await
     }
 
     /// What every message to a reply queue carries: JSON, its type, the job's (or request's)
@@ -194,7 +198,7 @@ impl Publisher {
         correlation_id: Option<&str>,
         body: &[u8],
         message_type: &str,
-    ) -> Result<ReplyOutcome, PublishError> {
+    ) -> Result<(), PublishError> {
         let properties = self.reply_properties(message_type, PERSISTENT, correlation_id);
         let options = BasicPublishOptions {
             mandatory: true,
@@ -203,7 +207,7 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_result",
-            self.channel.basic_publish(
+            self.channel.publish(
                 self.results_exchange.clone(),
                 reply_to.into(),
                 options,
@@ -212,39 +216,64 @@ impl Publisher {
             ),
         )
         .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(ReplyOutcome::Delivered),
-            Confirmation::Ack(Some(returned)) => {
-                self.dead_letter_returned(reply_to, &returned).await?;
-                Ok(ReplyOutcome::ReplyQueueMissing)
-            }
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
+        self.settle(confirm).await
+    }
+
+    /// The end of a publish on the results' channel: a returned message the confirm carries
+    /// is dead-lettered (and any the dead letters' own confirms carry, in turn); a nack is an
+    /// error, after its returned message too is dead-lettered.
+    async fn settle(&self, mut confirm: Confirmation) -> Result<(), PublishError> {
+        let mut nacked = false;
+        loop {
+            let returned = match confirm {
+                Confirmation::Ack(returned) => returned,
+                Confirmation::Nack(returned) => {
+                    nacked = true;
+                    returned
+                }
+                Confirmation::NotRequested => None,
+            };
+            let Some(returned) = returned else {
+                return if nacked {
+                    Err(PublishError::Nacked)
+                } else {
+                    Ok(())
+                };
+            };
+            let letter = self.returned_letter(&returned);
+            confirm = self.publish_dead_letter(&letter.letter()).await?;
         }
     }
 
-    async fn dead_letter_returned(
-        &self,
-        reply_to: &str,
-        returned: &BasicReturnMessage,
-    ) -> Result<(), PublishError> {
-        let detail = format!(
-            "result for reply queue `{reply_to}` was unroutable: {}",
-            returned.reply_text
-        );
-        self.dead_letter(&DeadLetter {
-            reason: "reply_queue_missing",
-            detail: &detail,
-            queue: reply_to,
-            body: &returned.delivery.data,
-            properties: &returned.delivery.properties,
-            plugin: None,
-        })
-        .await
+    /// The dead letter for a message the broker returned as unroutable.
+    fn returned_letter<'a>(&self, returned: &'a BasicReturnMessage) -> ReturnedLetter<'a> {
+        let queue = returned.delivery.routing_key.as_str();
+        let exchange = &returned.delivery.exchange;
+        let (reason, what) = if *exchange == self.results_exchange {
+            ("reply_queue_missing", "result for reply queue")
+        } else if *exchange == self.delay_exchange {
+            ("delay_queue_missing", "deferred job for delay queue")
+        } else {
+            ("unroutable", "message for queue")
+        };
+        ReturnedLetter {
+            reason,
+            detail: format!("{what} `{queue}` was unroutable: {}", returned.reply_text),
+            returned,
+        }
     }
 
     /// Publishes a message to the dead-letter exchange with the reason in its headers, and
     /// waits for the confirm.
     pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), PublishError> {
+        let confirm = self.publish_dead_letter(letter).await?;
+        self.settle(confirm).await
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        letter: &DeadLetter<'_>,
+    ) -> Result<Confirmation, PublishError> {
         let mut headers = plugin_headers(letter.properties);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         headers.insert(ShortString::from(HEADER_DEAD_REASON), text(letter.reason));
@@ -269,7 +298,7 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_dead_letter",
-            self.channel.basic_publish(
+            self.channel.publish(
                 self.dead_exchange.clone(),
                 "".into(),
                 BasicPublishOptions::default(),
@@ -278,12 +307,29 @@ impl Publisher {
             ),
         )
         .await?;
-        match confirm {
-            Confirmation::Ack(_) | Confirmation::NotRequested => {
-                crate::telemetry::dead_lettered(letter.reason, letter.detail);
-                Ok(())
-            }
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
+        if !matches!(confirm, Confirmation::Nack(_)) {
+            crate::telemetry::dead_lettered(letter.reason, letter.detail);
+        }
+        Ok(confirm)
+    }
+}
+
+/// A returned message's dead letter, and the reason and detail it owns.
+struct ReturnedLetter<'a> {
+    reason: &'static str,
+    detail: String,
+    returned: &'a BasicReturnMessage,
+}
+
+impl<'a> ReturnedLetter<'a> {
+    fn letter(&'a self) -> DeadLetter<'a> {
+        DeadLetter {
+            reason: self.reason,
+            detail: &self.detail,
+            queue: self.returned.delivery.routing_key.as_str(),
+            body: &self.returned.delivery.data,
+            properties: &self.returned.delivery.properties,
+            plugin: None,
         }
     }
 }
@@ -292,7 +338,9 @@ impl Publisher {
     /// Republishes a job to a delay queue through the delay exchange (persistent,
     /// mandatory, confirmed), recording the plugin and the deferral count in headers; of the
     /// original's headers only [`PLUGIN_HEADERS`] travel on. The worker's own `user_id` goes
-    /// on it, so the plugin header can be trusted when the job comes back.
+    /// on it, so the plugin header can be trusted when the job comes back. A job no delay
+    /// queue takes (the queue was deleted) is dead-lettered `delay_queue_missing`, not
+    /// requeued to come straight back.
     pub async fn defer(
         &self,
         queue: &str,
@@ -321,7 +369,7 @@ impl Publisher {
         let confirm = confirmed(
             &self.lost,
             "publish_deferred",
-            self.channel.basic_publish(
+            self.channel.publish(
                 self.delay_exchange.clone(),
                 queue.into(),
                 options,
@@ -330,10 +378,7 @@ impl Publisher {
             ),
         )
         .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => Err(PublishError::Nacked),
-        }
+        self.settle(confirm).await
     }
 }
 
@@ -413,7 +458,7 @@ async fn confirmed(
     };
     let ok = matches!(
         outcome,
-        Ok(Confirmation::Ack(None) | Confirmation::NotRequested)
+        Ok(Confirmation::Ack(_) | Confirmation::NotRequested)
     );
     crate::telemetry::amqp_operation(operation, started.elapsed(), ok);
     outcome

@@ -23,6 +23,7 @@
 //! | a job whose limits could not be checked (Redis unavailable) | it waits in the shortest delay queue (a deferral); past the bound, an `INTERNAL` result |
 //! | any other job                                  | claimed; the pipeline's result is stored (claim dropped), then published |
 //! | a result whose reply queue does not exist      | the result is dead-lettered `reply_queue_missing` |
+//! | a deferred job whose delay queue does not exist | the job is dead-lettered `delay_queue_missing` |
 //! | the broker nacks a publish                     | the job is nacked and requeued                 |
 //! | the broker refuses a publish (channel error)   | the worker stops; the job returns to its queue with the connection |
 //! | the connection is lost                         | nothing: the broker redelivers the job, which answers from the store |

@@ -479,3 +479,195 @@ async fn a_job_that_expires_in_its_queue_ends_deadline_exceeded_without_a_call()
     worker.stop().await.unwrap();
     fleet.teardown(&[replies]).await;
 }
+
+/// lapin hands a `basic.return` to whichever confirm on the channel completes next, not to
+/// the returned publish's own: with results to missing reply queues, results to a live one
+/// and dead letters all in flight on one channel, every returned result must still be
+/// dead-lettered, none dropped by the confirm that happened to carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_returned_result_is_dead_lettered_whichever_confirm_carries_it() {
+    const LIVE: usize = 300;
+    const MISSING: usize = 100;
+    const LETTERS: usize = 100;
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let topology = fleet.topology();
+    let channel = fleet.channel().await;
+    quarry_worker::amqp::topology::declare(
+        &channel,
+        &topology,
+        quarry_worker::config::AmqpConfig::default().delivery_limit,
+        &[5],
+    )
+    .await
+    .expect("declare the topology");
+    channel.confirm_select(Default::default()).await.unwrap();
+    let publisher = quarry_worker::amqp::Publisher::new(
+        channel,
+        &topology,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let replies = fleet.reply_queue().await;
+    let missing = unique(&topology.reply_prefix("guest"));
+
+    // Each publish from its own task, so that the runtime's threads publish at once.
+    let publishes = (0..LIVE + MISSING + LETTERS).map(|n| {
+        let (publisher, replies, missing) = (publisher.clone(), replies.clone(), missing.clone());
+        tokio::spawn(async move {
+            let id = format!("m-{n:04}");
+            if n % 5 == 0 && n / 5 < MISSING {
+                let queue = format!("{missing}-{n}");
+                publisher
+                    .reply(&queue, Some(&id), id.as_bytes())
+                    .await
+                    .map(drop)
+            } else if n % 5 == 1 && n / 5 < LETTERS {
+                let letter = quarry_worker::amqp::DeadLetter {
+                    reason: "undecodable",
+                    detail: "a test letter",
+                    queue: "a-queue",
+                    body: id.as_bytes(),
+                    properties: &BasicProperties::default(),
+                    plugin: None,
+                };
+                publisher.dead_letter(&letter).await
+            } else {
+                publisher
+                    .reply(&replies, Some(&id), id.as_bytes())
+                    .await
+                    .map(drop)
+            }
+        })
+    });
+    let publishes: Vec<_> = publishes.collect();
+    for outcome in within(
+        60,
+        "every publish confirmed",
+        futures::future::join_all(publishes),
+    )
+    .await
+    {
+        outcome.expect("the task").expect("confirmed");
+    }
+
+    let dead = fleet
+        .take(&topology.dead_queue(), MISSING + LETTERS, 60)
+        .await;
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let mut returned = Vec::new();
+    for letter in &dead {
+        let reason = header_text(letter.properties.headers(), "x-quarry-dead-reason").unwrap();
+        if reason == "reply_queue_missing" {
+            returned.push(String::from_utf8(letter.data.clone()).unwrap());
+        }
+        *reasons.entry(reason).or_default() += 1;
+    }
+    assert_eq!(
+        reasons.get("reply_queue_missing"),
+        Some(&MISSING),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons.get("undecodable"), Some(&LETTERS), "{reasons:?}");
+    returned.sort();
+    let expected: Vec<String> = (0..MISSING).map(|i| format!("m-{:04}", i * 5)).collect();
+    assert_eq!(
+        returned, expected,
+        "each returned result once, with its own body"
+    );
+    let live = fleet.take(&replies, LIVE, 60).await;
+    assert_eq!(live.len(), LIVE);
+    fleet.teardown(&[replies]).await;
+}
+
+/// Publishes from many threads on one channel: each confirm is its own publish's (lapin
+/// numbers a publish and queues its frames in two steps, and two threads can interleave
+/// them). A reply queue that takes 4,000 messages and nacks the rest (`reject-publish`) shows
+/// it: the results reported confirmed are exactly the ones in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_confirm_is_its_own_publishes() {
+    const PUBLISHES: usize = 8000;
+    const ROOM: usize = 4000;
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let topology = fleet.topology();
+    let channel = fleet.channel().await;
+    quarry_worker::amqp::topology::declare(
+        &channel,
+        &topology,
+        quarry_worker::config::AmqpConfig::default().delivery_limit,
+        &[5],
+    )
+    .await
+    .expect("declare the topology");
+    let replies = unique(&topology.reply_prefix("guest"));
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongInt(4000),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(replies.as_str().into(), Default::default(), arguments)
+        .await
+        .expect("declare the bounded reply queue");
+    quarry_integration::bind_to_results(&channel, &topology, &replies).await;
+    channel.confirm_select(Default::default()).await.unwrap();
+    let publisher = quarry_worker::amqp::Publisher::new(
+        channel,
+        &topology,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    );
+
+    let publishes: Vec<_> = (0..PUBLISHES)
+        .map(|n| {
+            let (publisher, replies) = (publisher.clone(), replies.clone());
+            tokio::spawn(async move {
+                let id = format!("m-{n:04}");
+                let outcome = publisher.reply(&replies, Some(&id), id.as_bytes()).await;
+                (id, outcome.map(drop))
+            })
+        })
+        .collect();
+    let mut confirmed = Vec::new();
+    for outcome in within(
+        60,
+        "every publish settled",
+        futures::future::join_all(publishes),
+    )
+    .await
+    {
+        let (id, outcome) = outcome.expect("the task");
+        match outcome {
+            Ok(()) => confirmed.push(id),
+            Err(quarry_worker::amqp::PublishError::Nacked) => {}
+            Err(other) => panic!("{id}: {other}"),
+        }
+    }
+    assert_eq!(
+        confirmed.len(),
+        ROOM,
+        "the queue took {ROOM}, the rest were nacked"
+    );
+    let mut queued: Vec<String> = fleet
+        .take(&replies, ROOM, 60)
+        .await
+        .iter()
+        .map(|d| String::from_utf8(d.data.clone()).unwrap())
+        .collect();
+    queued.sort();
+    confirmed.sort();
+    let wrong: Vec<_> = confirmed
+        .iter()
+        .filter(|id| queued.binary_search(id).is_err())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} results reported confirmed were nacked (their confirms went to others): {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    fleet.teardown(&[replies]).await;
+}
