@@ -33,7 +33,10 @@ local function prune_window(b)
       redis.call('HDEL', h, member)
     end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', now - b.window_ms)
-    redis.call('HINCRBY', h, '__total', -freed)
+    -- Not when nothing was freed: Lua writes -0 as "-0", which HINCRBY refuses.
+    if freed ~= 0 then
+      redis.call('HINCRBY', h, '__total', -freed)
+    end
   end
   return tonumber(redis.call('HGET', h, '__total')) or 0
 end

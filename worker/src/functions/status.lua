@@ -20,7 +20,10 @@ for _, c in ipairs(spec) do
         redis.call('HDEL', h, member)
       end
       redis.call('ZREMRANGEBYSCORE', z, '-inf', now - w.window_ms)
-      redis.call('HINCRBY', h, '__total', -freed)
+      -- Not when nothing was freed: Lua writes -0 as "-0", which HINCRBY refuses.
+      if freed ~= 0 then
+        redis.call('HINCRBY', h, '__total', -freed)
+      end
     end
     table.insert(row, tonumber(redis.call('HGET', h, '__total')) or 0)
   end

@@ -122,6 +122,218 @@ async fn a_window_limit_holds_exactly_across_parallel_clients() {
     cleanup(&prefix).await;
 }
 
+/// One granted call of the property test: when (Redis time), through which key, what it
+/// cost in the end (tokens after the refund).
+struct Grant {
+    at_ms: u64,
+    key: usize,
+    tokens: u64,
+}
+
+/// The most any window of `window_ms` holds, of `cost` over `grants` (sorted by time).
+fn busiest_window(grants: &[&Grant], window_ms: u64, cost: impl Fn(&Grant) -> u64) -> u64 {
+    let mut busiest = 0;
+    for (i, start) in grants.iter().enumerate() {
+        let inside: u64 = grants[i..]
+            .iter()
+            .take_while(|g| g.at_ms < start.at_ms + window_ms)
+            .map(|g| cost(g))
+            .sum();
+        busiest = busiest.max(inside);
+    }
+    busiest
+}
+
+/// The limiter's promise as a property: for random limits, windows, token costs and refunds,
+/// with parallel clients and three keys under one shared quota, no window of any bucket
+/// ever holds more than its budget, counted in Redis time. Each round prints its seed; set
+/// `QUARRY_PROPERTY_SEED` to replay one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sliding_window_of_any_bucket_holds_more_than_its_budget() {
+    const CLIENTS: usize = 6;
+    const KEYS: usize = 3;
+    let seed = std::env::var("QUARRY_PROPERTY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for round in 0..3 {
+        let prefix = unique("qt-prop");
+        let window = Duration::from_millis(rng.u64(400..=900));
+        let window_ms = window.as_millis() as u64;
+        let run = window * 2 + window / 2;
+        let key_requests: Vec<u64> = (0..KEYS).map(|_| rng.u64(3..=25)).collect();
+        let key_tokens: Vec<u64> = (0..KEYS).map(|_| rng.u64(200..=2000)).collect();
+        let quota_tokens = rng.u64(500..=4000);
+        let most = key_tokens.iter().copied().min().unwrap_or(200) / 3;
+        eprintln!(
+            "seed {seed} round {round}: window {window_ms} ms, keys' requests {key_requests:?}, \
+             keys' tokens {key_tokens:?}, quota {quota_tokens} tokens, costs 1..={most}"
+        );
+        let window_charge = move |name: String, unit, limit, cost| Charge {
+            bucket: Bucket::Window {
+                name: name.into(),
+                unit,
+                limit,
+                window,
+            },
+            cost,
+        };
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for client in 0..CLIENTS {
+            let limiter = limiter(&prefix).await;
+            let mut rng = fastrand::Rng::with_seed(rng.u64(..));
+            let (key_requests, key_tokens) = (key_requests.clone(), key_tokens.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut granted = Vec::new();
+                let mut n = 0;
+                while started.elapsed() < run {
+                    n += 1;
+                    let estimate = rng.u64(1..=most);
+                    let shared = [window_charge(
+                        "quota".into(),
+                        Unit::Tokens,
+                        quota_tokens,
+                        estimate,
+                    )];
+                    let candidates: Vec<Candidate> = (0..KEYS)
+                        .map(|k| {
+                            key(
+                                &format!("k{k}"),
+                                vec![
+                                    window_charge(
+                                        format!("k{k}-rpm"),
+                                        Unit::Requests,
+                                        key_requests[k],
+                                        1,
+                                    ),
+                                    window_charge(
+                                        format!("k{k}-tpm"),
+                                        Unit::Tokens,
+                                        key_tokens[k],
+                                        estimate,
+                                    ),
+                                ],
+                            )
+                        })
+                        .collect();
+                    let id = format!("c{client}-{n}");
+                    match limiter.reserve(&id, &shared, &candidates).await.unwrap() {
+                        Decision::Granted {
+                            candidate,
+                            reservation,
+                            at_ms,
+                        } => {
+                            // The call used less than its estimate: the rest is refunded.
+                            let actual = rng.u64(0..=estimate);
+                            limiter.finish(&reservation, Some(actual)).await.unwrap();
+                            granted.push(Grant {
+                                at_ms,
+                                key: candidate,
+                                tokens: actual,
+                            });
+                        }
+                        // Waiting as the limiter says is the scenario under test.
+                        Decision::Wait { wait } => {
+                            tokio::time::sleep(wait.min(run.saturating_sub(started.elapsed())))
+                                .await
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                granted
+            }));
+        }
+        let mut grants: Vec<Grant> = Vec::new();
+        for task in tasks {
+            grants.extend(within(30, "a limiter client", task).await.unwrap());
+        }
+        grants.sort_by_key(|g| g.at_ms);
+        let all: Vec<&Grant> = grants.iter().collect();
+        let quota = busiest_window(&all, window_ms, |g| g.tokens);
+        assert!(
+            quota <= quota_tokens,
+            "seed {seed} round {round}: the quota's busiest window held {quota} of {quota_tokens} tokens"
+        );
+        for k in 0..KEYS {
+            let mine: Vec<&Grant> = grants.iter().filter(|g| g.key == k).collect();
+            let requests = busiest_window(&mine, window_ms, |_| 1);
+            let tokens = busiest_window(&mine, window_ms, |g| g.tokens);
+            assert!(
+                requests <= key_requests[k],
+                "seed {seed} round {round}: key {k}'s busiest window held {requests} of {} requests",
+                key_requests[k]
+            );
+            assert!(
+                tokens <= key_tokens[k],
+                "seed {seed} round {round}: key {k}'s busiest window held {tokens} of {} tokens",
+                key_tokens[k]
+            );
+        }
+        assert!(
+            grants.len() >= KEYS,
+            "seed {seed} round {round}: only {} grants: the property was not exercised",
+            grants.len()
+        );
+        cleanup(&prefix).await;
+    }
+}
+
+/// A reservation refunded to nothing (a call that used no tokens) leaves its window
+/// cleanly: pruning it once it expires is no error (Lua wrote the freed `-0` as "-0", which
+/// `HINCRBY` refuses, and every decision on the bucket failed as it expired).
+#[tokio::test]
+async fn a_reservation_refunded_to_nothing_expires_without_an_error() {
+    let prefix = unique("qt-lim");
+    let limiter = limiter(&prefix).await;
+    let window = Duration::from_millis(30);
+    let tokens = |cost| Charge {
+        bucket: Bucket::Window {
+            name: "tpm".into(),
+            unit: Unit::Tokens,
+            limit: 100,
+            window,
+        },
+        cost,
+    };
+    let Decision::Granted {
+        reservation,
+        at_ms: first,
+        ..
+    } = limiter
+        .reserve("a", &[], &[key("k", vec![tokens(10)])])
+        .await
+        .unwrap()
+    else {
+        panic!("10 of 100 fits")
+    };
+    limiter.finish(&reservation, Some(0)).await.unwrap();
+    // Decide, in Redis time, until the first reservation has left its window.
+    let mut n = 0;
+    let last = within(10, "the window to pass", async {
+        loop {
+            n += 1;
+            let decided = limiter
+                .reserve(&format!("b{n}"), &[], &[key("k", vec![tokens(1)])])
+                .await
+                .expect("a decision, not an error");
+            if let Decision::Granted {
+                at_ms, reservation, ..
+            } = decided
+            {
+                limiter.finish(&reservation, Some(1)).await.unwrap();
+                if at_ms > first + 2 * window.as_millis() as u64 {
+                    break at_ms;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(last > first);
+    cleanup(&prefix).await;
+}
+
 #[tokio::test]
 async fn tokens_are_reconciled_with_refunds_and_debts() {
     let prefix = unique("qt-lim");
