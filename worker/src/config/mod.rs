@@ -457,6 +457,7 @@ daily_tokens = 500
                 tokens_per_minute: Some(9000),
                 concurrent: Some(5),
                 daily_tokens: None,
+                ..Limits::default()
             }
         );
         assert_eq!(fake.model_limits[0].limits.requests_per_minute, Some(7));
@@ -467,6 +468,7 @@ daily_tokens = 500
                 tokens_per_minute: None,
                 concurrent: None,
                 daily_tokens: Some(500),
+                ..Limits::default()
             }
         );
 

@@ -232,6 +232,12 @@ pub struct Limits {
     pub concurrent: Option<u64>,
     /// Tokens per UTC day (plugins only); past it jobs end `BUDGET_EXCEEDED`.
     pub daily_tokens: Option<u64>,
+    /// Requests that may start at once beyond the even pace of `requests_per_minute`
+    /// (default: 2% of it, at least 1).
+    pub requests_burst: Option<u64>,
+    /// Tokens that may be reserved at once beyond the even pace of `tokens_per_minute`
+    /// (default: all of it, i.e. tokens are not paced, only limited).
+    pub tokens_burst: Option<u64>,
 }
 
 impl Limits {
@@ -242,7 +248,22 @@ impl Limits {
             tokens_per_minute: self.tokens_per_minute.or(fallback.tokens_per_minute),
             concurrent: self.concurrent.or(fallback.concurrent),
             daily_tokens: self.daily_tokens.or(fallback.daily_tokens),
+            requests_burst: self.requests_burst.or(fallback.requests_burst),
+            tokens_burst: self.tokens_burst.or(fallback.tokens_burst),
         }
+    }
+
+    /// The burst of a `requests_per_minute` of `limit`: the configured one, or 2% of the
+    /// limit (at least 1); never above the limit.
+    pub fn requests_burst_of(&self, limit: u64) -> u64 {
+        self.requests_burst
+            .unwrap_or(limit / 50)
+            .clamp(1, limit.max(1))
+    }
+
+    /// The burst of a `tokens_per_minute` of `limit`: the configured one, or the limit.
+    pub fn tokens_burst_of(&self, limit: u64) -> u64 {
+        self.tokens_burst.unwrap_or(limit).clamp(1, limit.max(1))
     }
 
     /// Whether any limit is set.

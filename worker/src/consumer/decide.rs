@@ -173,14 +173,18 @@ pub struct Deferrals {
 }
 
 impl Deferrals {
-    /// The delay queue for a wait: the shortest at least as long, else the longest.
+    /// The delay queue for a wait: the longest no longer than the wait, else the shortest.
+    /// A job comes back no later than its capacity does (give or take the shortest step), and
+    /// waits again for the rest: a wait of 61 s with steps of 30 and 120 s is two of 30 s and
+    /// a short one, not 120 s with the key idle for the last 59.
     pub fn step_for(&self, wait: Duration) -> u64 {
-        let secs = wait.as_secs_f64().ceil() as u64;
+        let secs = wait.as_secs_f64().floor() as u64;
         self.steps_secs
             .iter()
             .copied()
-            .find(|s| *s >= secs)
-            .or_else(|| self.steps_secs.last().copied())
+            .rev()
+            .find(|s| *s <= secs)
+            .or_else(|| self.steps_secs.first().copied())
             .unwrap_or(1)
     }
 }
@@ -493,9 +497,17 @@ mod tests {
     }
 
     #[test]
-    fn a_job_over_its_limits_waits_in_the_queue_that_fits_the_wait() {
+    fn a_job_over_its_limits_waits_in_the_longest_queue_within_the_wait() {
         let over = |secs| Outcome::Defer(Duration::from_secs_f64(secs));
-        for (wait, step) in [(0.2, 1), (1.0, 1), (4.5, 5), (31.0, 120), (900.0, 120)] {
+        for (wait, step) in [
+            (0.2, 1),
+            (1.0, 1),
+            (4.5, 1),
+            (5.0, 5),
+            (31.0, 30),
+            (119.9, 30),
+            (900.0, 120),
+        ] {
             let got = next(over(wait), 0, &steps());
             assert!(
                 matches!(got, Next::Defer { step_secs, why: Wait::Limits } if step_secs == step),

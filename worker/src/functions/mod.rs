@@ -14,6 +14,7 @@ use std::sync::LazyLock;
 /// The library's source: each script's body becomes a local function of `(KEYS, ARGV)`.
 const TEMPLATE: &str = concat!(
     "#!lua name=quarry_@V\n",
+    include_str!("window.lua"),
     "local function claim(KEYS, ARGV)\n",
     include_str!("claim.lua"),
     "\nend\n",

@@ -1,18 +1,19 @@
--- quarry_limit_reserve_v1: one atomic rate-limit decision.
+-- quarry_limit_reserve_v2: one atomic rate-limit decision (window buckets: window.lua).
 --
 -- ARGV[1]  reservation id (unique per attempt)
 -- ARGV[2]  JSON spec:
---   { "shared": [bucket...],
---     "candidates": [ { "cool": k, "disabled": k, "buckets": [bucket...] } ... ] }
---   bucket = { "kind": "window", "z": k, "h": k, "limit": n, "cost": n, "window_ms": n }
+--   { "shared": [bucket...], "pool": k, "cursor": k, "epoch": k (optional: the pool's full
+--     mark, its cursor, and the keys' epoch) }
+-- ARGV[3…] one JSON per candidate: { "cool": k, "disabled": k, "buckets": [bucket...] }
+--   bucket = { "kind": "window", "w": k, "limit": n, "cost": n, "window_ms": n, "burst": n }
 --          | { "kind": "concurrency", "z": k, "limit": n, "lease_ms": n }
 --          | { "kind": "day", "c": k, "limit": n, "cost": n }
 --   k is an index into KEYS.
 -- Time is Redis's own (TIME), so worker clocks do not matter.
 --
--- Every bucket of the shared list and of one candidate must fit; the fitting candidate with
--- the lowest load wins and all its buckets and the shared ones are charged together, or
--- nothing is charged.
+-- Every bucket of the shared list and of one candidate must fit; the first fitting candidate
+-- from the pool's cursor wins and all its buckets and the shared ones are charged together,
+-- or nothing is charged.
 -- Returns { 1, candidate (1-based), now_ms }  granted
 --         { 2, wait_ms, now_ms }              nothing fits now; the earliest moment one may
 --         { 3, 0, now_ms }                    every candidate is disabled
@@ -20,48 +21,40 @@
 
 local id = ARGV[1]
 local spec = cjson.decode(ARGV[2])
+-- Each candidate is its own argument, decoded only when the decision reaches it.
+local candidates = {}
+local function candidate(i)
+  if candidates[i] == nil then
+    candidates[i] = cjson.decode(ARGV[2 + i])
+  end
+  return candidates[i]
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function prune_window(b)
-  local z, h = KEYS[b.z], KEYS[b.h]
-  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now - b.window_ms)
-  if #expired > 0 then
-    local freed = 0
-    for _, member in ipairs(expired) do
-      freed = freed + (tonumber(redis.call('HGET', h, member)) or 0)
-      redis.call('HDEL', h, member)
-    end
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', now - b.window_ms)
-    -- Not when nothing was freed: Lua writes -0 as "-0", which HINCRBY refuses.
-    if freed ~= 0 then
-      redis.call('HINCRBY', h, '__total', -freed)
-    end
-  end
-  return tonumber(redis.call('HGET', h, '__total')) or 0
-end
+-- Window buckets as loaded by their check, for the charge that may follow.
+local loaded = {}
 
 -- Returns fits (bool), wait_ms when it does not, load after the charge (0..1+).
 local function check(b)
   if b.kind == 'window' then
-    local total = prune_window(b)
-    if total + b.cost <= b.limit then
-      return true, 0, (total + b.cost) / b.limit
-    end
+    local key = KEYS[b.w]
+    local st = window_state(key, b.window_ms, now)
+    local rate = pace_rate(b.limit, b.window_ms)
+    local level = pace_level(st, rate, now)
+    loaded[b] = { st = st, level = level, rate = rate }
     if b.cost > b.limit then
       return false, -1, 1
     end
-    -- Walk the oldest entries until enough would have expired.
-    local need = total + b.cost - b.limit
-    local entries = redis.call('ZRANGE', KEYS[b.z], 0, -1, 'WITHSCORES')
-    local freed = 0
-    for i = 1, #entries, 2 do
-      freed = freed + (tonumber(redis.call('HGET', KEYS[b.h], entries[i])) or 0)
-      if freed >= need then
-        return false, math.max(1, tonumber(entries[i + 1]) + b.window_ms - now + 1), 1
-      end
+    local wait = window_wait(key, st, b.limit, b.window_ms, b.cost, now)
+    if level + b.cost > b.burst and level > 0 then
+      local target = math.max(0, b.burst - b.cost)
+      wait = math.max(wait, math.ceil((level - target) / rate))
     end
-    return false, b.window_ms, 1
+    if wait > 0 then
+      return false, math.max(1, wait), 1
+    end
+    return true, 0, (st.n + b.cost) / b.limit
   elseif b.kind == 'concurrency' then
     local z = KEYS[b.z]
     redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
@@ -69,8 +62,9 @@ local function check(b)
     if held < b.limit then
       return true, 0, (held + 1) / b.limit
     end
+    -- Leases are released when their calls end, long before they expire: look again soon.
     local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-    return false, math.max(1, tonumber(first[2]) - now), 1
+    return false, math.max(1, math.min(1000, tonumber(first[2]) - now)), 1
   elseif b.kind == 'day' then
     local spent = tonumber(redis.call('GET', KEYS[b.c])) or 0
     if spent + b.cost <= b.limit then
@@ -83,11 +77,8 @@ end
 
 local function charge(b)
   if b.kind == 'window' then
-    redis.call('ZADD', KEYS[b.z], now, id)
-    redis.call('HSET', KEYS[b.h], id, b.cost)
-    redis.call('HINCRBY', KEYS[b.h], '__total', b.cost)
-    redis.call('PEXPIRE', KEYS[b.z], b.window_ms + 60000)
-    redis.call('PEXPIRE', KEYS[b.h], b.window_ms + 60000)
+    local w = loaded[b]
+    window_charge(KEYS[b.w], w.st, w.level, b.cost, b.window_ms, w.rate, now)
   elseif b.kind == 'concurrency' then
     redis.call('ZADD', KEYS[b.z], now + b.lease_ms, id)
     redis.call('PEXPIRE', KEYS[b.z], b.lease_ms + 60000)
@@ -116,20 +107,45 @@ for _, b in ipairs(spec.shared) do
   end
 end
 
-local best, best_load = nil, nil
+-- The pool: candidates are tried in turn from a cursor that moves one each decision, and
+-- the first that fits serves, so the work does not grow with the pool while a key is free.
+-- When none fits, the pool is marked full (`pool` key) until the earliest one frees, for at
+-- most a second: the decisions meanwhile refuse without looking at every key again (unless a
+-- key was disabled or cooled down since: `epoch`, which those bump).
+local n = #ARGV - 2
+local pool = spec.pool and KEYS[spec.pool]
+-- A key disabled or cooled since (the epoch moved) voids the mark.
+local epoch = pool and (redis.call('GET', KEYS[spec.epoch]) or '0')
+if pool and shared_wait == 0 then
+  local mark = redis.call('GET', pool)
+  if mark then
+    local until_ms, at_epoch = string.match(mark, '^(%d+):(%d+)$')
+    until_ms = tonumber(until_ms)
+    if until_ms and at_epoch == epoch and until_ms > now then
+      return { 2, until_ms - now, now }
+    end
+  end
+end
+local start = 0
+if pool and n > 1 then
+  start = redis.call('INCR', KEYS[spec.cursor]) % n
+end
+local best = nil
 local earliest = nil
 local disabled = 0
-for i, c in ipairs(spec.candidates) do
+for step = 0, n - 1 do
+  local i = (start + step) % n + 1
+  local c = candidate(i)
   if redis.call('EXISTS', KEYS[c.disabled]) == 1 then
     disabled = disabled + 1
   else
     local cool = redis.call('PTTL', KEYS[c.cool])
-    local fits_all, wait_i, load = true, 0, 0
+    local fits_all, wait_i = true, 0
     if cool > 0 then
       fits_all, wait_i = false, cool
     end
     for _, b in ipairs(c.buckets) do
-      local fits, wait, l = check(b)
+      local fits, wait = check(b)
       if not fits then
         fits_all = false
         if wait == -2 then
@@ -140,18 +156,22 @@ for i, c in ipairs(spec.candidates) do
         end
         wait_i = math.max(wait_i, wait)
       end
-      load = math.max(load, l)
     end
-    if fits_all and (best == nil or load < best_load) then
-      best, best_load = i, load
+    if fits_all then
+      best = i
+      break
     end
-    if not fits_all and (earliest == nil or wait_i < earliest) then
+    if earliest == nil or wait_i < earliest then
       earliest = wait_i
     end
   end
 end
 
-if #spec.candidates > 0 and disabled == #spec.candidates then
+if pool and best == nil and earliest ~= nil and shared_wait == 0 then
+  redis.call('SET', pool, string.format('%d', now + earliest) .. ':' .. epoch, 'PX',
+    math.max(1, math.min(1000, earliest)))
+end
+if n > 0 and disabled == n then
   return { 3, 0, now }
 end
 if shared_wait > 0 then
@@ -163,7 +183,7 @@ end
 for _, b in ipairs(spec.shared) do
   charge(b)
 end
-for _, b in ipairs(spec.candidates[best].buckets) do
+for _, b in ipairs(candidate(best).buckets) do
   charge(b)
 end
 return { 1, best, now }

@@ -533,6 +533,7 @@ fn charges_for(
                 unit: Unit::Requests,
                 limit,
                 window,
+                burst: limits.requests_burst_of(limit),
             },
             cost: 1,
         });
@@ -544,6 +545,7 @@ fn charges_for(
                 unit: Unit::Tokens,
                 limit,
                 window,
+                burst: limits.tokens_burst_of(limit),
             },
             cost: estimate.min(limit),
         });

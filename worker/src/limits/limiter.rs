@@ -1,16 +1,19 @@
 //! Fleet-wide limits in Redis: every decision is one atomic Lua call that reads Redis's own
 //! clock, checks every bucket that applies and charges all of them or none.
 //!
-//! - **Window** buckets (requests or tokens per window) are exact sliding logs: a sorted set
-//!   of reservations by time and a hash of their costs, so no window of the configured length
-//!   ever holds more than the limit.
+//! - **Window** buckets (requests or tokens per window) are one small hash each, whatever
+//!   the rate: 60 slots per window and a pacer (`functions/window.lua`). No window of the
+//!   configured length ever holds more than the limit, and a backlog goes out evenly at the
+//!   limit's rate with at most the bucket's `burst` at once.
 //! - **Concurrency** buckets hold leases that expire by themselves, so a crashed worker's
 //!   reservation frees itself.
 //! - **Day** buckets count a calendar day (UTC, Redis time) for daily budgets.
 //! - A reservation of tokens is an estimate; [`Limiter::finish`] reconciles it with the real
 //!   usage (refund or debt) and releases concurrency leases.
-//! - A request may name several *candidates* (API keys): the fitting one with the lowest load
-//!   wins; cooling (after a 429) and disabled (after a 401) keys are skipped.
+//! - A request may name several *candidates* (API keys): they are tried in turn from the
+//!   pool's cursor and the first that fits serves; cooling (after a 429) and disabled (after
+//!   a 401) keys are skipped. A pool found full is marked so until its earliest key frees (at
+//!   most 1 s), and the decisions meanwhile refuse at once.
 //!
 //! Keys: `{prefix}:{lim}:<bucket>:<part>`; the `{lim}` hash tag keeps every key of one
 //! decision in one Redis Cluster slot. Scripts: `functions/reserve.lua`, `finish.lua`,
@@ -46,6 +49,8 @@ pub enum Bucket {
         limit: u64,
         /// Window length.
         window: Duration,
+        /// Units that may go at once beyond the even pace (at least 1 for requests).
+        burst: u64,
     },
     /// At most `limit` calls at once; a lease lasts at most `lease`.
     Concurrency {
@@ -63,6 +68,17 @@ pub enum Bucket {
         /// Tokens per day.
         limit: u64,
     },
+}
+
+impl Bucket {
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Bucket::Window { name, .. }
+            | Bucket::Concurrency { name, .. }
+            | Bucket::Day { name, .. } => name,
+        }
+    }
 }
 
 /// A bucket and what this call costs in it.
@@ -111,6 +127,8 @@ pub enum Decision {
 pub struct Reservation {
     id: String,
     charged: Vec<Charge>,
+    /// Redis time of the grant: the slot its window charges are in.
+    at_ms: u64,
 }
 
 /// The Redis-backed limiter; cheap to clone.
@@ -144,6 +162,33 @@ impl Limiter {
         format!("{}:{{lim}}:{name}:{part}", self.prefix)
     }
 
+    /// Bumped whenever a key is disabled or cooled down: it voids pools' full marks.
+    fn epoch_key(&self) -> String {
+        format!("{}:{{lim}}:keys:epoch", self.prefix)
+    }
+
+    /// Sets a candidate's flag `part` for `period`, and bumps the keys' epoch, in one round
+    /// trip.
+    async fn flag(&self, candidate: &str, part: &str, period: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let _round_trip =
+            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterKeyState);
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.key(candidate, part))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .ignore()
+            .cmd("INCR")
+            .arg(self.epoch_key())
+            .ignore()
+            .query_async(&mut conn)
+            .await
+    }
+
     /// One atomic decision over the shared charges and the candidates.
     pub async fn reserve(
         &self,
@@ -155,7 +200,7 @@ impl Limiter {
         let _round_trip =
             crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterReserve);
         let mut cmd = LIBRARY.call(Function::Reserve, &keys);
-        cmd.arg(id).arg(spec);
+        cmd.arg(id).arg(spec.0).arg(spec.1);
         let reply: (u8, i64, u64) = LIBRARY.query(&self.redis, &cmd).await?;
         Ok(decision(reply, id, shared, candidates))
     }
@@ -175,7 +220,7 @@ impl Limiter {
     ) {
         let (keys, spec) = self.reserve_args(shared, candidates);
         let mut reserve = LIBRARY.call(Function::Reserve, &keys);
-        reserve.arg(id).arg(&spec);
+        reserve.arg(id).arg(&spec.0).arg(&spec.1);
         let mut pipe = redis::pipe();
         pipe.add_command(first).add_command(reserve).ignore_errors();
         let mut conn = self.redis.clone();
@@ -214,7 +259,13 @@ impl Limiter {
     }
 
     /// The reservation script's keys and its JSON spec.
-    fn reserve_args(&self, shared: &[Charge], candidates: &[Candidate]) -> (Vec<String>, String) {
+    /// The spec is the shared part and one JSON per candidate (the script decodes a
+    /// candidate only when it reaches it).
+    fn reserve_args(
+        &self,
+        shared: &[Charge],
+        candidates: &[Candidate],
+    ) -> (Vec<String>, (String, Vec<String>)) {
         let mut keys: Vec<String> = Vec::new();
         let encode = |charge: &Charge, keys: &mut Vec<String>| -> Value {
             let mut add = |key: String| {
@@ -226,10 +277,11 @@ impl Limiter {
                     name,
                     limit,
                     window,
+                    burst,
                     ..
                 } => json!({
-                    "kind": "window", "z": add(self.key(name, "z")), "h": add(self.key(name, "h")),
-                    "limit": limit, "cost": charge.cost, "window_ms": window.as_millis() as u64,
+                    "kind": "window", "w": add(self.key(name, "w")), "limit": limit,
+                    "cost": charge.cost, "window_ms": window.as_millis() as u64, "burst": burst,
                 }),
                 Bucket::Concurrency { name, limit, lease } => json!({
                     "kind": "concurrency", "z": add(self.key(name, "c")), "limit": limit,
@@ -241,6 +293,22 @@ impl Limiter {
             }
         };
         let shared_spec: Vec<Value> = shared.iter().map(|c| encode(c, &mut keys)).collect();
+        // A pool of several keys keeps a cursor and a full mark, named by what it is made of
+        // (its keys and their buckets), so that pools of different models never share them.
+        let pool = (candidates.len() > 1).then(|| {
+            let mut hash = std::hash::DefaultHasher::new();
+            for candidate in candidates {
+                std::hash::Hash::hash(&candidate.name, &mut hash);
+                for charge in &candidate.charges {
+                    std::hash::Hash::hash(charge.bucket.name(), &mut hash);
+                }
+            }
+            let name = format!("pool-{:016x}", std::hash::Hasher::finish(&hash));
+            keys.push(self.key(&name, "full"));
+            keys.push(self.key(&name, "cursor"));
+            keys.push(self.epoch_key());
+            (keys.len() - 2, keys.len() - 1, keys.len())
+        });
         let mut candidate_specs = Vec::with_capacity(candidates.len());
         for candidate in candidates {
             keys.push(self.key(&candidate.name, "cool"));
@@ -252,10 +320,16 @@ impl Limiter {
                 .iter()
                 .map(|c| encode(c, &mut keys))
                 .collect();
-            candidate_specs.push(json!({"cool": cool, "disabled": disabled, "buckets": buckets}));
+            candidate_specs
+                .push(json!({"cool": cool, "disabled": disabled, "buckets": buckets}).to_string());
         }
-        let spec = json!({"shared": shared_spec, "candidates": candidate_specs}).to_string();
-        (keys, spec)
+        let mut spec = json!({"shared": shared_spec});
+        if let Some((full, cursor, epoch)) = pool {
+            spec["pool"] = json!(full);
+            spec["cursor"] = json!(cursor);
+            spec["epoch"] = json!(epoch);
+        }
+        (keys, (spec.to_string(), candidate_specs))
     }
 
     /// Settles a reservation: token buckets move to `actual_tokens` (when known), leases are
@@ -308,11 +382,16 @@ impl Limiter {
                 Bucket::Window {
                     name,
                     unit: Unit::Tokens,
+                    limit,
+                    window,
                     ..
                 } => {
-                    keys.push(self.key(name, "z"));
-                    keys.push(self.key(name, "h"));
-                    spec.push(json!({"kind": "window", "z": keys.len() - 1, "h": keys.len(), "delta": delta(charge.cost)}));
+                    keys.push(self.key(name, "w"));
+                    spec.push(json!({
+                        "kind": "window", "w": keys.len(), "delta": delta(charge.cost),
+                        "at_ms": reservation.at_ms, "window_ms": window.as_millis() as u64,
+                        "limit": limit,
+                    }));
                 }
                 Bucket::Window {
                     unit: Unit::Requests,
@@ -347,9 +426,8 @@ impl Limiter {
             let windows: Vec<Value> = windows
                 .iter()
                 .map(|(bucket, window)| {
-                    keys.push(self.key(bucket, "z"));
-                    keys.push(self.key(bucket, "h"));
-                    json!({"z": keys.len() - 1, "h": keys.len(), "window_ms": window.as_millis() as u64})
+                    keys.push(self.key(bucket, "w"));
+                    json!({"w": keys.len(), "window_ms": window.as_millis() as u64})
                 })
                 .collect();
             spec.push(json!({"cool": cool, "disabled": disabled, "windows": windows}));
@@ -381,32 +459,12 @@ impl Limiter {
 
     /// Cools a candidate down (after a 429) for `period`.
     pub async fn cool_down(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
-        let mut conn = self.redis.clone();
-        let _round_trip =
-            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterKeyState);
-        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
-            .arg(self.key(candidate, "cool"))
-            .arg(1)
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut conn)
-            .await
+        self.flag(candidate, "cool", period).await
     }
 
     /// Takes a candidate out of rotation (after a 401) for `period`.
     pub async fn disable(&self, candidate: &str, period: Duration) -> redis::RedisResult<()> {
-        let mut conn = self.redis.clone();
-        let _round_trip =
-            crate::telemetry::redis_round_trip(crate::telemetry::RedisOp::LimiterKeyState);
-        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
-            .arg(self.key(candidate, "disabled"))
-            .arg(1)
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut conn)
-            .await
+        self.flag(candidate, "disabled", period).await
     }
 }
 
@@ -483,6 +541,7 @@ fn decision(
                 reservation: Reservation {
                     id: id.to_owned(),
                     charged,
+                    at_ms: now,
                 },
                 at_ms: now,
             }

@@ -5,8 +5,12 @@
 //! The decisions are the worker's: a plugin's quotas (requests and tokens per minute, tokens
 //! per day) shared, and a pool of keys each with requests and tokens per minute and a
 //! concurrency bucket; every grant is settled with its real usage, as a job's is.
+//!
+//! Every figure is taken twice in one run: for the limiter before issue 23 (v1, sliding logs;
+//! `limiter_v1.rs`) and for the current one (v2, slots and a pacer).
 
 use crate::common::{cpu_of_comm, write_json};
+use crate::limiter_v1::V1;
 use quarry_integration::{redis_url, unique};
 use quarry_worker::limits::{Bucket, Candidate, Charge, Decision, Limiter, Unit};
 use serde_json::{Value, json};
@@ -22,6 +26,8 @@ fn window(name: &str, unit: Unit, limit: u64, cost: u64) -> Charge {
             unit,
             limit,
             window: Duration::from_secs(60),
+            // Never paced: the bench measures what a decision costs, not the spacing.
+            burst: limit,
         },
         cost,
     }
@@ -76,24 +82,88 @@ async fn connection() -> redis::aio::ConnectionManager {
         .expect("Redis is reachable (scripts/test starts it)")
 }
 
-/// `FCALL` calls and microseconds so far (`INFO commandstats`).
-async fn fcall_stats(redis: &mut redis::aio::ConnectionManager) -> (f64, f64) {
+/// Which limiter a measurement runs.
+#[derive(Clone)]
+enum Side {
+    /// Before issue 23: sliding logs, scripts by `EVALSHA`.
+    V1(V1),
+    /// The worker's: slots and a pacer, functions by `FCALL`.
+    V2(Limiter),
+}
+
+impl Side {
+    async fn new(v2: bool, prefix: &str) -> Self {
+        if v2 {
+            Side::V2(Limiter::new(connection().await, prefix))
+        } else {
+            Side::V1(V1::new(connection().await, prefix.to_owned()))
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Side::V1(_) => "v1",
+            Side::V2(_) => "v2",
+        }
+    }
+
+    /// The commands its scripts run as, in `INFO commandstats`.
+    fn commands(&self) -> &'static [&'static str] {
+        match self {
+            Side::V1(_) => &["cmdstat_evalsha:", "cmdstat_eval:"],
+            Side::V2(_) => &["cmdstat_fcall:"],
+        }
+    }
+
+    /// One decision, and its settlement when granted (250 tokens used); `true` when granted.
+    async fn decide(&self, shared: &[Charge], candidates: &[Candidate], n: u64) -> bool {
+        let id = format!("r{n}");
+        match self {
+            Side::V1(v1) => match v1.reserve(&id, shared, candidates).await {
+                Some(granted) => {
+                    v1.finish(&granted, 250).await;
+                    true
+                }
+                None => false,
+            },
+            Side::V2(limiter) => decide(limiter, shared, candidates, n).await,
+        }
+    }
+
+    /// One decision, never settled; `true` when granted.
+    async fn reserve(&self, id: &str, candidates: &[Candidate]) -> bool {
+        match self {
+            Side::V1(v1) => v1.reserve(id, &[], candidates).await.is_some(),
+            Side::V2(limiter) => matches!(
+                limiter.reserve(id, &[], candidates).await.unwrap(),
+                Decision::Granted { .. }
+            ),
+        }
+    }
+}
+
+/// Script calls and microseconds so far for `commands` (`INFO commandstats`).
+async fn script_stats(redis: &mut redis::aio::ConnectionManager, commands: &[&str]) -> (f64, f64) {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(redis)
         .await
         .unwrap();
-    let line = info
+    let (mut calls, mut usec) = (0.0, 0.0);
+    for line in info
         .lines()
-        .find(|l| l.starts_with("cmdstat_fcall:"))
-        .unwrap_or("");
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    (field("calls"), field("usec"))
+        .filter(|l| commands.iter().any(|c| l.starts_with(c)))
+    {
+        let field = |name: &str| {
+            line.split([':', ','])
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        calls += field("calls");
+        usec += field("usec");
+    }
+    (calls, usec)
 }
 
 /// Bytes Redis holds for every key under `prefix` (`MEMORY USAGE`, all samples).
@@ -146,13 +216,13 @@ async fn decide(limiter: &Limiter, shared: &[Charge], candidates: &[Candidate], 
 }
 
 /// Closed loop: `tasks` clients deciding as fast as Redis answers, for `seconds`.
-async fn throughput(keys: usize, tasks: usize, seconds: f64) -> Value {
+async fn throughput(v2: bool, keys: usize, tasks: usize, seconds: f64) -> Value {
     let prefix = unique("qb-lim");
-    let limiter = Limiter::new(connection().await, prefix.clone());
+    let limiter = Side::new(v2, &prefix).await;
     let (shared, candidates) = decision_shape(keys, 1_000_000_000);
     let (shared, candidates) = (Arc::new(shared), Arc::new(candidates));
     let mut redis = connection().await;
-    let (calls0, usec0) = fcall_stats(&mut redis).await;
+    let (calls0, usec0) = script_stats(&mut redis, limiter.commands()).await;
     let cpu0 = cpu_of_comm("redis-server");
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -168,7 +238,7 @@ async fn throughput(keys: usize, tasks: usize, seconds: f64) -> Value {
             tokio::spawn(async move {
                 while Instant::now() < until {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    assert!(decide(&limiter, &shared, &candidates, n).await, "granted");
+                    assert!(limiter.decide(&shared, &candidates, n).await, "granted");
                 }
             })
         })
@@ -178,13 +248,14 @@ async fn throughput(keys: usize, tasks: usize, seconds: f64) -> Value {
     }
     let wall = started.elapsed().as_secs_f64();
     let decisions = counter.load(Ordering::Relaxed) as f64;
-    let (calls1, usec1) = fcall_stats(&mut redis).await;
+    let (calls1, usec1) = script_stats(&mut redis, limiter.commands()).await;
     let cpu = (cpu_of_comm("redis-server") - cpu0) * 1e6;
     let (_, bytes) = memory_under(&mut redis, &prefix).await;
     cleanup(&mut redis, &prefix).await;
     json!({
-        "keys": keys, "decisions": decisions, "decisions_per_s": decisions / wall,
-        "fcall_per_decision": (calls1 - calls0) / decisions,
+        "limiter": limiter.name(), "keys": keys, "decisions": decisions,
+        "decisions_per_s": decisions / wall,
+        "script_calls_per_decision": (calls1 - calls0) / decisions,
         "redis_script_us_per_decision": (usec1 - usec0) / decisions,
         "redis_process_cpu_us_per_decision": cpu / decisions,
         "redis_bytes_after": bytes,
@@ -193,9 +264,9 @@ async fn throughput(keys: usize, tasks: usize, seconds: f64) -> Value {
 
 /// Open loop at `rate` decisions a second for `seconds` on one key: the memory the buckets
 /// hold at that rate (a full 60 s window when `seconds` ≥ 60).
-async fn memory(rate: f64, seconds: f64) -> Value {
+async fn memory(v2: bool, rate: f64, seconds: f64) -> Value {
     let prefix = unique("qb-lim-mem");
-    let limiter = Limiter::new(connection().await, prefix.clone());
+    let limiter = Side::new(v2, &prefix).await;
     let (shared, candidates) = decision_shape(1, 1_000_000_000);
     let (shared, candidates) = (Arc::new(shared), Arc::new(candidates));
     let started = Instant::now();
@@ -208,7 +279,7 @@ async fn memory(rate: f64, seconds: f64) -> Value {
         let permit = in_flight.clone().acquire_owned().await.unwrap();
         let (limiter, shared, candidates) = (limiter.clone(), shared.clone(), candidates.clone());
         tasks.push(tokio::spawn(async move {
-            let granted = decide(&limiter, &shared, &candidates, n).await;
+            let granted = limiter.decide(&shared, &candidates, n).await;
             drop(permit);
             granted
         }));
@@ -223,16 +294,16 @@ async fn memory(rate: f64, seconds: f64) -> Value {
     // Buckets: the plugin's rpm, tpm and day, the key's rpm, tpm and concurrency.
     let buckets = 6.0;
     json!({
-        "rate_asked": rate, "rate_reached": total as f64 / wall, "seconds": seconds,
+        "limiter": limiter.name(), "rate_asked": rate, "rate_reached": total as f64 / wall, "seconds": seconds,
         "redis_keys": keys, "redis_bytes": bytes, "bytes_per_bucket": bytes as f64 / buckets,
     })
 }
 
 /// A full requests bucket of `limit` entries, then refusals: Redis time per refusal beside
 /// per grant.
-async fn refusal(limit: u64, refusals: u64) -> Value {
+async fn refusal(v2: bool, limit: u64, refusals: u64) -> Value {
     let prefix = unique("qb-lim-ref");
-    let limiter = Limiter::new(connection().await, prefix.clone());
+    let limiter = Side::new(v2, &prefix).await;
     // One key whose requests bucket fills (a decision needs a candidate to grant).
     let key = [Candidate {
         name: "fake/key0".into(),
@@ -242,46 +313,35 @@ async fn refusal(limit: u64, refusals: u64) -> Value {
     let phase = async |name: &str, n: u64| {
         let mut outcomes = Vec::with_capacity(n as usize);
         for i in 0..n {
-            outcomes.push(
-                limiter
-                    .reserve(&format!("{name}{i}"), &[], &key)
-                    .await
-                    .unwrap(),
-            );
+            outcomes.push(limiter.reserve(&format!("{name}{i}"), &key).await);
         }
         outcomes
     };
     let (c0, cpu0, t0) = (
-        fcall_stats(&mut redis).await,
+        script_stats(&mut redis, limiter.commands()).await,
         cpu_of_comm("redis-server"),
         Instant::now(),
     );
     let grants = phase("g", limit).await;
     let (c1, cpu1, t1) = (
-        fcall_stats(&mut redis).await,
+        script_stats(&mut redis, limiter.commands()).await,
         cpu_of_comm("redis-server"),
         Instant::now(),
     );
     let refused = phase("x", refusals).await;
     let (c2, cpu2, t2) = (
-        fcall_stats(&mut redis).await,
+        script_stats(&mut redis, limiter.commands()).await,
         cpu_of_comm("redis-server"),
         Instant::now(),
     );
     cleanup(&mut redis, &prefix).await;
-    let granted = grants
-        .iter()
-        .filter(|d| matches!(d, Decision::Granted { .. }))
-        .count() as u64;
-    let waited = refused
-        .iter()
-        .filter(|d| matches!(d, Decision::Wait { .. }))
-        .count() as u64;
+    let granted = grants.iter().filter(|g| **g).count() as u64;
+    let waited = refused.iter().filter(|g| !**g).count() as u64;
     assert_eq!(granted, limit, "the bucket fills");
     assert_eq!(waited, refusals, "a full bucket refuses");
     let per = |calls: f64, x: f64| x / calls;
     json!({
-        "bucket_limit": limit, "grants": granted, "refusals": waited,
+        "limiter": limiter.name(), "bucket_limit": limit, "grants": granted, "refusals": waited,
         "redis_script_us_per_grant": per(c1.0 - c0.0, c1.1 - c0.1),
         "redis_script_us_per_refusal": per(c2.0 - c1.0, c2.1 - c1.1),
         "redis_cpu_us_per_grant": per(limit as f64, (cpu1 - cpu0) * 1e6),
@@ -299,42 +359,56 @@ pub async fn limiter(
     json_path: &Path,
 ) -> Value {
     println!(
-        "quarry-bench limiter: the current limiter (sliding logs in sorted sets) against this machine's Redis"
+        "quarry-bench limiter: v1 (sliding logs, before issue 23) and v2 (slots and a pacer, the worker's) against this machine's Redis"
     );
     let mut pools = Vec::new();
     for keys in [1usize, 3, 16] {
-        let figures = throughput(keys, 64, seconds).await;
-        println!(
-            "  {keys:>2} keys: {:.0} decisions/s, {:.1} µs of script and {:.1} µs of Redis CPU a decision (reserve + settle)",
-            figures["decisions_per_s"].as_f64().unwrap(),
-            figures["redis_script_us_per_decision"].as_f64().unwrap(),
-            figures["redis_process_cpu_us_per_decision"]
-                .as_f64()
-                .unwrap(),
-        );
-        pools.push(figures);
+        for v2 in [false, true] {
+            let figures = throughput(v2, keys, 64, seconds).await;
+            println!(
+                "  {} {keys:>2} keys: {:.0} decisions/s, {:.1} µs of script and {:.1} µs of Redis CPU a decision (reserve + settle)",
+                figures["limiter"].as_str().unwrap(),
+                figures["decisions_per_s"].as_f64().unwrap(),
+                figures["redis_script_us_per_decision"].as_f64().unwrap(),
+                figures["redis_process_cpu_us_per_decision"]
+                    .as_f64()
+                    .unwrap(),
+            );
+            pools.push(figures);
+        }
     }
-    let memory = memory(rate, memory_seconds).await;
-    println!(
-        "  memory at {:.0} decisions/s (asked {rate:.0}) for {memory_seconds:.0} s: {} bytes in {} Redis keys, {:.0} bytes a bucket",
-        memory["rate_reached"].as_f64().unwrap(),
-        memory["redis_bytes"],
-        memory["redis_keys"],
-        memory["bytes_per_bucket"].as_f64().unwrap(),
-    );
-    let refusal = refusal(refusal_limit, 1_000).await;
-    println!(
-        "  a full bucket of {refusal_limit}: Redis CPU {:.1} µs a grant, {:.1} µs a refusal (script {:.1} / {:.1} µs; wall {:.0} / {:.0} µs)",
-        refusal["redis_cpu_us_per_grant"].as_f64().unwrap(),
-        refusal["redis_cpu_us_per_refusal"].as_f64().unwrap(),
-        refusal["redis_script_us_per_grant"].as_f64().unwrap(),
-        refusal["redis_script_us_per_refusal"].as_f64().unwrap(),
-        refusal["wall_us_per_grant"].as_f64().unwrap(),
-        refusal["wall_us_per_refusal"].as_f64().unwrap(),
-    );
+    let mut memories = Vec::new();
+    for v2 in [false, true] {
+        let memory = memory(v2, rate, memory_seconds).await;
+        println!(
+            "  {} memory at {:.0} decisions/s (asked {rate:.0}) for {memory_seconds:.0} s: {} bytes in {} Redis keys, {:.0} bytes a bucket",
+            memory["limiter"].as_str().unwrap(),
+            memory["rate_reached"].as_f64().unwrap(),
+            memory["redis_bytes"],
+            memory["redis_keys"],
+            memory["bytes_per_bucket"].as_f64().unwrap(),
+        );
+        memories.push(memory);
+    }
+    let mut refusals = Vec::new();
+    for v2 in [false, true] {
+        let refusal = refusal(v2, refusal_limit, 1_000).await;
+        println!(
+            "  {} a full bucket of {refusal_limit}: Redis CPU {:.1} µs a grant, {:.1} µs a refusal (script {:.1} / {:.1} µs; wall {:.0} / {:.0} µs)",
+            refusal["limiter"].as_str().unwrap(),
+            refusal["redis_cpu_us_per_grant"].as_f64().unwrap(),
+            refusal["redis_cpu_us_per_refusal"].as_f64().unwrap(),
+            refusal["redis_script_us_per_grant"].as_f64().unwrap(),
+            refusal["redis_script_us_per_refusal"].as_f64().unwrap(),
+            refusal["wall_us_per_grant"].as_f64().unwrap(),
+            refusal["wall_us_per_refusal"].as_f64().unwrap(),
+        );
+        refusals.push(refusal);
+    }
     let report = json!({
-        "scenario": "limiter", "limiter": "sliding-log (sorted set + hash per window bucket)",
-        "pools": pools, "memory": memory, "refusal": refusal,
+        "scenario": "limiter",
+        "limiters": {"v1": "sliding logs (sorted set + hash per window bucket)", "v2": "60 slots + pacer in one hash per window bucket"},
+        "pools": pools, "memory": memories, "refusal": refusals,
     });
     write_json(json_path, &report);
     report

@@ -35,6 +35,7 @@ mod ceiling;
 mod common;
 mod inflight;
 mod limiter;
+mod limiter_v1;
 mod limits;
 mod overhead;
 mod scaling;
