@@ -55,6 +55,9 @@ pub struct FakeConfig {
     /// The provider's own limit: requests per API key in any 60 s. Past it: 429 with the
     /// Retry-After the real APIs send.
     pub key_rpm: Option<u64>,
+    /// The provider's per-second slice of its limit, as some enforce: requests per API key in
+    /// any 1 s (429 past it). Counted with `key_rpm`'s arrivals, so it needs `key_rpm`.
+    pub key_per_second: Option<u64>,
     /// Error messages quote the presented API key in full, as a careless server might: for
     /// tests that the client keeps keys out of everything it reports.
     pub echo_key: bool,
@@ -177,23 +180,34 @@ impl Stats {
     }
 
     /// Admits a request of `key` under `rpm` (sliding 60 s), or says how long until it could.
-    fn admit(&self, key: &str, rpm: u64) -> Result<(), Duration> {
+    fn admit(&self, key: &str, rpm: u64, per_second: Option<u64>) -> Result<(), Duration> {
         let Ok(mut arrivals) = self.arrivals.lock() else {
             return Ok(());
         };
         let now = std::time::Instant::now();
         let times = arrivals.entry(key.to_owned()).or_default();
-        let recent = times
-            .iter()
-            .rev()
-            .take_while(|t| now.duration_since(**t) < Duration::from_secs(60))
-            .count();
-        if (recent as u64) < rpm {
-            times.push(now);
-            return Ok(());
+        let within = |period: Duration| {
+            times
+                .iter()
+                .rev()
+                .take_while(|t| now.duration_since(**t) < period)
+                .count()
+        };
+        let (minute, second) = (Duration::from_secs(60), Duration::from_secs(1));
+        let recent = within(minute);
+        if recent as u64 >= rpm {
+            let oldest_in_window = times[times.len() - recent];
+            return Err(minute.saturating_sub(now.duration_since(oldest_in_window)));
         }
-        let oldest_in_window = times[times.len() - recent];
-        Err(Duration::from_secs(60).saturating_sub(now.duration_since(oldest_in_window)))
+        if let Some(limit) = per_second {
+            let this_second = within(second);
+            if this_second as u64 >= limit {
+                let oldest = times[times.len() - this_second];
+                return Err(second.saturating_sub(now.duration_since(oldest)));
+            }
+        }
+        times.push(now);
+        Ok(())
     }
 
     /// The last requests received, oldest first.
@@ -503,7 +517,7 @@ async fn handle(
     }
     if let Some(rpm) = state.config.key_rpm {
         let key = presented_key(headers, query_key);
-        if let Err(wait) = stats.admit(&key, rpm) {
+        if let Err(wait) = stats.admit(&key, rpm, state.config.key_per_second) {
             stats.limited.fetch_add(1, Ordering::Relaxed);
             let (status, mut headers, body) = format.error(Fault::RateLimit);
             if let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())

@@ -34,6 +34,10 @@ struct Args {
     /// The provider's own limit: requests per API key in any 60 s (429 past it).
     #[arg(long, env = "FAKE_PROVIDER_KEY_RPM")]
     key_rpm: Option<u64>,
+    /// The provider's per-second slice: requests per API key in any 1 s (429 past it; needs
+    /// `--key-rpm`).
+    #[arg(long, env = "FAKE_PROVIDER_KEY_PER_SECOND")]
+    key_per_second: Option<u64>,
     /// Quote the presented API key in every error message (for leak tests).
     #[arg(long)]
     echo_key: bool,
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         profile: args.faults,
         hang: Some(Duration::from_millis(args.hang_ms)),
         key_rpm: args.key_rpm,
+        key_per_second: args.key_per_second,
         echo_key: args.echo_key,
         stream_chunk_delay: Duration::from_millis(args.stream_chunk_ms),
     };

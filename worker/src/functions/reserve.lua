@@ -52,7 +52,10 @@ local function check(b)
       wait = math.max(wait, math.ceil((level - target) / rate))
     end
     if wait > 0 then
-      return false, math.max(1, wait), 1
+      -- The next place in the bucket's line of waiters, taken only if the decision refuses.
+      local at = math.max(now + wait, st.q)
+      loaded[b].queue_at = at + math.max(1, math.ceil(b.cost / rate))
+      return false, math.max(1, at - now), 1
     end
     return true, 0, (st.n + b.cost) / b.limit
   elseif b.kind == 'concurrency' then
@@ -94,9 +97,12 @@ end
 
 -- The shared buckets (the plugin's quotas) first.
 local shared_wait = 0
+-- Window buckets that refused, whose line of waiters a refusal joins.
+local refused_shared, refused_best = {}, {}
 for _, b in ipairs(spec.shared) do
   local fits, wait = check(b)
   if not fits then
+    refused_shared[#refused_shared + 1] = b
     if wait == -2 then
       return { 4, 0, now }
     end
@@ -119,10 +125,13 @@ local epoch = pool and (redis.call('GET', KEYS[spec.epoch]) or '0')
 if pool and shared_wait == 0 then
   local mark = redis.call('GET', pool)
   if mark then
-    local until_ms, at_epoch = string.match(mark, '^(%d+):(%d+)$')
-    until_ms = tonumber(until_ms)
-    if until_ms and at_epoch == epoch and until_ms > now then
-      return { 2, until_ms - now, now }
+    local next_ms, at_epoch, step = string.match(mark, '^(%d+):(%d+):(%d+)$')
+    next_ms, step = tonumber(next_ms), tonumber(step)
+    if next_ms and at_epoch == epoch then
+      -- The pool's line of waiters: each refusal the next place.
+      local at = math.max(next_ms, now + 1)
+      redis.call('SET', pool, string.format('%d', at + step) .. ':' .. epoch .. ':' .. step, 'KEEPTTL')
+      return { 2, at - now, now }
     end
   end
 end
@@ -141,6 +150,7 @@ for step = 0, n - 1 do
   else
     local cool = redis.call('PTTL', KEYS[c.cool])
     local fits_all, wait_i = true, 0
+    local refused = {}
     if cool > 0 then
       fits_all, wait_i = false, cool
     end
@@ -148,6 +158,9 @@ for step = 0, n - 1 do
       local fits, wait = check(b)
       if not fits then
         fits_all = false
+        if b.kind == 'window' then
+          refused[#refused + 1] = b
+        end
         if wait == -2 then
           return { 4, 0, now }
         end
@@ -162,22 +175,49 @@ for step = 0, n - 1 do
       break
     end
     if earliest == nil or wait_i < earliest then
-      earliest = wait_i
+      earliest, refused_best = wait_i, refused
     end
   end
 end
 
+-- A refusal takes its place in the lines of the buckets that refused it (the shared ones,
+-- and those of the key it is told to wait for).
+local function queue_up()
+  for _, b in ipairs(refused_shared) do
+    if b.kind == 'window' and loaded[b] and loaded[b].queue_at then
+      redis.call('HSET', KEYS[b.w], 'q', string.format('%d', loaded[b].queue_at))
+    end
+  end
+  if best == nil then
+    for _, b in ipairs(refused_best) do
+      if loaded[b] and loaded[b].queue_at then
+        redis.call('HSET', KEYS[b.w], 'q', string.format('%d', loaded[b].queue_at))
+      end
+    end
+  end
+end
 if pool and best == nil and earliest ~= nil and shared_wait == 0 then
-  redis.call('SET', pool, string.format('%d', now + earliest) .. ':' .. epoch, 'PX',
-    math.max(1, math.min(1000, earliest)))
+  -- The next waiter's place: one grant of the earliest key's pace later, shared by the
+  -- keys that may serve.
+  local step = 1
+  for _, b in ipairs(refused_best) do
+    if loaded[b] and loaded[b].rate then
+      step = math.max(step, math.ceil(b.cost / loaded[b].rate))
+    end
+  end
+  step = math.max(1, math.floor(step / math.max(1, n - disabled)))
+  redis.call('SET', pool, string.format('%d', now + earliest + step) .. ':' .. epoch .. ':' .. step,
+    'PX', math.max(1, math.min(1000, earliest)))
 end
 if n > 0 and disabled == n then
   return { 3, 0, now }
 end
 if shared_wait > 0 then
+  queue_up()
   return { 2, math.max(shared_wait, best and 0 or (earliest or 0)), now }
 end
 if best == nil then
+  queue_up()
   return { 2, earliest or 1000, now }
 end
 for _, b in ipairs(spec.shared) do

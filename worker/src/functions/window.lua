@@ -7,6 +7,9 @@
 --   <r>  units charged in slot j, at field r = j % RING (the kept slots are at most RING
 --        consecutive ones, so they never share a field)
 --   l, t the pacer's level (units) at Redis time t (ms)
+--   q    when the next refused caller is told to come back (ms): each refusal takes the
+--        next place, one grant's worth of the pace after the last, so that a backlog of
+--        waiters comes back one at a time instead of all at once to be refused again
 --
 -- Slot j of a bucket is [j, j + 1) * window_ms / SLOTS. A grant charged in slot j counts for
 -- every decision made while the current slot J is at most j + SLOTS. Any window of window_ms
@@ -33,7 +36,7 @@ end
 -- The bucket at `now`: { head, n, J, l, t }, with the slots the decision no longer counts
 -- dropped (and the drop saved).
 local function window_state(key, window_ms, now)
-  local v = redis.call('HMGET', key, 'h', 'n', 'l', 't')
+  local v = redis.call('HMGET', key, 'h', 'n', 'l', 't', 'q')
   local J = slot_of(now, window_ms)
   local head = tonumber(v[1]) or J
   local n = tonumber(v[2]) or 0
@@ -55,7 +58,10 @@ local function window_state(key, window_ms, now)
     head = first
     redis.call('HSET', key, 'h', string.format('%d', head), 'n', string.format('%d', n))
   end
-  return { head = head, n = n, J = J, l = tonumber(v[3]) or 0, t = tonumber(v[4]) or now }
+  return {
+    head = head, n = n, J = J, l = tonumber(v[3]) or 0, t = tonumber(v[4]) or now,
+    q = tonumber(v[5]) or 0,
+  }
 end
 
 local function pace_rate(limit, window_ms)
