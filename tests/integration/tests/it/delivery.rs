@@ -480,16 +480,8 @@ async fn a_job_that_expires_in_its_queue_ends_deadline_exceeded_without_a_call()
     fleet.teardown(&[replies]).await;
 }
 
-/// lapin hands a `basic.return` to whichever confirm on the channel completes next, not to
-/// the returned publish's own: with results to missing reply queues, results to a live one
-/// and dead letters all in flight on one channel, every returned result must still be
-/// dead-lettered, none dropped by the confirm that happened to carry it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_returned_result_is_dead_lettered_whichever_confirm_carries_it() {
-    const LIVE: usize = 300;
-    const MISSING: usize = 100;
-    const LETTERS: usize = 100;
-    let fleet = Fleet::start(FakeConfig::default()).await;
+/// The fleet's topology, declared as a worker declares it, and a channel to publish on.
+async fn declared(fleet: &Fleet) -> (quarry_schemas::wire::Topology, lapin::Channel) {
     let topology = fleet.topology();
     let channel = fleet.channel().await;
     quarry_worker::amqp::topology::declare(
@@ -500,6 +492,20 @@ async fn every_returned_result_is_dead_lettered_whichever_confirm_carries_it() {
     )
     .await
     .expect("declare the topology");
+    (topology, channel)
+}
+
+/// lapin hands a `basic.return` to whichever confirm on the channel completes next, not to
+/// the returned publish's own: with results to missing reply queues, results to a live one
+/// and dead letters all in flight on one channel, every returned result must still be
+/// dead-lettered, none dropped by the confirm that happened to carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_returned_result_is_dead_lettered_whichever_confirm_carries_it() {
+    const LIVE: usize = 300;
+    const MISSING: usize = 100;
+    const LETTERS: usize = 100;
+    let fleet = Fleet::start(FakeConfig::default()).await;
+    let (topology, channel) = declared(&fleet).await;
     channel.confirm_select(Default::default()).await.unwrap();
     let publisher = quarry_worker::amqp::Publisher::new(
         channel,
@@ -588,16 +594,7 @@ async fn each_confirm_is_its_own_publishes() {
     const PUBLISHES: usize = 8000;
     const ROOM: usize = 4000;
     let fleet = Fleet::start(FakeConfig::default()).await;
-    let topology = fleet.topology();
-    let channel = fleet.channel().await;
-    quarry_worker::amqp::topology::declare(
-        &channel,
-        &topology,
-        quarry_worker::config::AmqpConfig::default().delivery_limit,
-        &[5],
-    )
-    .await
-    .expect("declare the topology");
+    let (topology, channel) = declared(&fleet).await;
     let replies = unique(&topology.reply_prefix("guest"));
     let mut arguments = FieldTable::default();
     arguments.insert(
